@@ -1,0 +1,95 @@
+"""The one cattrs converter, configured once, and the JSON rules every store shares."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from cattrs.preconf.json import make_converter
+
+from jobhook._models import JSON, DeadLetter, Job, JobError, JobEvent, JobStatus, JobUpdate
+from jobhook.exceptions import ValidationError
+
+__all__ = ["converter", "dumps", "job_from_dict", "job_to_dict", "loads", "normalize_json"]
+
+converter = make_converter()
+
+
+def _structure_dt(value: Any, _: type) -> datetime:
+    dt = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if not isinstance(dt, datetime):
+        raise ValueError(f"expected an ISO 8601 timestamp, got {value!r}")
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+converter.register_unstructure_hook(datetime, lambda dt: dt.isoformat())
+converter.register_structure_hook(datetime, _structure_dt)
+converter.register_unstructure_hook(bytes, lambda b: b.decode("utf-8", "replace"))
+converter.register_structure_hook(bytes, lambda v, _: v.encode() if isinstance(v, str) else v)
+converter.register_unstructure_hook(JobStatus, lambda s: s.value)
+# JSON values pass through untouched in both directions.
+converter.register_structure_hook(JSON, lambda v, _: v)
+
+_JSON_OPTIONS: dict[str, Any] = {"allow_nan": False, "separators": (",", ":")}
+
+
+def dumps(value: JSON, *, field: str = "value") -> str:
+    """Serialise a JSON value the one way every store does.
+
+    Raises `ValidationError` naming ``field`` for anything JSON cannot hold
+    (sets, objects, NaN, infinities, non-string keys that JSON would rewrite).
+    """
+    try:
+        return json.dumps(value, **_JSON_OPTIONS)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{field} is not JSON-serialisable: {exc}") from None
+
+
+def loads(text: str | bytes) -> JSON:
+    """Parse JSON text (the inverse of `dumps`)."""
+    return json.loads(text)
+
+
+def normalize_json(value: JSON, *, field: str = "value") -> JSON:
+    """Return ``value`` as it comes back from a JSON column: a fresh copy, tuples as lists.
+
+    Floats that are not finite are refused, like non-serialisable objects.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{field} is not JSON-serialisable: {value!r} is not finite")
+        return value
+    return json.loads(dumps(value, field=field))
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """A JSON-ready dict of a job (ISO timestamps, status as a string)."""
+    data: dict[str, Any] = converter.unstructure(job)
+    return data
+
+
+def job_from_dict(data: dict[str, Any]) -> Job:
+    """The inverse of `job_to_dict`."""
+    return converter.structure(data, Job)
+
+
+def update_to_dict(update: JobUpdate) -> dict[str, Any]:
+    """A JSON-ready dict of an update, without the fields it leaves unset."""
+    data: dict[str, Any] = converter.unstructure(update)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def update_from_dict(data: dict[str, Any]) -> JobUpdate:
+    """The inverse of `update_to_dict`."""
+    return converter.structure(data, JobUpdate)
+
+
+__all__ += ["update_from_dict", "update_to_dict"]
+
+# Make sure the classes are known to the converter up front (fail at import, not at use).
+for _cls in (Job, JobUpdate, JobEvent, JobError, DeadLetter, JobStatus):
+    converter.get_structure_hook(_cls)

@@ -1,0 +1,105 @@
+"""The lifecycle rules: the one pure decision on whether an update applies to a job.
+
+An update applies when, and only when,
+
+1. the job is not terminal, and
+2. the update's rank is >= the job's rank, and
+3. for a ``running`` update to a ``running`` job, progress does not go backwards and,
+   where both carry a ``sequence``, the update's sequence is greater.
+
+Anything else is ``stale``, except a different terminal status after a terminal one,
+which is a ``conflict`` (the first terminal status wins). Skipping ranks is legal:
+``succeeded`` may arrive before ``submitted``, which then lands as ``stale``.
+
+The SQL store turns the same rules into the ``WHERE`` clause of one guarded ``UPDATE``
+(see `allowed_from`); the in-memory store calls `decide`. Both share `changes`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from jobhook._models import Job, JobStatus, JobUpdate, Outcome
+
+__all__ = ["allowed_from", "changes", "decide", "judge", "transition"]
+
+
+def judge(job: Job, update: JobUpdate) -> Outcome:
+    """Classify ``update`` against ``job``: ``applied``, ``stale`` or ``conflict``."""
+    current = job.status
+    if current.terminal:
+        if update.status.terminal and update.status is not current:
+            return Outcome.CONFLICT
+        return Outcome.STALE
+    if update.status.rank < current.rank:
+        return Outcome.STALE
+    if update.status is JobStatus.RUNNING and current is JobStatus.RUNNING:
+        if (
+            update.progress is not None
+            and job.progress is not None
+            and update.progress < job.progress
+        ):
+            return Outcome.STALE
+        if (
+            update.sequence is not None
+            and job.sequence is not None
+            and update.sequence <= job.sequence
+        ):
+            return Outcome.STALE
+    return Outcome.APPLIED
+
+
+def allowed_from(status: JobStatus) -> tuple[JobStatus, ...]:
+    """The statuses a job may have for an update to ``status`` to apply (rules 1 and 2).
+
+    Rule 3 (progress and sequence of running-after-running) is checked separately.
+    """
+    return tuple(s for s in JobStatus if not s.terminal and s.rank <= status.rank)
+
+
+def changes(update: JobUpdate) -> dict[str, Any]:
+    """The job fields an applied ``update`` sets, from the update alone.
+
+    Fields the update leaves ``None`` keep their value; a ``succeeded`` update without
+    progress sets progress to 100. ``sequence``, ``version`` and timestamps are handled
+    by `transition` (and by the SQL store's statement).
+    """
+    values: dict[str, Any] = {"status": update.status}
+    progress = update.progress
+    if progress is None and update.status is JobStatus.SUCCEEDED:
+        progress = 100.0
+    if progress is not None:
+        values["progress"] = progress
+    if update.output is not None:
+        values["output"] = update.output
+    if update.error is not None:
+        values["error"] = update.error
+    if update.remote_id is not None:
+        values["remote_id"] = update.remote_id
+    return values
+
+
+def transition(job: Job, update: JobUpdate, now: datetime) -> Job:
+    """The job after ``update`` is applied at ``now`` (call only when `judge` says so)."""
+    sequence = job.sequence
+    if update.sequence is not None and (sequence is None or update.sequence > sequence):
+        sequence = update.sequence
+    return attrs.evolve(
+        job,
+        **changes(update),
+        sequence=sequence,
+        version=job.version + 1,
+        updated_at=now,
+        completed_at=now if update.status.terminal else job.completed_at,
+    )
+
+
+def decide(job: Job, update: JobUpdate, now: datetime) -> tuple[Outcome, Job]:
+    """Judge ``update`` and return the outcome with the job as it would then be."""
+    outcome = judge(job, update)
+    if outcome is Outcome.APPLIED:
+        return outcome, transition(job, update, now)
+    return outcome, job

@@ -1,0 +1,325 @@
+"""In-memory stores: the same rules as the SQL store, for tests and single processes."""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from datetime import datetime
+
+import attrs
+
+from jobhook._convert import normalize_json
+from jobhook._ids import new_job_id, utcnow
+from jobhook._lifecycle import decide
+from jobhook._models import (
+    JSON,
+    ApplyResult,
+    DeadLetter,
+    Job,
+    JobEvent,
+    JobStatus,
+    JobUpdate,
+    Outcome,
+)
+from jobhook.exceptions import (
+    DeadLetterNotFoundError,
+    JobExistsError,
+    JobNotFoundError,
+    ValidationError,
+)
+from jobhook.stores.protocol import StatusFilter, check_limit, status_values
+
+__all__ = ["AsyncInMemoryJobStore", "InMemoryJobStore"]
+
+
+def _detached(job: Job) -> Job:
+    # Jobs are frozen, but input/output/metadata are mutable JSON: hand out copies so
+    # that a caller's mutation never reaches the store (as with a database).
+    return attrs.evolve(
+        job,
+        input=normalize_json(job.input),
+        output=normalize_json(job.output),
+        metadata=normalize_json(job.metadata),
+    )
+
+
+def _sort_key(job: Job) -> tuple[datetime, str]:
+    return (job.created_at, job.id)
+
+
+def _check_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 255:
+        raise ValidationError(f"job_id must be a non-empty string of at most 255 characters, got {job_id!r}")
+    return job_id
+
+
+class InMemoryJobStore:
+    """A `JobStore` held in this process's memory, behind one lock.
+
+    JSON values go through the same round-trip as in the SQL store, so what fails
+    there fails here, and returned jobs never share state with the store.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._deliveries: set[str] = set()
+        self._events: list[JobEvent] = []
+        self._dead_letters: list[DeadLetter] = []
+
+    def __repr__(self) -> str:
+        return f"<InMemoryJobStore jobs={len(self._jobs)}>"
+
+    def create(
+        self,
+        input: JSON,
+        *,
+        kind: str = "default",
+        owner_id: str | None = None,
+        job_id: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+    ) -> Job:
+        job_id = new_job_id() if job_id is None else _check_id(job_id)
+        input = normalize_json(input, field="input")
+        metadata = normalize_json(metadata or {}, field="metadata")
+        if not isinstance(metadata, dict):
+            raise ValidationError(f"metadata must be a JSON object, got {metadata!r}")
+        now = utcnow()
+        job = Job(
+            id=job_id,
+            kind=kind,
+            owner_id=owner_id,
+            input=input,
+            status=JobStatus.PENDING,
+            progress=None,
+            output=None,
+            error=None,
+            remote_id=None,
+            sequence=None,
+            metadata=metadata,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            completed_at=None,
+        )
+        with self._lock:
+            if job_id in self._jobs:
+                raise JobExistsError(job_id)
+            self._jobs[job_id] = job
+        return _detached(job)
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return _detached(job)
+
+    def list(
+        self,
+        *,
+        owner_id: str | None = None,
+        status: StatusFilter = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> builtins.list[Job]:
+        check_limit(limit)
+        statuses = status_values(status)
+        with self._lock:
+            jobs = builtins.list(self._jobs.values())
+            cursor = None
+            if before is not None:
+                anchor = self._jobs.get(before)
+                if anchor is None:
+                    raise JobNotFoundError(before)
+                cursor = _sort_key(anchor)
+        selected = [
+            job
+            for job in jobs
+            if (owner_id is None or job.owner_id == owner_id)
+            and (statuses is None or job.status.value in statuses)
+            and (kind is None or job.kind == kind)
+            and (cursor is None or _sort_key(job) < cursor)
+        ]
+        selected.sort(key=_sort_key, reverse=True)
+        return [_detached(job) for job in selected[:limit]]
+
+    def apply(
+        self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
+    ) -> ApplyResult:
+        output = normalize_json(update.output, field="output")
+        if output is not update.output:
+            update = attrs.evolve(update, output=output)
+        with self._lock:
+            return self._apply_locked(job_id, update, delivery_id)
+
+    def _apply_locked(
+        self, job_id: str, update: JobUpdate, delivery_id: str | None
+    ) -> ApplyResult:
+        if delivery_id is not None and delivery_id in self._deliveries:
+            job = self._jobs.get(job_id)
+            return ApplyResult(Outcome.DUPLICATE, job and _detached(job))
+        job = self._jobs.get(job_id)
+        if job is None:
+            return ApplyResult(Outcome.NOT_FOUND, None)
+        if delivery_id is not None:
+            self._deliveries.add(delivery_id)
+        outcome, new = decide(job, update, utcnow())
+        if outcome is not Outcome.APPLIED:
+            return ApplyResult(outcome, _detached(job))
+        self._jobs[job_id] = new
+        event = JobEvent(
+            id=len(self._events) + 1,
+            job_id=new.id,
+            owner_id=new.owner_id,
+            kind=new.kind,
+            status=new.status,
+            progress=new.progress,
+            version=new.version,
+            delivery_id=delivery_id,
+            created_at=new.updated_at,
+        )
+        self._events.append(event)
+        return ApplyResult(outcome, _detached(new), event)
+
+    def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
+        check_limit(limit)
+        with self._lock:
+            jobs = [
+                j for j in self._jobs.values() if not j.terminal and j.updated_at < updated_before
+            ]
+        jobs.sort(key=lambda j: (j.updated_at, j.id))
+        return [_detached(j) for j in jobs[:limit]]
+
+    def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
+        check_limit(limit)
+        with self._lock:
+            return self._events[max(after, 0) : max(after, 0) + limit]
+
+    def add_dead_letter(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        *,
+        delivery_id: str | None = None,
+        body: bytes = b"",
+        reason: str = "not_found",
+    ) -> DeadLetter:
+        update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
+        with self._lock:
+            letter = DeadLetter(
+                id=len(self._dead_letters) + 1,
+                job_id=job_id,
+                delivery_id=delivery_id,
+                update=update,
+                body=bytes(body),
+                reason=reason,
+                received_at=utcnow(),
+                replayed_at=None,
+            )
+            self._dead_letters.append(letter)
+        return letter
+
+    def dead_letters(
+        self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
+    ) -> builtins.list[DeadLetter]:
+        check_limit(limit)
+        with self._lock:
+            letters = [
+                d
+                for d in self._dead_letters
+                if (job_id is None or d.job_id == job_id)
+                and (include_replayed or d.replayed_at is None)
+            ]
+        return letters[:limit]
+
+    def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
+        with self._lock:
+            index = dead_letter_id - 1
+            if not 0 <= index < len(self._dead_letters):
+                raise DeadLetterNotFoundError(dead_letter_id)
+            letter = self._dead_letters[index]
+            result = self._apply_locked(letter.job_id, letter.update, letter.delivery_id)
+            if result.outcome is not Outcome.NOT_FOUND and letter.replayed_at is None:
+                self._dead_letters[index] = attrs.evolve(letter, replayed_at=utcnow())
+            return result
+
+    def close(self) -> None:
+        """Nothing to release; here for the protocol."""
+
+
+class AsyncInMemoryJobStore:
+    """The async twin of `InMemoryJobStore` (same state model; nothing blocks)."""
+
+    def __init__(self) -> None:
+        self._store = InMemoryJobStore()
+
+    def __repr__(self) -> str:
+        return f"<AsyncInMemoryJobStore jobs={len(self._store._jobs)}>"
+
+    async def create(
+        self,
+        input: JSON,
+        *,
+        kind: str = "default",
+        owner_id: str | None = None,
+        job_id: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+    ) -> Job:
+        return self._store.create(
+            input, kind=kind, owner_id=owner_id, job_id=job_id, metadata=metadata
+        )
+
+    async def get(self, job_id: str) -> Job:
+        return self._store.get(job_id)
+
+    async def list(
+        self,
+        *,
+        owner_id: str | None = None,
+        status: StatusFilter = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> builtins.list[Job]:
+        return self._store.list(
+            owner_id=owner_id, status=status, kind=kind, limit=limit, before=before
+        )
+
+    async def apply(
+        self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
+    ) -> ApplyResult:
+        return self._store.apply(job_id, update, delivery_id=delivery_id)
+
+    async def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
+        return self._store.stale(updated_before=updated_before, limit=limit)
+
+    async def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
+        return self._store.events(after=after, limit=limit)
+
+    async def add_dead_letter(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        *,
+        delivery_id: str | None = None,
+        body: bytes = b"",
+        reason: str = "not_found",
+    ) -> DeadLetter:
+        return self._store.add_dead_letter(
+            job_id, update, delivery_id=delivery_id, body=body, reason=reason
+        )
+
+    async def dead_letters(
+        self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
+    ) -> builtins.list[DeadLetter]:
+        return self._store.dead_letters(
+            job_id=job_id, include_replayed=include_replayed, limit=limit
+        )
+
+    async def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
+        return self._store.replay_dead_letter(dead_letter_id)
+
+    async def close(self) -> None:
+        """Nothing to release; here for the protocol."""

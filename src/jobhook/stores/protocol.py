@@ -1,0 +1,175 @@
+"""The store protocols: what every job store does, sync and async."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from jobhook._models import JSON, ApplyResult, DeadLetter, Job, JobEvent, JobStatus, JobUpdate
+
+__all__ = ["AsyncJobStore", "JobStore"]
+
+StatusFilter = JobStatus | str | Sequence[JobStatus | str] | None
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """A place jobs live. Every method is thread-safe and atomic.
+
+    Implementations: `InMemoryJobStore`, `SQLJobStore`. All behave the same; one
+    contract test suite checks it.
+    """
+
+    def create(
+        self,
+        input: JSON,
+        *,
+        kind: str = "default",
+        owner_id: str | None = None,
+        job_id: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+    ) -> Job:
+        """Create and commit a ``pending`` job and return it.
+
+        Raises `JobExistsError` for a taken ``job_id`` and `ValidationError` for an
+        input or metadata that JSON cannot hold. Nothing is written on error.
+        """
+        ...
+
+    def get(self, job_id: str) -> Job:
+        """Return the job. Raises `JobNotFoundError`."""
+        ...
+
+    def list(
+        self,
+        *,
+        owner_id: str | None = None,
+        status: StatusFilter = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Job]:
+        """Jobs newest first. ``before`` is the id of the last job of the previous page."""
+        ...
+
+    def apply(
+        self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
+    ) -> ApplyResult:
+        """Judge and apply ``update`` in one transaction.
+
+        Records ``delivery_id`` (a second delivery with it is a ``duplicate``), writes
+        the change and appends its `JobEvent`. A ``not_found`` outcome records nothing,
+        so the same delivery applies once the job exists.
+        """
+        ...
+
+    def stale(self, *, updated_before: datetime, limit: int = 100) -> list[Job]:
+        """Jobs that are not terminal and were last updated before ``updated_before``,
+        least recently updated first."""
+        ...
+
+    def events(self, *, after: int = 0, limit: int = 100) -> list[JobEvent]:
+        """Outbox events with an id greater than ``after``, in order."""
+        ...
+
+    def add_dead_letter(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        *,
+        delivery_id: str | None = None,
+        body: bytes = b"",
+        reason: str = "not_found",
+    ) -> DeadLetter:
+        """Keep a delivery that named an unknown job."""
+        ...
+
+    def dead_letters(
+        self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Kept deliveries, oldest first."""
+        ...
+
+    def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
+        """Apply a kept delivery under its original delivery id.
+
+        Marks it replayed unless the job is still unknown. Raises
+        `DeadLetterNotFoundError`.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class AsyncJobStore(Protocol):
+    """The async twin of `JobStore`: the same methods, awaited."""
+
+    async def create(
+        self,
+        input: JSON,
+        *,
+        kind: str = "default",
+        owner_id: str | None = None,
+        job_id: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+    ) -> Job: ...
+
+    async def get(self, job_id: str) -> Job: ...
+
+    async def list(
+        self,
+        *,
+        owner_id: str | None = None,
+        status: StatusFilter = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Job]: ...
+
+    async def apply(
+        self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
+    ) -> ApplyResult: ...
+
+    async def stale(self, *, updated_before: datetime, limit: int = 100) -> list[Job]: ...
+
+    async def events(self, *, after: int = 0, limit: int = 100) -> list[JobEvent]: ...
+
+    async def add_dead_letter(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        *,
+        delivery_id: str | None = None,
+        body: bytes = b"",
+        reason: str = "not_found",
+    ) -> DeadLetter: ...
+
+    async def dead_letters(
+        self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
+    ) -> list[DeadLetter]: ...
+
+    async def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult: ...
+
+    async def close(self) -> None: ...
+
+
+def status_values(status: StatusFilter) -> tuple[str, ...] | None:
+    """Normalise a status filter to a tuple of status strings (``None``: no filter)."""
+    if status is None:
+        return None
+    if isinstance(status, (JobStatus, str)):
+        return (JobStatus(status).value,)
+    return tuple(JobStatus(s).value for s in status)
+
+
+def check_limit(limit: int) -> int:
+    """Refuse a page size that is not a positive integer."""
+    from jobhook.exceptions import ValidationError
+
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+    return limit
