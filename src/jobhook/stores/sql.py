@@ -1,0 +1,804 @@
+"""SQL job stores on SQLAlchemy 2: SQLite (embedded default) and PostgreSQL.
+
+Each operation is written once, as a generator of statements (`_Operations`): it
+yields ``(statement, parameters)`` and receives the buffered result. `SQLJobStore`
+and `AsyncSQLJobStore` are thin drivers that run those steps in one transaction on a
+sync or an async connection.
+
+Every transition is decided inside the database by one guarded
+``UPDATE … WHERE id = :id AND <lifecycle rules> RETURNING …``; the delivery id is
+recorded with ``INSERT … ON CONFLICT DO NOTHING`` against a unique key; the outbox
+event is written in the same transaction. Nothing reads a row in Python and writes it
+back.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Generator, Mapping
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Engine, Result
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from jobhook._convert import dumps, normalize_json, update_from_dict, update_to_dict
+from jobhook._ids import new_job_id, utcnow
+from jobhook._lifecycle import allowed_from, changes, judge
+from jobhook._models import (
+    JSON,
+    ApplyResult,
+    DeadLetter,
+    Job,
+    JobError,
+    JobEvent,
+    JobStatus,
+    JobUpdate,
+    Outcome,
+)
+from jobhook.exceptions import (
+    DeadLetterNotFoundError,
+    JobExistsError,
+    JobNotFoundError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from jobhook.stores._schema import (
+    Tables,
+    async_url,
+    engine_options,
+    install_sqlite_pragmas,
+    sync_url,
+)
+from jobhook.stores.protocol import StatusFilter, check_limit, status_values
+
+__all__ = ["AsyncSQLJobStore", "SQLJobStore"]
+
+T = TypeVar("T")
+Step = tuple[sa.Executable, Mapping[str, Any] | None]
+Steps = Generator[Step, Result[Any], T]
+
+# How often apply() re-runs its guarded UPDATE when a concurrent writer changed the row
+# between that UPDATE and the read that explains its failure (PostgreSQL only: SQLite
+# write transactions are serialised).
+_MAX_APPLY_ROUNDS = 8
+
+
+class _Rollback(Exception):
+    """Raised by steps to end the transaction with a rollback and still return a value."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite keeps no time zone; everything jobhook writes is UTC. PostgreSQL answers
+    # in the session's zone: convert, so that every store returns the same values.
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _float(value: float | None) -> float | None:
+    # SQLite's RETURNING hands back 40.0 as 40.
+    return None if value is None else float(value)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValidationError(f"timestamps must be timezone-aware, got {value!r}")
+    return value.astimezone(timezone.utc)
+
+
+def _check_id(job_id: object, field: str = "job_id") -> str:
+    if not isinstance(job_id, str) or not job_id or len(job_id) > 255:
+        raise ValidationError(
+            f"{field} must be a non-empty string of at most 255 characters, got {job_id!r}"
+        )
+    return job_id
+
+
+def _job_from_row(row: Any) -> Job:
+    m = row._mapping
+    error = None
+    if m["error_code"] is not None:
+        error = JobError(m["error_code"], m["error_message"] or "")
+    created_at = _aware(m["created_at"])
+    updated_at = _aware(m["updated_at"])
+    assert created_at is not None and updated_at is not None
+    return Job(
+        id=m["id"],
+        kind=m["kind"],
+        owner_id=m["owner_id"],
+        input=m["input"],
+        status=JobStatus(m["status"]),
+        progress=_float(m["progress"]),
+        output=m["output"],
+        error=error,
+        remote_id=m["remote_id"],
+        sequence=m["sequence"],
+        metadata=m["metadata"],
+        version=m["version"],
+        created_at=created_at,
+        updated_at=updated_at,
+        completed_at=_aware(m["completed_at"]),
+    )
+
+
+def _event_from_row(row: Any) -> JobEvent:
+    m = row._mapping
+    created_at = _aware(m["created_at"])
+    assert created_at is not None
+    return JobEvent(
+        id=m["id"],
+        job_id=m["job_id"],
+        owner_id=m["owner_id"],
+        kind=m["kind"],
+        status=JobStatus(m["status"]),
+        progress=_float(m["progress"]),
+        version=m["version"],
+        delivery_id=m["delivery_id"],
+        created_at=created_at,
+    )
+
+
+def _dead_letter_from_row(row: Any) -> DeadLetter:
+    m = row._mapping
+    received_at = _aware(m["received_at"])
+    assert received_at is not None
+    return DeadLetter(
+        id=m["id"],
+        job_id=m["job_id"],
+        delivery_id=m["delivery_id"],
+        update=update_from_dict(m["update"]),
+        body=bytes(m["body"]),
+        reason=m["reason"],
+        received_at=received_at,
+        replayed_at=_aware(m["replayed_at"]),
+    )
+
+
+class _Operations:
+    """Every store operation as steps, with its statements built once per store."""
+
+    def __init__(self, tables: Tables, dialect: str) -> None:
+        self.t = tables
+        jobs, events = tables.jobs, tables.events
+        insert: Callable[[sa.Table], Any]
+        if dialect == "postgresql":
+            insert = postgresql.insert
+        elif dialect == "sqlite":
+            insert = sqlite.insert
+        else:
+            raise ValueError(
+                f"SQLJobStore supports SQLite and PostgreSQL, not {dialect!r}"
+            )
+        self.select_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
+        self.insert_job = sa.insert(jobs)
+        # RETURNING tells whether the row was written (rowcount is -1 on some drivers).
+        self.insert_delivery = (
+            insert(tables.deliveries)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(tables.deliveries.c.id)
+        )
+        self.insert_event = sa.insert(events).returning(events.c.id)
+        self.select_events = (
+            sa.select(events)
+            .where(events.c.id > sa.bindparam("after"))
+            .order_by(events.c.id)
+            .limit(sa.bindparam("limit"))
+        )
+        self.select_stale = (
+            sa.select(jobs)
+            .where(
+                jobs.c.status.in_([s.value for s in JobStatus if not s.terminal]),
+                jobs.c.updated_at < sa.bindparam("before"),
+            )
+            .order_by(jobs.c.updated_at, jobs.c.id)
+            .limit(sa.bindparam("limit"))
+        )
+        dl = tables.dead_letters
+        self.insert_dead_letter = sa.insert(dl).returning(*dl.c)
+        self.select_dead_letter = sa.select(dl).where(dl.c.id == sa.bindparam("id"))
+        self.mark_replayed = (
+            sa.update(dl)
+            .where(dl.c.id == sa.bindparam("b_id"), dl.c.replayed_at.is_(None))
+            .values(replayed_at=sa.bindparam("b_now"))
+        )
+        self._updates: dict[tuple[Any, ...], sa.Update] = {}
+
+    # -- the guarded UPDATE ---------------------------------------------------------
+
+    def guarded_update(self, update: JobUpdate) -> sa.Update:
+        """The UPDATE for updates of this shape, built on first use and then reused."""
+        values = changes(update)
+        key = (update.status, tuple(sorted(values)), update.sequence is not None)
+        stmt = self._updates.get(key)
+        if stmt is None:
+            stmt = self._updates[key] = self._build_update(update.status, values, key[2])
+        return stmt
+
+    def _build_update(
+        self, status: JobStatus, values: dict[str, Any], has_sequence: bool
+    ) -> sa.Update:
+        jobs = self.t.jobs
+        c = jobs.c
+        # Rules 1 and 2: not terminal, and the update's rank is >= the job's rank.
+        guard: list[Any] = [
+            c.id == sa.bindparam("b_id"),
+            c.status.in_([s.value for s in allowed_from(status)]),
+        ]
+        if status is JobStatus.RUNNING:
+            # Rule 3: running after running never goes back in progress or sequence.
+            keeps_order = []
+            if "progress" in values:
+                keeps_order.append(
+                    sa.or_(c.progress.is_(None), c.progress <= sa.bindparam("b_progress"))
+                )
+            if has_sequence:
+                keeps_order.append(
+                    sa.or_(c.sequence.is_(None), c.sequence < sa.bindparam("b_sequence"))
+                )
+            if keeps_order:
+                guard.append(sa.or_(c.status != JobStatus.RUNNING.value, sa.and_(*keeps_order)))
+        sets: dict[str, Any] = {
+            "status": sa.bindparam("b_status"),
+            "version": c.version + 1,
+            "updated_at": sa.bindparam("b_now"),
+        }
+        if status.terminal:
+            sets["completed_at"] = sa.bindparam("b_now")
+        if "progress" in values:
+            sets["progress"] = sa.bindparam("b_progress")
+        if "output" in values:
+            sets["output"] = sa.bindparam("b_output", type_=c.output.type)
+        if "error" in values:
+            sets["error_code"] = sa.bindparam("b_error_code")
+            sets["error_message"] = sa.bindparam("b_error_message")
+        if "remote_id" in values:
+            sets["remote_id"] = sa.bindparam("b_remote_id")
+        if has_sequence:
+            seq = sa.bindparam("b_sequence")
+            sets["sequence"] = sa.case(
+                (sa.or_(c.sequence.is_(None), c.sequence < seq), seq), else_=c.sequence
+            )
+        return sa.update(jobs).where(*guard).values(**sets).returning(*jobs.c)
+
+    @staticmethod
+    def update_params(job_id: str, update: JobUpdate, now: datetime) -> dict[str, Any]:
+        values = changes(update)
+        params: dict[str, Any] = {"b_id": job_id, "b_status": update.status.value, "b_now": now}
+        if "progress" in values:
+            params["b_progress"] = values["progress"]
+        if "output" in values:
+            params["b_output"] = values["output"]
+        if "error" in values:
+            params["b_error_code"] = values["error"].code
+            params["b_error_message"] = values["error"].message
+        if "remote_id" in values:
+            params["b_remote_id"] = values["remote_id"]
+        if update.sequence is not None:
+            params["b_sequence"] = update.sequence
+        return params
+
+    # -- operations -----------------------------------------------------------------
+
+    def create(
+        self,
+        input: JSON,
+        kind: str,
+        owner_id: str | None,
+        job_id: str | None,
+        metadata: dict[str, JSON] | None,
+    ) -> Steps[Job]:
+        job_id = new_job_id() if job_id is None else _check_id(job_id)
+        input = normalize_json(input, field="input")
+        metadata = normalize_json(metadata or {}, field="metadata")
+        if not isinstance(metadata, dict):
+            raise ValidationError(f"metadata must be a JSON object, got {metadata!r}")
+        now = utcnow()
+        row = {
+            "id": job_id,
+            "kind": kind,
+            "owner_id": owner_id,
+            "input": input,
+            "status": JobStatus.PENDING.value,
+            "progress": None,
+            "output": None,
+            "error_code": None,
+            "error_message": None,
+            "remote_id": None,
+            "sequence": None,
+            "metadata": metadata,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+            "completed_at": None,
+        }
+        try:
+            yield self.insert_job, row
+        except sa_exc.IntegrityError:
+            raise JobExistsError(job_id) from None
+        return Job(
+            id=job_id,
+            kind=kind,
+            owner_id=owner_id,
+            input=input,
+            status=JobStatus.PENDING,
+            progress=None,
+            output=None,
+            error=None,
+            remote_id=None,
+            sequence=None,
+            metadata=metadata,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            completed_at=None,
+        )
+
+    def get(self, job_id: str) -> Steps[Job]:
+        row = (yield self.select_job, {"id": job_id}).first()
+        if row is None:
+            raise JobNotFoundError(job_id)
+        return _job_from_row(row)
+
+    def list(
+        self,
+        owner_id: str | None,
+        status: StatusFilter,
+        kind: str | None,
+        limit: int,
+        before: str | None,
+    ) -> Steps[builtins.list[Job]]:
+        check_limit(limit)
+        jobs = self.t.jobs
+        c = jobs.c
+        query = sa.select(jobs)
+        if owner_id is not None:
+            query = query.where(c.owner_id == owner_id)
+        statuses = status_values(status)
+        if statuses is not None:
+            query = query.where(c.status.in_(statuses))
+        if kind is not None:
+            query = query.where(c.kind == kind)
+        if before is not None:
+            anchor = (yield self.select_job, {"id": before}).first()
+            if anchor is None:
+                raise JobNotFoundError(before)
+            a = anchor._mapping
+            query = query.where(
+                sa.or_(
+                    c.created_at < a["created_at"],
+                    sa.and_(c.created_at == a["created_at"], c.id < a["id"]),
+                )
+            )
+        query = query.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        return [_job_from_row(r) for r in (yield query, None)]
+
+    def apply(
+        self, job_id: str, update: JobUpdate, delivery_id: str | None
+    ) -> Steps[ApplyResult]:
+        # Refuse an output JSON cannot hold before anything is written.
+        dumps(update.output, field="output")
+        now = utcnow()
+        if delivery_id is not None:
+            inserted = yield (
+                self.insert_delivery,
+                {"id": delivery_id, "job_id": job_id, "received_at": now},
+            )
+            if inserted.first() is None:
+                row = (yield self.select_job, {"id": job_id}).first()
+                return ApplyResult(Outcome.DUPLICATE, row and _job_from_row(row))
+        statement = self.guarded_update(update)
+        params = self.update_params(job_id, update, now)
+        for _ in range(_MAX_APPLY_ROUNDS):
+            row = (yield statement, params).first()
+            if row is not None:
+                job = _job_from_row(row)
+                event = {
+                    "job_id": job.id,
+                    "owner_id": job.owner_id,
+                    "kind": job.kind,
+                    "status": job.status.value,
+                    "progress": job.progress,
+                    "version": job.version,
+                    "delivery_id": delivery_id,
+                    "created_at": now,
+                }
+                event_id = (yield self.insert_event, event).scalar_one()
+                return ApplyResult(
+                    Outcome.APPLIED,
+                    job,
+                    JobEvent(**{**event, "id": event_id, "status": job.status}),
+                )
+            # The guard refused: read the row to say why (or that it is missing).
+            row = (yield self.select_job, {"id": job_id}).first()
+            if row is None:
+                # Roll back the delivery id too: a retry after the job exists must apply.
+                raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+            current = _job_from_row(row)
+            outcome = judge(current, update)
+            if outcome is not Outcome.APPLIED:
+                return ApplyResult(outcome, current)
+            # A concurrent transaction changed the row between the two statements; the
+            # update applies to what is there now, so run the guarded UPDATE again.
+        raise StoreUnavailableError(f"job {job_id!r} is changing too fast to apply an update")
+
+    def stale(self, updated_before: datetime, limit: int) -> Steps[builtins.list[Job]]:
+        check_limit(limit)
+        rows = yield self.select_stale, {"before": _utc(updated_before), "limit": limit}
+        return [_job_from_row(r) for r in rows]
+
+    def events(self, after: int, limit: int) -> Steps[builtins.list[JobEvent]]:
+        check_limit(limit)
+        rows = yield self.select_events, {"after": after, "limit": limit}
+        return [_event_from_row(r) for r in rows]
+
+    def add_dead_letter(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        delivery_id: str | None,
+        body: bytes,
+        reason: str,
+    ) -> Steps[DeadLetter]:
+        dumps(update.output, field="output")
+        row = (
+            yield self.insert_dead_letter,
+            {
+                "job_id": job_id,
+                "delivery_id": delivery_id,
+                "update": update_to_dict(update),
+                "body": bytes(body),
+                "reason": reason,
+                "received_at": utcnow(),
+                "replayed_at": None,
+            },
+        ).one()
+        return _dead_letter_from_row(row)
+
+    def dead_letters(
+        self, job_id: str | None, include_replayed: bool, limit: int
+    ) -> Steps[builtins.list[DeadLetter]]:
+        check_limit(limit)
+        dl = self.t.dead_letters
+        query = sa.select(dl).order_by(dl.c.id).limit(limit)
+        if job_id is not None:
+            query = query.where(dl.c.job_id == job_id)
+        if not include_replayed:
+            query = query.where(dl.c.replayed_at.is_(None))
+        return [_dead_letter_from_row(r) for r in (yield query, None)]
+
+    def replay_dead_letter(self, dead_letter_id: int) -> Steps[ApplyResult]:
+        row = (yield self.select_dead_letter, {"id": dead_letter_id}).first()
+        if row is None:
+            raise DeadLetterNotFoundError(dead_letter_id)
+        letter = _dead_letter_from_row(row)
+        # A NOT_FOUND ends in _Rollback, leaving the letter as it was.
+        result = yield from self.apply(letter.job_id, letter.update, letter.delivery_id)
+        yield self.mark_replayed, {"b_id": dead_letter_id, "b_now": utcnow()}
+        return result
+
+
+_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def _unavailable(exc: Exception) -> StoreUnavailableError:
+    text = str(getattr(exc, "orig", exc))
+    if "no such table" in text or "does not exist" in text:
+        return StoreUnavailableError(
+            "the jobhook tables are missing: call store.create_schema() "
+            f"or run `jobhook db init` ({text.strip()})"
+        )
+    return StoreUnavailableError(f"the database is unavailable: {text.strip()}")
+
+
+def _is_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    # PostgreSQL: a missing table is a ProgrammingError (UndefinedTable).
+    return isinstance(exc, sa_exc.ProgrammingError) and "does not exist" in str(exc.orig)
+
+
+class SQLJobStore:
+    """A `JobStore` in a SQL database: SQLite (a file, WAL) or PostgreSQL (JSONB).
+
+    ``url_or_engine`` is a URL (``sqlite:///jobs.db``, ``postgresql://…``; plain
+    ``postgresql://`` uses psycopg 3) or an `Engine`. Thread-safe; every method is one
+    transaction. Raises `StoreUnavailableError` when the database cannot be reached.
+    Call `create_schema` once (idempotent), or manage `metadata` with Alembic.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine,
+        *,
+        table_prefix: str = "jobhook_",
+        create_schema: bool = False,
+    ) -> None:
+        if isinstance(url_or_engine, Engine):
+            self.engine = url_or_engine
+            self._owns_engine = False
+        else:
+            url = sync_url(url_or_engine)
+            self.engine = sa.create_engine(url, **engine_options(url))
+            self._owns_engine = True
+        install_sqlite_pragmas(self.engine)
+        if not self._owns_engine:
+            # Pooled connections made before the pragmas were installed lack them.
+            self.engine.dispose(close=False)
+        self.tables = Tables(table_prefix)
+        self._ops = _Operations(self.tables, self.engine.dialect.name)
+        if create_schema:
+            self.create_schema()
+
+    def __repr__(self) -> str:
+        return f"<SQLJobStore {self.engine.url.render_as_string(hide_password=True)!s}>"
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        """The tables' `MetaData`, for the app's own Alembic migrations."""
+        return self.tables.metadata
+
+    def create_schema(self) -> None:
+        """Create the tables and indexes that do not exist yet (idempotent)."""
+        try:
+            self.tables.metadata.create_all(self.engine, checkfirst=True)
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+
+    def _run(self, steps: Steps[T], *, write: bool) -> T:
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(jobhook_write=True)
+                try:
+                    with conn.begin():
+                        return _drive(conn, steps)
+                except _Rollback as rollback:
+                    result: T = rollback.value
+                    return result
+        except sa_exc.DBAPIError as exc:
+            if _is_unavailable(exc):
+                raise _unavailable(exc) from exc
+            raise
+        except sa_exc.TimeoutError as exc:
+            raise _unavailable(exc) from exc
+
+    def create(
+        self,
+        input: JSON,
+        *,
+        kind: str = "default",
+        owner_id: str | None = None,
+        job_id: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+    ) -> Job:
+        """Create and commit a ``pending`` job. See `JobStore.create`."""
+        return self._run(self._ops.create(input, kind, owner_id, job_id, metadata), write=True)
+
+    def get(self, job_id: str) -> Job:
+        """Return the job. Raises `JobNotFoundError`."""
+        return self._run(self._ops.get(job_id), write=False)
+
+    def list(
+        self,
+        *,
+        owner_id: str | None = None,
+        status: StatusFilter = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> builtins.list[Job]:
+        """Jobs newest first, ``limit`` at a time; ``before`` is the previous page's last id."""
+        return self._run(self._ops.list(owner_id, status, kind, limit, before), write=False)
+
+    def apply(
+        self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
+    ) -> ApplyResult:
+        """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
+        return self._run(self._ops.apply(job_id, update, delivery_id), write=True)
+
+    def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
+        """Non-terminal jobs last updated before ``updated_before``, oldest first."""
+        return self._run(self._ops.stale(updated_before, limit), write=False)
+
+    def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
+        """Outbox events with an id greater than ``after``, in order."""
+        return self._run(self._ops.events(after, limit), write=False)
+
+    def add_dead_letter(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        *,
+        delivery_id: str | None = None,
+        body: bytes = b"",
+        reason: str = "not_found",
+    ) -> DeadLetter:
+        """Keep a delivery that named an unknown job."""
+        steps = self._ops.add_dead_letter(job_id, update, delivery_id, body, reason)
+        return self._run(steps, write=True)
+
+    def dead_letters(
+        self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
+    ) -> builtins.list[DeadLetter]:
+        """Kept deliveries, oldest first (not yet replayed ones unless asked)."""
+        return self._run(self._ops.dead_letters(job_id, include_replayed, limit), write=False)
+
+    def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
+        """Apply a kept delivery under its delivery id. Raises `DeadLetterNotFoundError`."""
+        return self._run(self._ops.replay_dead_letter(dead_letter_id), write=True)
+
+    def close(self) -> None:
+        """Close the engine's connections (only if this store created the engine)."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+
+def _drive(conn: sa.Connection, steps: Steps[T]) -> T:
+    try:
+        statement, params = next(steps)
+        while True:
+            try:
+                result = conn.execute(statement, params)
+            except sa_exc.IntegrityError as exc:
+                statement, params = steps.throw(exc)
+            else:
+                statement, params = steps.send(result)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+
+
+async def _adrive(conn: AsyncConnection, steps: Steps[T]) -> T:
+    try:
+        statement, params = next(steps)
+        while True:
+            try:
+                result = await conn.execute(statement, params)
+            except sa_exc.IntegrityError as exc:
+                statement, params = steps.throw(exc)
+            else:
+                statement, params = steps.send(result)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+
+
+class AsyncSQLJobStore:
+    """The async twin of `SQLJobStore`: aiosqlite for SQLite, psycopg 3 (or asyncpg, if
+    the URL says ``postgresql+asyncpg``) for PostgreSQL. Same tables, same statements."""
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | AsyncEngine,
+        *,
+        table_prefix: str = "jobhook_",
+    ) -> None:
+        if isinstance(url_or_engine, AsyncEngine):
+            self.engine = url_or_engine
+            self._owns_engine = False
+        else:
+            url = async_url(url_or_engine)
+            self.engine = create_async_engine(url, **engine_options(url))
+            self._owns_engine = True
+        install_sqlite_pragmas(self.engine.sync_engine)
+        self.tables = Tables(table_prefix)
+        self._ops = _Operations(self.tables, self.engine.dialect.name)
+
+    def __repr__(self) -> str:
+        return f"<AsyncSQLJobStore {self.engine.url.render_as_string(hide_password=True)!s}>"
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        """The tables' `MetaData`, for the app's own Alembic migrations."""
+        return self.tables.metadata
+
+    async def create_schema(self) -> None:
+        """Create the tables and indexes that do not exist yet (idempotent)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(self.tables.metadata.create_all, checkfirst=True)
+        except _UNAVAILABLE as exc:
+            raise _unavailable(exc) from exc
+
+    async def _run(self, steps: Steps[T], *, write: bool) -> T:
+        try:
+            async with self.engine.connect() as conn:
+                if write:
+                    await conn.execution_options(jobhook_write=True)
+                try:
+                    async with conn.begin():
+                        return await _adrive(conn, steps)
+                except _Rollback as rollback:
+                    result: T = rollback.value
+                    return result
+        except sa_exc.DBAPIError as exc:
+            if _is_unavailable(exc):
+                raise _unavailable(exc) from exc
+            raise
+        except (sa_exc.TimeoutError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def create(
+        self,
+        input: JSON,
+        *,
+        kind: str = "default",
+        owner_id: str | None = None,
+        job_id: str | None = None,
+        metadata: dict[str, JSON] | None = None,
+    ) -> Job:
+        """Create and commit a ``pending`` job. See `JobStore.create`."""
+        steps = self._ops.create(input, kind, owner_id, job_id, metadata)
+        return await self._run(steps, write=True)
+
+    async def get(self, job_id: str) -> Job:
+        """Return the job. Raises `JobNotFoundError`."""
+        return await self._run(self._ops.get(job_id), write=False)
+
+    async def list(
+        self,
+        *,
+        owner_id: str | None = None,
+        status: StatusFilter = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> builtins.list[Job]:
+        """Jobs newest first, ``limit`` at a time; ``before`` is the previous page's last id."""
+        steps = self._ops.list(owner_id, status, kind, limit, before)
+        return await self._run(steps, write=False)
+
+    async def apply(
+        self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
+    ) -> ApplyResult:
+        """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
+        return await self._run(self._ops.apply(job_id, update, delivery_id), write=True)
+
+    async def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
+        """Non-terminal jobs last updated before ``updated_before``, oldest first."""
+        return await self._run(self._ops.stale(updated_before, limit), write=False)
+
+    async def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
+        """Outbox events with an id greater than ``after``, in order."""
+        return await self._run(self._ops.events(after, limit), write=False)
+
+    async def add_dead_letter(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        *,
+        delivery_id: str | None = None,
+        body: bytes = b"",
+        reason: str = "not_found",
+    ) -> DeadLetter:
+        """Keep a delivery that named an unknown job."""
+        steps = self._ops.add_dead_letter(job_id, update, delivery_id, body, reason)
+        return await self._run(steps, write=True)
+
+    async def dead_letters(
+        self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
+    ) -> builtins.list[DeadLetter]:
+        """Kept deliveries, oldest first (not yet replayed ones unless asked)."""
+        steps = self._ops.dead_letters(job_id, include_replayed, limit)
+        return await self._run(steps, write=False)
+
+    async def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
+        """Apply a kept delivery under its delivery id. Raises `DeadLetterNotFoundError`."""
+        return await self._run(self._ops.replay_dead_letter(dead_letter_id), write=True)
+
+    async def close(self) -> None:
+        """Close the engine's connections (only if this store created the engine)."""
+        if self._owns_engine:
+            await self.engine.dispose()

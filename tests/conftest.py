@@ -1,0 +1,125 @@
+"""Store fixtures: every test that takes ``store`` runs against every store.
+
+``store`` always has the sync `JobStore` interface; async stores are wrapped in a
+facade that runs each call on a private event loop, so one contract suite covers the
+async twins too. PostgreSQL stores use ``JOBHOOK_TEST_POSTGRES_URL`` and a table prefix
+of their own per test, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from jobhook import AsyncInMemoryJobStore, InMemoryJobStore
+
+PG_URL = os.environ.get("JOBHOOK_TEST_POSTGRES_URL")
+PG_SKIP_REASON = "PostgreSQL tests need JOBHOOK_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+
+STORE_KINDS = ["memory", "async-memory", "sqlite", "async-sqlite", "postgres", "async-postgres"]
+SQL_KINDS = ["sqlite", "async-sqlite", "postgres", "async-postgres"]
+
+
+class SyncFacade:
+    """Runs an async store's methods to completion, one event loop per store."""
+
+    def __init__(self, store: Any) -> None:
+        self.inner = store
+        self.runner = asyncio.Runner()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                return self.runner.run(result)
+            return result
+
+        return call
+
+    def close(self) -> None:
+        self.runner.run(self.inner.close())
+        self.runner.close()
+
+
+def _drop_tables(url: str, prefix: str) -> None:
+    from jobhook.stores.sql import SQLJobStore
+
+    store = SQLJobStore(url, table_prefix=prefix)
+    store.metadata.drop_all(store.engine)
+    store.close()
+
+
+def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
+    """A fresh store of ``kind`` and a function that closes and removes it."""
+    if kind == "memory":
+        store: Any = InMemoryJobStore()
+        return store, store.close
+    if kind == "async-memory":
+        facade = SyncFacade(AsyncInMemoryJobStore())
+        return facade, facade.close
+    if kind in ("postgres", "async-postgres") and not PG_URL:
+        pytest.skip(PG_SKIP_REASON)
+    from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
+
+    if kind in ("sqlite", "async-sqlite"):
+        url = f"sqlite:///{tmp_path / f'jobs-{uuid.uuid4().hex[:8]}.db'}"
+        prefix = "jobhook_"
+    else:
+        assert PG_URL is not None
+        url = PG_URL
+        prefix = f"t{uuid.uuid4().hex[:10]}_"
+    if kind.startswith("async-"):
+        facade = SyncFacade(AsyncSQLJobStore(url, table_prefix=prefix))
+        facade.create_schema()
+
+        def close_async() -> None:
+            facade.close()
+            if kind == "async-postgres":
+                _drop_tables(url, prefix)
+
+        return facade, close_async
+    sync_store = SQLJobStore(url, table_prefix=prefix, create_schema=True)
+
+    def close_sync() -> None:
+        sync_store.close()
+        if kind == "postgres":
+            _drop_tables(url, prefix)
+
+    return sync_store, close_sync
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store(store_kind: str, tmp_path: Any) -> Iterator[Any]:
+    """A fresh, empty store of every kind (sync interface)."""
+    built, close = build_store(store_kind, tmp_path)
+    yield built
+    close()
+
+
+@pytest.fixture
+def make_store(tmp_path: Any) -> Iterator[Callable[[str], Any]]:
+    """Build extra stores by kind; all are closed at teardown."""
+    closers: list[Callable[[], None]] = []
+
+    def make(kind: str) -> Any:
+        built, close = build_store(kind, tmp_path)
+        closers.append(close)
+        return built
+
+    yield make
+    for close in reversed(closers):
+        close()

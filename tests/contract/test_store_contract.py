@@ -1,0 +1,376 @@
+"""The contract every store keeps: memory, SQLite, PostgreSQL and the async twins.
+
+A test here runs once per store (see the ``store`` fixture in ``tests/conftest.py``).
+Passing this suite is what "behaves the same" means.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from jobhook import (
+    DeadLetterNotFoundError,
+    JobError,
+    JobExistsError,
+    JobNotFoundError,
+    JobStatus,
+    JobUpdate,
+    Outcome,
+    ValidationError,
+)
+from jobhook._ids import utcnow
+
+ALL = list(JobStatus)
+
+
+def drive_to(store: Any, status: JobStatus, **create: Any) -> str:
+    """A new job brought to ``status`` through legal updates; returns its id."""
+    job = store.create({"prompt": "a red fox"}, **create)
+    path = {
+        JobStatus.PENDING: [],
+        JobStatus.SUBMITTED: [JobUpdate(JobStatus.SUBMITTED)],
+        JobStatus.RUNNING: [JobUpdate(JobStatus.RUNNING, progress=10)],
+        JobStatus.SUCCEEDED: [JobUpdate(JobStatus.SUCCEEDED, output={"images": ["1.png"]})],
+        JobStatus.FAILED: [JobUpdate(JobStatus.FAILED, error=JobError("nsfw", "blocked"))],
+        JobStatus.CANCELED: [JobUpdate(JobStatus.CANCELED)],
+    }[status]
+    for update in path:
+        assert store.apply(job.id, update).outcome is Outcome.APPLIED
+    return str(job.id)
+
+
+# -- create / get --------------------------------------------------------------------
+
+
+def test_create_commits_a_pending_job(store: Any) -> None:
+    job = store.create({"prompt": "a red fox"}, kind="image", owner_id="u1", metadata={"a": 1})
+    assert job.status is JobStatus.PENDING
+    assert (job.kind, job.owner_id, job.input, job.metadata) == (
+        "image",
+        "u1",
+        {"prompt": "a red fox"},
+        {"a": 1},
+    )
+    assert (job.progress, job.output, job.error, job.remote_id, job.sequence) == (None,) * 5
+    assert job.version == 1
+    assert job.created_at.tzinfo is not None
+    assert job.created_at == job.updated_at
+    assert job.completed_at is None
+    assert store.get(job.id) == job
+
+
+def test_generated_ids_are_url_safe_unique_and_sorted(store: Any) -> None:
+    ids = [store.create({}).id for _ in range(20)]
+    assert len(set(ids)) == 20
+    assert ids == sorted(ids)
+    assert all(i.isalnum() and i.islower() or i.isdigit() for i in ids)
+
+
+def test_create_with_given_id_and_duplicate_id(store: Any) -> None:
+    job = store.create({"n": 1}, job_id="order-42")
+    assert job.id == "order-42"
+    with pytest.raises(JobExistsError, match="order-42"):
+        store.create({"n": 2}, job_id="order-42")
+    assert store.get("order-42").input == {"n": 1}
+
+
+def test_unknown_id_raises_job_not_found(store: Any) -> None:
+    with pytest.raises(JobNotFoundError, match="nope") as info:
+        store.get("nope")
+    assert isinstance(info.value, LookupError)
+
+
+@pytest.mark.parametrize(
+    "bad_input", [{"s": {1, 2}}, {"f": float("nan")}, object(), {"x": float("inf")}]
+)
+def test_input_that_is_not_json_fails_the_same_way_and_writes_nothing(
+    store: Any, bad_input: Any
+) -> None:
+    with pytest.raises(ValidationError, match="input is not JSON-serialisable"):
+        store.create(bad_input, job_id="bad")
+    with pytest.raises(JobNotFoundError):
+        store.get("bad")
+    assert store.list() == []
+
+
+def test_metadata_must_be_a_json_object(store: Any) -> None:
+    with pytest.raises(ValidationError, match="metadata"):
+        store.create({}, metadata=["not", "an", "object"])
+    with pytest.raises(ValidationError, match="metadata"):
+        store.create({}, metadata={"when": object()})
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("bad_id", ["", 42, "x" * 256])
+def test_bad_job_id_is_refused(store: Any, bad_id: Any) -> None:
+    with pytest.raises(ValidationError, match="job_id"):
+        store.create({}, job_id=bad_id)
+
+
+def test_json_round_trip_is_the_same_everywhere(store: Any) -> None:
+    job = store.create({"t": (1, 2), "nested": {"u": "ü", "n": None}}, job_id="j")
+    assert job.input == {"t": [1, 2], "nested": {"u": "ü", "n": None}}
+    assert store.get("j").input == job.input
+
+
+def test_returned_jobs_never_alias_stored_state(store: Any) -> None:
+    job = store.create({"prompt": "fox"})
+    job.input["prompt"] = "changed"
+    job.metadata["x"] = 1
+    again = store.get(job.id)
+    assert again.input == {"prompt": "fox"}
+    assert again.metadata == {}
+
+
+# -- apply ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("current", ALL)
+def test_rules_for_every_status_pair(store: Any, current: JobStatus) -> None:
+    from tests.test_lifecycle import EXPECTED, ORDER
+
+    for new in ORDER:
+        job_id = drive_to(store, current)
+        result = store.apply(job_id, JobUpdate(new))
+        assert result.outcome is EXPECTED[current][ORDER.index(new)], (current, new)
+        assert result.job.status is (new if result.applied else current)
+
+
+def test_applied_update_writes_job_and_one_event(store: Any) -> None:
+    job = store.create({"p": 1}, owner_id="u1", kind="image")
+    result = store.apply(
+        job.id, JobUpdate("running", progress=40, sequence=3, remote_id="r-9"), delivery_id="d1"
+    )
+    assert result.outcome is Outcome.APPLIED
+    assert result.applied
+    new = result.job
+    assert (new.status, new.progress, new.sequence, new.remote_id, new.version) == (
+        JobStatus.RUNNING,
+        40.0,
+        3,
+        "r-9",
+        2,
+    )
+    assert new.updated_at >= job.updated_at
+    assert store.get(job.id) == new
+    event = result.event
+    assert (event.job_id, event.owner_id, event.kind, event.status, event.progress) == (
+        job.id,
+        "u1",
+        "image",
+        JobStatus.RUNNING,
+        40.0,
+    )
+    assert (event.version, event.delivery_id) == (2, "d1")
+    assert store.events() == [event]
+
+
+def test_succeeded_and_failed_fields(store: Any) -> None:
+    ok = store.create({})
+    done = store.apply(ok.id, JobUpdate("succeeded", output={"images": ["a.png"]})).job
+    assert (done.status, done.progress, done.output) == (
+        JobStatus.SUCCEEDED,
+        100.0,
+        {"images": ["a.png"]},
+    )
+    assert done.completed_at is not None
+    assert done.terminal
+    bad = store.create({})
+    failed = store.apply(bad.id, JobUpdate("failed", error=JobError("nsfw", "blocked"))).job
+    assert failed.error == JobError("nsfw", "blocked")
+    assert failed.output is None
+
+
+def test_update_without_fields_keeps_stored_values(store: Any) -> None:
+    job = store.create({})
+    store.apply(job.id, JobUpdate("running", progress=50, sequence=1, remote_id="r"))
+    after = store.apply(job.id, JobUpdate("running", sequence=2)).job
+    assert (after.progress, after.remote_id, after.sequence) == (50.0, "r", 2)
+
+
+def test_duplicate_delivery_changes_nothing(store: Any) -> None:
+    job = store.create({})
+    first = store.apply(job.id, JobUpdate("running", progress=10), delivery_id="d1")
+    again = store.apply(job.id, JobUpdate("running", progress=90), delivery_id="d1")
+    assert again.outcome is Outcome.DUPLICATE
+    assert again.event is None
+    assert again.job == first.job
+    assert len(store.events()) == 1
+
+
+def test_stale_and_conflict_record_the_delivery(store: Any) -> None:
+    job_id = drive_to(store, JobStatus.SUCCEEDED)
+    assert store.apply(job_id, JobUpdate("running"), delivery_id="s").outcome is Outcome.STALE
+    assert store.apply(job_id, JobUpdate("running"), delivery_id="s").outcome is Outcome.DUPLICATE
+    assert store.apply(job_id, JobUpdate("failed"), delivery_id="c").outcome is Outcome.CONFLICT
+    assert store.apply(job_id, JobUpdate("failed"), delivery_id="c").outcome is Outcome.DUPLICATE
+    assert store.get(job_id).status is JobStatus.SUCCEEDED
+
+
+def test_running_out_of_order_is_stale(store: Any) -> None:
+    job = store.create({})
+    assert store.apply(job.id, JobUpdate("running", progress=70, sequence=7)).applied
+    assert store.apply(job.id, JobUpdate("running", progress=40, sequence=4)).outcome is (
+        Outcome.STALE
+    )
+    assert store.apply(job.id, JobUpdate("running", progress=80, sequence=7)).outcome is (
+        Outcome.STALE
+    )
+    assert store.apply(job.id, JobUpdate("running", progress=60, sequence=8)).outcome is (
+        Outcome.STALE
+    )
+    assert store.get(job.id).progress == 70.0
+    assert len(store.events()) == 1
+
+
+def test_terminal_update_keeps_highest_sequence(store: Any) -> None:
+    job = store.create({})
+    store.apply(job.id, JobUpdate("running", progress=10, sequence=5))
+    done = store.apply(job.id, JobUpdate("failed", sequence=1)).job
+    assert done.sequence == 5
+
+
+def test_not_found_records_no_delivery(store: Any) -> None:
+    result = store.apply("later", JobUpdate("succeeded"), delivery_id="d-late")
+    assert result.outcome is Outcome.NOT_FOUND
+    assert result.job is None
+    store.create({}, job_id="later")
+    assert store.apply("later", JobUpdate("succeeded"), delivery_id="d-late").applied
+    assert store.events()[-1].delivery_id == "d-late"
+
+
+def test_output_that_is_not_json_writes_nothing(store: Any) -> None:
+    job = store.create({})
+    with pytest.raises(ValidationError, match="output is not JSON-serialisable"):
+        store.apply(job.id, JobUpdate("succeeded", output={"x": {1}}), delivery_id="d")
+    assert store.get(job.id) == job
+    assert store.events() == []
+    # The delivery id was not kept either: the same delivery, fixed, applies.
+    assert store.apply(job.id, JobUpdate("succeeded", output={"x": [1]}), delivery_id="d").applied
+
+
+# -- list / stale / events -------------------------------------------------------------
+
+
+def test_list_newest_first_with_filters(store: Any) -> None:
+    a = store.create({}, owner_id="u1", kind="image")
+    b = store.create({}, owner_id="u2", kind="video")
+    c = store.create({}, owner_id="u1", kind="video")
+    store.apply(c.id, JobUpdate("succeeded"))
+    assert [j.id for j in store.list()] == [c.id, b.id, a.id]
+    assert [j.id for j in store.list(owner_id="u1")] == [c.id, a.id]
+    assert [j.id for j in store.list(kind="video")] == [c.id, b.id]
+    assert [j.id for j in store.list(status="succeeded")] == [c.id]
+    assert [j.id for j in store.list(status=[JobStatus.PENDING])] == [b.id, a.id]
+    assert [j.id for j in store.list(owner_id="u1", status="pending", kind="image")] == [a.id]
+    assert store.list(owner_id="nobody") == []
+
+
+def test_list_pages_with_before(store: Any) -> None:
+    ids = [store.create({}, owner_id="u").id for _ in range(7)]
+    pages, before = [], None
+    while True:
+        page = store.list(owner_id="u", limit=3, before=before)
+        if not page:
+            break
+        pages.append([j.id for j in page])
+        before = page[-1].id
+    assert pages == [ids[6:3:-1], ids[3:0:-1], ids[0:1]]
+
+
+def test_list_refuses_bad_arguments(store: Any) -> None:
+    with pytest.raises(JobNotFoundError):
+        store.list(before="missing")
+    with pytest.raises(ValidationError, match="limit"):
+        store.list(limit=0)
+    with pytest.raises(ValueError, match="bogus"):
+        store.list(status="bogus")
+
+
+def test_stale_finds_non_terminal_jobs_not_updated_since(store: Any) -> None:
+    old_pending = store.create({})
+    old_running = drive_to(store, JobStatus.RUNNING)
+    drive_to(store, JobStatus.SUCCEEDED)
+    cutoff = utcnow() + timedelta(seconds=1)
+    stale = store.stale(updated_before=cutoff)
+    assert [j.id for j in stale] == [old_pending.id, old_running]
+    assert store.stale(updated_before=old_pending.created_at) == []
+    assert len(store.stale(updated_before=cutoff, limit=1)) == 1
+
+
+def test_events_in_order_after_a_cursor(store: Any) -> None:
+    job = store.create({})
+    for p in (10, 20, 30):
+        store.apply(job.id, JobUpdate("running", progress=p))
+    store.apply(job.id, JobUpdate("succeeded"))
+    events = store.events()
+    assert [e.progress for e in events] == [10.0, 20.0, 30.0, 100.0]
+    assert [e.version for e in events] == [2, 3, 4, 5]
+    ids = [e.id for e in events]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4
+    assert store.events(after=ids[1]) == events[2:]
+    assert store.events(after=ids[0], limit=2) == events[1:3]
+    assert store.events(after=ids[-1]) == []
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+def test_dead_letter_kept_and_replayed_once(store: Any) -> None:
+    update = JobUpdate("succeeded", output={"images": ["x.png"]})
+    letter = store.add_dead_letter("ghost", update, delivery_id="d-9", body=b'{"raw": 1}')
+    assert (letter.job_id, letter.delivery_id, letter.update, letter.body, letter.reason) == (
+        "ghost",
+        "d-9",
+        update,
+        b'{"raw": 1}',
+        "not_found",
+    )
+    assert letter.replayed_at is None
+    assert store.dead_letters() == [letter]
+    assert store.dead_letters(job_id="other") == []
+
+    # Still unknown: nothing changes, the letter stays.
+    assert store.replay_dead_letter(letter.id).outcome is Outcome.NOT_FOUND
+    assert store.dead_letters() == [letter]
+
+    store.create({}, job_id="ghost")
+    result = store.replay_dead_letter(letter.id)
+    assert result.outcome is Outcome.APPLIED
+    assert result.job.output == {"images": ["x.png"]}
+    assert store.dead_letters() == []
+    [replayed] = store.dead_letters(include_replayed=True)
+    assert replayed.replayed_at is not None
+    # Replaying again, or the sender's retry of the same delivery, is a duplicate.
+    assert store.replay_dead_letter(letter.id).outcome is Outcome.DUPLICATE
+    assert store.apply("ghost", update, delivery_id="d-9").outcome is Outcome.DUPLICATE
+    assert len(store.events()) == 1
+
+
+def test_sender_retry_before_replay_applies_once(store: Any) -> None:
+    update = JobUpdate("running", progress=50)
+    letter = store.add_dead_letter("ghost", update, delivery_id="d-1")
+    store.create({}, job_id="ghost")
+    assert store.apply("ghost", update, delivery_id="d-1").applied
+    assert store.replay_dead_letter(letter.id).outcome is Outcome.DUPLICATE
+    assert len(store.events()) == 1
+
+
+def test_unknown_dead_letter(store: Any) -> None:
+    with pytest.raises(DeadLetterNotFoundError):
+        store.replay_dead_letter(12345)
+
+
+def test_dead_letters_oldest_first_and_limited(store: Any) -> None:
+    for i, job_id in itertools.product(range(2), ("a", "b")):
+        store.add_dead_letter(job_id, JobUpdate("running", progress=i))
+    letters = store.dead_letters()
+    assert [d.job_id for d in letters] == ["a", "b", "a", "b"]
+    assert [d.id for d in letters] == sorted(d.id for d in letters)
+    assert len(store.dead_letters(limit=3)) == 3
+    assert [d.update.progress for d in store.dead_letters(job_id="b")] == [0.0, 1.0]
