@@ -67,7 +67,7 @@ def test_generated_ids_are_url_safe_unique_and_sorted(store: Any) -> None:
     ids = [store.create({}).id for _ in range(20)]
     assert len(set(ids)) == 20
     assert ids == sorted(ids)
-    assert all(i.isalnum() and i.islower() or i.isdigit() for i in ids)
+    assert all((i.isalnum() and i.islower()) or i.isdigit() for i in ids)
 
 
 def test_create_with_given_id_and_duplicate_id(store: Any) -> None:

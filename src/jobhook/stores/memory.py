@@ -49,7 +49,9 @@ def _sort_key(job: Job) -> tuple[datetime, str]:
 
 def _check_id(job_id: object) -> str:
     if not isinstance(job_id, str) or not job_id or len(job_id) > 255:
-        raise ValidationError(f"job_id must be a non-empty string of at most 255 characters, got {job_id!r}")
+        raise ValidationError(
+            f"job_id must be a non-empty string of at most 255 characters, got {job_id!r}"
+        )
     return job_id
 
 
@@ -154,9 +156,7 @@ class InMemoryJobStore:
         with self._lock:
             return self._apply_locked(job_id, update, delivery_id)
 
-    def _apply_locked(
-        self, job_id: str, update: JobUpdate, delivery_id: str | None
-    ) -> ApplyResult:
+    def _apply_locked(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
         if delivery_id is not None and delivery_id in self._deliveries:
             job = self._jobs.get(job_id)
             return ApplyResult(Outcome.DUPLICATE, job and _detached(job))

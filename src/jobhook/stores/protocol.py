@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -49,7 +50,7 @@ class JobStore(Protocol):
         kind: str | None = None,
         limit: int = 50,
         before: str | None = None,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Jobs newest first. ``before`` is the id of the last job of the previous page."""
         ...
 
@@ -64,12 +65,12 @@ class JobStore(Protocol):
         """
         ...
 
-    def stale(self, *, updated_before: datetime, limit: int = 100) -> list[Job]:
+    def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
         """Jobs that are not terminal and were last updated before ``updated_before``,
         least recently updated first."""
         ...
 
-    def events(self, *, after: int = 0, limit: int = 100) -> list[JobEvent]:
+    def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
         """Outbox events with an id greater than ``after``, in order."""
         ...
 
@@ -87,7 +88,7 @@ class JobStore(Protocol):
 
     def dead_letters(
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
-    ) -> list[DeadLetter]:
+    ) -> builtins.list[DeadLetter]:
         """Kept deliveries, oldest first."""
         ...
 
@@ -128,15 +129,15 @@ class AsyncJobStore(Protocol):
         kind: str | None = None,
         limit: int = 50,
         before: str | None = None,
-    ) -> list[Job]: ...
+    ) -> builtins.list[Job]: ...
 
     async def apply(
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult: ...
 
-    async def stale(self, *, updated_before: datetime, limit: int = 100) -> list[Job]: ...
+    async def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]: ...
 
-    async def events(self, *, after: int = 0, limit: int = 100) -> list[JobEvent]: ...
+    async def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]: ...
 
     async def add_dead_letter(
         self,
@@ -150,7 +151,7 @@ class AsyncJobStore(Protocol):
 
     async def dead_letters(
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
-    ) -> list[DeadLetter]: ...
+    ) -> builtins.list[DeadLetter]: ...
 
     async def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult: ...
 

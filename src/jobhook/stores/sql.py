@@ -111,7 +111,8 @@ def _job_from_row(row: Any) -> Job:
         error = JobError(m["error_code"], m["error_message"] or "")
     created_at = _aware(m["created_at"])
     updated_at = _aware(m["updated_at"])
-    assert created_at is not None and updated_at is not None
+    assert created_at is not None
+    assert updated_at is not None
     return Job(
         id=m["id"],
         kind=m["kind"],
@@ -176,9 +177,7 @@ class _Operations:
         elif dialect == "sqlite":
             insert = sqlite.insert
         else:
-            raise ValueError(
-                f"SQLJobStore supports SQLite and PostgreSQL, not {dialect!r}"
-            )
+            raise ValueError(f"SQLJobStore supports SQLite and PostgreSQL, not {dialect!r}")
         self.select_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
         self.insert_job = sa.insert(jobs)
         # RETURNING tells whether the row was written (rowcount is -1 on some drivers).
@@ -264,7 +263,7 @@ class _Operations:
         if "remote_id" in values:
             sets["remote_id"] = sa.bindparam("b_remote_id")
         if has_sequence:
-            seq = sa.bindparam("b_sequence")
+            seq: sa.BindParameter[Any] = sa.bindparam("b_sequence")
             sets["sequence"] = sa.case(
                 (sa.or_(c.sequence.is_(None), c.sequence < seq), seq), else_=c.sequence
             )
@@ -382,9 +381,7 @@ class _Operations:
         query = query.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
         return [_job_from_row(r) for r in (yield query, None)]
 
-    def apply(
-        self, job_id: str, update: JobUpdate, delivery_id: str | None
-    ) -> Steps[ApplyResult]:
+    def apply(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> Steps[ApplyResult]:
         # Refuse an output JSON cannot hold before anything is written.
         dumps(update.output, field="output")
         now = utcnow()
@@ -451,16 +448,18 @@ class _Operations:
     ) -> Steps[DeadLetter]:
         dumps(update.output, field="output")
         row = (
-            yield self.insert_dead_letter,
-            {
-                "job_id": job_id,
-                "delivery_id": delivery_id,
-                "update": update_to_dict(update),
-                "body": bytes(body),
-                "reason": reason,
-                "received_at": utcnow(),
-                "replayed_at": None,
-            },
+            yield (
+                self.insert_dead_letter,
+                {
+                    "job_id": job_id,
+                    "delivery_id": delivery_id,
+                    "update": update_to_dict(update),
+                    "body": bytes(body),
+                    "reason": reason,
+                    "received_at": utcnow(),
+                    "replayed_at": None,
+                },
+            )
         ).one()
         return _dead_letter_from_row(row)
 

@@ -1,0 +1,137 @@
+"""What only the SQL stores have: schema, engines, outages and atomicity."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from jobhook import JobStatus, JobUpdate, Outcome, StoreUnavailableError
+from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
+
+from .conftest import PG_SKIP_REASON, PG_URL, SyncFacade
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_create_schema_is_idempotent_and_prefixed(tmp_path: Any) -> None:
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'a.db'}", table_prefix="app_")
+    store.create_schema()
+    store.create_schema()
+    names = set(sa.inspect(store.engine).get_table_names())
+    assert names == {"app_jobs", "app_deliveries", "app_events", "app_dead_letters"}
+    assert set(store.metadata.tables) == names
+    indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("app_jobs")}
+    assert {"ix_app_jobs_owner_created", "ix_app_jobs_created", "ix_app_jobs_stale"} <= indexes
+    store.close()
+
+
+def test_two_prefixes_share_one_database(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = SQLJobStore(url, table_prefix="a_", create_schema=True)
+    b = SQLJobStore(url, table_prefix="b_", create_schema=True)
+    a.create({}, job_id="x")
+    assert b.list() == []
+    a.close()
+    b.close()
+
+
+def test_bad_prefix_is_refused(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="table_prefix"):
+        SQLJobStore(f"sqlite:///{tmp_path / 'a.db'}", table_prefix="drop table;")
+
+
+def test_sqlite_file_uses_wal(tmp_path: Any) -> None:
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'wal.db'}", create_schema=True)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    store.close()
+
+
+def test_sqlite_in_memory_url_works() -> None:
+    store = SQLJobStore("sqlite://", create_schema=True)
+    job = store.create({"a": 1})
+    assert store.apply(job.id, JobUpdate("succeeded")).applied
+    store.close()
+
+
+def test_missing_tables_say_how_to_create_them(tmp_path: Any) -> None:
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(StoreUnavailableError, match="create_schema"):
+        store.create({})
+    store.close()
+
+
+def test_an_engine_can_be_passed_and_is_not_disposed(tmp_path: Any) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'e.db'}")
+    store = SQLJobStore(engine, create_schema=True)
+    store.create({}, job_id="x")
+    store.close()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM jobhook_jobs").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+
+
+def test_unreachable_postgres_raises_store_unavailable() -> None:
+    store = SQLJobStore(f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    with pytest.raises(StoreUnavailableError, match="unavailable"):
+        store.get("x")
+    with pytest.raises(StoreUnavailableError):
+        store.apply("x", JobUpdate("running"))
+    store.close()
+
+
+def test_unreachable_postgres_async() -> None:
+    store = SyncFacade(AsyncSQLJobStore(f"postgresql://postgres@127.0.0.1:{free_port()}/test"))
+    with pytest.raises(StoreUnavailableError):
+        store.apply("x", JobUpdate("running"))
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "async-sqlite", "postgres", "async-postgres"])
+def test_job_change_and_event_are_one_transaction(make_store: Any, kind: str) -> None:
+    """If the event cannot be written, the job change and the delivery id roll back too."""
+    store = make_store(kind)
+    job = store.create({})
+    tables = store.tables
+    sync_engine = store.engine if isinstance(store, SQLJobStore) else None
+    if sync_engine is None:
+        # The async store: drop and recreate the table through a sync engine on the same DB.
+        url = store.engine.url
+        driver = "sqlite" if url.get_backend_name() == "sqlite" else "postgresql+psycopg"
+        sync_engine = sa.create_engine(url.set(drivername=driver))
+    tables.events.drop(sync_engine)
+    with pytest.raises(StoreUnavailableError):
+        store.apply(job.id, JobUpdate("succeeded"), delivery_id="d1")
+    tables.events.create(sync_engine)
+    assert store.get(job.id).status is JobStatus.PENDING
+    assert store.get(job.id).version == 1
+    result = store.apply(job.id, JobUpdate("succeeded"), delivery_id="d1")
+    assert result.outcome is Outcome.APPLIED
+    assert [e.delivery_id for e in store.events()] == ["d1"]
+    if sync_engine is not store.engine:
+        sync_engine.dispose()
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+def test_postgres_uses_jsonb(make_store: Any) -> None:
+    store = make_store("postgres")
+    columns = {
+        c["name"]: c["type"] for c in sa.inspect(store.engine).get_columns(store.tables.jobs.name)
+    }
+    assert type(columns["input"]).__name__ == "JSONB"
+    assert type(columns["output"]).__name__ == "JSONB"
+
+
+def test_repr_hides_password() -> None:
+    store = SQLJobStore("postgresql://postgres:s3cret@127.0.0.1:1/test")
+    assert "s3cret" not in repr(store)
+    store.close()
