@@ -135,3 +135,27 @@ def test_repr_hides_password() -> None:
     store = SQLJobStore("postgresql://postgres:s3cret@127.0.0.1:1/test")
     assert "s3cret" not in repr(store)
     store.close()
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+def test_postgres_outbox_never_skips_an_event_committed_late(make_store: Any) -> None:
+    """A notifier reading events(after=last) must not miss an event whose transaction
+    started first but committed last."""
+    store = make_store("postgres")
+    early, late = store.create({}), store.create({})
+    with store.engine.connect() as blocker:
+        # An apply of its own, held open: its transaction id is older than the next one's.
+        blocker.execution_options(jobhook_write=True)
+        tx = blocker.begin()
+        steps = store._ops.apply(early.id, JobUpdate("running", progress=5), None)
+        from jobhook.stores.sql import _drive
+
+        held = _drive(blocker, steps)
+        assert held.applied
+        assert store.apply(late.id, JobUpdate("running", progress=7)).applied
+        # The later commit is not handed out while the older transaction may still commit.
+        assert store.events() == []
+        tx.commit()
+    events = store.events()
+    assert [e.job_id for e in events] == [early.id, late.id]
+    assert store.events(after=events[0].id) == events[1:]

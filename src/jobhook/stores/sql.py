@@ -193,6 +193,20 @@ class _Operations:
             .order_by(events.c.id)
             .limit(sa.bindparam("limit"))
         )
+        if dialect == "postgresql":
+            # Outbox ids must only ever grow *as seen by readers*, or a notifier that
+            # reads events(after=last_id) skips an event whose transaction took its id
+            # before, but committed after, a later one. A sequence cannot promise that
+            # under concurrency. The writing transaction's id can: each apply writes one
+            # event, and readers only see ids below the oldest transaction still running
+            # (txid_snapshot_xmin), so every later commit gets a greater id than any
+            # already read. SQLite serialises writers, so its rowids already do this.
+            self.insert_event = (
+                sa.insert(events).values(id=sa.func.txid_current()).returning(events.c.id)
+            )
+            self.select_events = self.select_events.where(
+                events.c.id < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot())
+            )
         self.select_stale = (
             sa.select(jobs)
             .where(
