@@ -22,9 +22,63 @@ from typing import Any
 
 import attrs
 
-from jobhook._models import Job, JobStatus, JobUpdate, Outcome
+from jobhook._convert import normalize_json
+from jobhook._ids import new_job_id
+from jobhook._models import JSON, Job, JobStatus, JobUpdate, Outcome
+from jobhook.exceptions import ValidationError
 
-__all__ = ["allowed_from", "changes", "decide", "judge", "transition"]
+__all__ = ["allowed_from", "changes", "decide", "judge", "new_job", "transition"]
+
+
+def _check_name(value: object, field: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise ValidationError(
+            f"{field} must be a non-empty string of at most 255 characters, got {value!r}"
+        )
+
+
+def new_job(
+    input: JSON,
+    *,
+    kind: str,
+    owner_id: str | None,
+    job_id: str | None,
+    metadata: dict[str, JSON] | None,
+    now: datetime,
+) -> Job:
+    """A new ``pending`` job, as every store creates it.
+
+    Raises `ValidationError` for a bad id, kind or owner, and for an input or metadata
+    JSON cannot hold (the same way in every store, before anything is written).
+    """
+    if job_id is None:
+        job_id = new_job_id()
+    _check_name(job_id, "job_id")
+    _check_name(kind, "kind")
+    _check_name(owner_id, "owner_id", optional=True)
+    input = normalize_json(input, field="input")
+    metadata = normalize_json({} if metadata is None else metadata, field="metadata")
+    if not isinstance(metadata, dict):
+        raise ValidationError(f"metadata must be a JSON object, got {metadata!r}")
+    return Job(
+        id=job_id,
+        kind=kind,
+        owner_id=owner_id,
+        input=input,
+        status=JobStatus.PENDING,
+        progress=None,
+        output=None,
+        error=None,
+        remote_id=None,
+        sequence=None,
+        metadata=metadata,
+        version=1,
+        created_at=now,
+        updated_at=now,
+        completed_at=None,
+    )
 
 
 def judge(job: Job, update: JobUpdate) -> Outcome:

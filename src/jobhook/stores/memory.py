@@ -9,15 +9,14 @@ from datetime import datetime
 import attrs
 
 from jobhook._convert import normalize_json
-from jobhook._ids import new_job_id, utcnow
-from jobhook._lifecycle import decide
+from jobhook._ids import utcnow
+from jobhook._lifecycle import decide, new_job
 from jobhook._models import (
     JSON,
     ApplyResult,
     DeadLetter,
     Job,
     JobEvent,
-    JobStatus,
     JobUpdate,
     Outcome,
 )
@@ -25,7 +24,6 @@ from jobhook.exceptions import (
     DeadLetterNotFoundError,
     JobExistsError,
     JobNotFoundError,
-    ValidationError,
 )
 from jobhook.stores.protocol import StatusFilter, check_limit, status_values
 
@@ -45,14 +43,6 @@ def _detached(job: Job) -> Job:
 
 def _sort_key(job: Job) -> tuple[datetime, str]:
     return (job.created_at, job.id)
-
-
-def _check_id(job_id: object) -> str:
-    if not isinstance(job_id, str) or not job_id or len(job_id) > 255:
-        raise ValidationError(
-            f"job_id must be a non-empty string of at most 255 characters, got {job_id!r}"
-        )
-    return job_id
 
 
 class InMemoryJobStore:
@@ -81,33 +71,13 @@ class InMemoryJobStore:
         job_id: str | None = None,
         metadata: dict[str, JSON] | None = None,
     ) -> Job:
-        job_id = new_job_id() if job_id is None else _check_id(job_id)
-        input = normalize_json(input, field="input")
-        metadata = normalize_json(metadata or {}, field="metadata")
-        if not isinstance(metadata, dict):
-            raise ValidationError(f"metadata must be a JSON object, got {metadata!r}")
-        now = utcnow()
-        job = Job(
-            id=job_id,
-            kind=kind,
-            owner_id=owner_id,
-            input=input,
-            status=JobStatus.PENDING,
-            progress=None,
-            output=None,
-            error=None,
-            remote_id=None,
-            sequence=None,
-            metadata=metadata,
-            version=1,
-            created_at=now,
-            updated_at=now,
-            completed_at=None,
+        job = new_job(
+            input, kind=kind, owner_id=owner_id, job_id=job_id, metadata=metadata, now=utcnow()
         )
         with self._lock:
-            if job_id in self._jobs:
-                raise JobExistsError(job_id)
-            self._jobs[job_id] = job
+            if job.id in self._jobs:
+                raise JobExistsError(job.id)
+            self._jobs[job.id] = job
         return _detached(job)
 
     def get(self, job_id: str) -> Job:

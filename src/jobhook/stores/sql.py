@@ -25,9 +25,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from jobhook._convert import dumps, normalize_json, update_from_dict, update_to_dict
-from jobhook._ids import new_job_id, utcnow
-from jobhook._lifecycle import allowed_from, changes, judge
+from jobhook._convert import dumps, update_from_dict, update_to_dict
+from jobhook._ids import utcnow
+from jobhook._lifecycle import allowed_from, changes, judge, new_job
 from jobhook._models import (
     JSON,
     ApplyResult,
@@ -94,14 +94,6 @@ def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValidationError(f"timestamps must be timezone-aware, got {value!r}")
     return value.astimezone(timezone.utc)
-
-
-def _check_id(job_id: object, field: str = "job_id") -> str:
-    if not isinstance(job_id, str) or not job_id or len(job_id) > 255:
-        raise ValidationError(
-            f"{field} must be a non-empty string of at most 255 characters, got {job_id!r}"
-        )
-    return job_id
 
 
 def _job_from_row(row: Any) -> Job:
@@ -310,51 +302,32 @@ class _Operations:
         job_id: str | None,
         metadata: dict[str, JSON] | None,
     ) -> Steps[Job]:
-        job_id = new_job_id() if job_id is None else _check_id(job_id)
-        input = normalize_json(input, field="input")
-        metadata = normalize_json(metadata or {}, field="metadata")
-        if not isinstance(metadata, dict):
-            raise ValidationError(f"metadata must be a JSON object, got {metadata!r}")
-        now = utcnow()
+        job = new_job(
+            input, kind=kind, owner_id=owner_id, job_id=job_id, metadata=metadata, now=utcnow()
+        )
         row = {
-            "id": job_id,
-            "kind": kind,
-            "owner_id": owner_id,
-            "input": input,
-            "status": JobStatus.PENDING.value,
+            "id": job.id,
+            "kind": job.kind,
+            "owner_id": job.owner_id,
+            "input": job.input,
+            "status": job.status.value,
             "progress": None,
             "output": None,
             "error_code": None,
             "error_message": None,
             "remote_id": None,
             "sequence": None,
-            "metadata": metadata,
-            "version": 1,
-            "created_at": now,
-            "updated_at": now,
+            "metadata": job.metadata,
+            "version": job.version,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
             "completed_at": None,
         }
         try:
             yield self.insert_job, row
         except sa_exc.IntegrityError:
-            raise JobExistsError(job_id) from None
-        return Job(
-            id=job_id,
-            kind=kind,
-            owner_id=owner_id,
-            input=input,
-            status=JobStatus.PENDING,
-            progress=None,
-            output=None,
-            error=None,
-            remote_id=None,
-            sequence=None,
-            metadata=metadata,
-            version=1,
-            created_at=now,
-            updated_at=now,
-            completed_at=None,
-        )
+            raise JobExistsError(job.id) from None
+        return job
 
     def get(self, job_id: str) -> Steps[Job]:
         row = (yield self.select_job, {"id": job_id}).first()
