@@ -1,6 +1,7 @@
 """jobhook: create the job first, submit it by id, apply signed webhooks exactly once."""
 
 from jobhook.__about__ import __version__
+from jobhook._client import AsyncGeneratorClient, GeneratorClient
 from jobhook._models import (
     ApplyResult,
     DeadLetter,
@@ -11,6 +12,8 @@ from jobhook._models import (
     JobUpdate,
     Outcome,
 )
+from jobhook._signing import sign_webhook, verify_webhook
+from jobhook._webhook import WebhookHandler, WebhookResponse
 from jobhook.exceptions import (
     BackendError,
     ClientError,
@@ -25,16 +28,22 @@ from jobhook.exceptions import (
     SubmitError,
     ValidationError,
 )
+from jobhook.sender import CallbackSender
 from jobhook.stores import AsyncInMemoryJobStore, AsyncJobStore, InMemoryJobStore, JobStore
+from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
 __all__ = [
     "ApplyResult",
+    "AsyncGeneratorClient",
     "AsyncInMemoryJobStore",
     "AsyncJobStore",
+    "AsyncSQLJobStore",
     "BackendError",
+    "CallbackSender",
     "ClientError",
     "DeadLetter",
     "DeadLetterNotFoundError",
+    "GeneratorClient",
     "InMemoryJobStore",
     "Job",
     "JobError",
@@ -48,9 +57,14 @@ __all__ = [
     "JobhookError",
     "Outcome",
     "PayloadError",
+    "SQLJobStore",
     "SignatureError",
     "StoreUnavailableError",
     "SubmitError",
     "ValidationError",
+    "WebhookHandler",
+    "WebhookResponse",
     "__version__",
+    "sign_webhook",
+    "verify_webhook",
 ]

@@ -1,0 +1,435 @@
+"""The webhook handler: headers and raw body in, a `WebhookResponse` out.
+
+A sans-I/O core in the h11 manner: `WebhookHandler._prepare` checks size, signature,
+token, payload and job id without touching anything; `handle` and `ahandle` differ only
+in how they call the store; `_respond` turns the store's answer into a response. The
+table of answers is in the `WebhookHandler` docstring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from jobhook._models import ApplyResult, DeadLetter, Job, JobEvent, JobUpdate, Outcome
+from jobhook._payloads import PayloadFormat, payload_parser
+from jobhook._signing import (
+    Headers,
+    Secrets,
+    parse_secrets,
+    parse_token_secrets,
+    verify_callback_token,
+    verify_webhook,
+)
+from jobhook.exceptions import PayloadError, SignatureError, StoreUnavailableError, ValidationError
+
+__all__ = ["Listener", "WebhookHandler", "WebhookResponse"]
+
+logger = logging.getLogger("jobhook")
+
+#: Called once per applied update, after commit: ``listener(event, job)``. For
+#: `WebhookHandler.ahandle` it may be a coroutine function.
+Listener = Callable[[JobEvent, Job], Any]
+
+_JSON_HEADERS = {"content-type": "application/json"}
+_MAX_ID = 255
+
+
+@attrs.frozen
+class WebhookResponse:
+    """What to answer the sender: an HTTP ``status``, a JSON ``body`` naming the
+    outcome, and ``headers``."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = attrs.field(factory=lambda: dict(_JSON_HEADERS))
+
+    def json(self) -> Any:
+        """The body, parsed."""
+        return json.loads(self.body)
+
+
+@attrs.frozen
+class _Delivery:
+    """An authenticated, parsed delivery, ready for the store."""
+
+    job_id: str
+    update: JobUpdate
+    delivery_id: str | None
+    body: bytes
+
+
+def _response(http_status: int, /, **fields: Any) -> WebhookResponse:
+    return WebhookResponse(http_status, json.dumps(fields, separators=(",", ":")).encode())
+
+
+def _raw(body: bytes | bytearray | memoryview | str) -> bytes:
+    # A str body cannot be what was signed byte for byte unless it is its UTF-8 form.
+    return body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
+
+
+def _valid_id(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID
+
+
+def _is_kept(letters: Sequence[DeadLetter], delivery: _Delivery) -> bool:
+    # A sender retrying a 404 must not pile up one dead letter per attempt.
+    return delivery.delivery_id is not None and any(
+        letter.delivery_id == delivery.delivery_id for letter in letters
+    )
+
+
+class WebhookHandler:
+    """Verify, parse and apply webhook deliveries to a job store.
+
+    ``handle`` serves a sync `JobStore`; ``await ahandle`` serves an `AsyncJobStore`
+    (or a sync store, whose calls then run in a worker thread). Answers:
+
+    ====  ==========================================================================
+    413   body over ``max_body_bytes``
+    401   missing, malformed or wrong signature; timestamp outside ``tolerance``;
+          missing or wrong callback token
+    400   body not UTF-8 / not JSON / wrong shape (the message names the field);
+          payload job id differs from the route's; no usable job id
+    200   ``applied`` (listeners then run, once), ``duplicate``, ``stale``, ``conflict``
+    404   ``not_found``: the delivery is kept as a dead letter for a later replay
+    503   the store failed (unavailable or any unexpected error); nothing was written
+    ====  ==========================================================================
+
+    With ``secret`` (``whsec_…``, or several for rotation) every delivery must carry a
+    valid Standard Webhooks signature. With ``token_secret`` every delivery must carry
+    the route job id's callback token (``?token=``); a payload without a ``job_id`` is
+    only accepted when the token authenticates the route's job id (or when the handler
+    is deliberately unsigned). With both, both are required. Building a handler with
+    neither raises `ValidationError` unless ``allow_unsigned=True``.
+
+    ``handle`` and ``ahandle`` never raise for any headers or body and never answer
+    500. The handler holds no mutable state: it is as thread-safe as its store.
+    Secrets never appear in its repr or in logs.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        secret: Secrets | None = None,
+        token_secret: Secrets | None = None,
+        tolerance: float | None = 300,
+        clock: Callable[[], float] = time.time,
+        max_body_bytes: int = 1_048_576,
+        listeners: Iterable[Listener] = (),
+        allow_unsigned: bool = False,
+        payload_format: PayloadFormat = "jobhook",
+    ) -> None:
+        if secret is None and token_secret is None and not allow_unsigned:
+            raise ValidationError(
+                "WebhookHandler needs secret= (Standard Webhooks, 'whsec_…') or "
+                "token_secret= (per-job callback tokens); pass allow_unsigned=True only "
+                "where every caller is trusted"
+            )
+        if tolerance is not None and (
+            isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0
+        ):
+            raise ValidationError(f"tolerance must be seconds >= 0 or None, got {tolerance!r}")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+            raise ValidationError(f"max_body_bytes must be an integer, got {max_body_bytes!r}")
+        if max_body_bytes < 1:
+            raise ValidationError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        if payload_format == "replicate" and secret is not None and token_secret is None:
+            raise ValidationError(
+                "replicate payloads name no job id, so the job id in the callback URL must "
+                "be authenticated: set token_secret= and build callback URLs with it"
+            )
+        self.store = store
+        self._keys = parse_secrets(secret) if secret is not None else ()
+        self._token_keys = parse_token_secrets(token_secret) if token_secret is not None else ()
+        self._tolerance = tolerance
+        self._clock = clock
+        self._max_body_bytes = max_body_bytes
+        self._listeners = tuple(listeners)
+        self._parse = payload_parser(payload_format)
+        self._format_name = payload_format if isinstance(payload_format, str) else "custom"
+        self._async_store = inspect.iscoroutinefunction(getattr(store, "apply", None))
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body accepted; adapters need not read more than one byte past it."""
+        return self._max_body_bytes
+
+    @property
+    def async_store(self) -> bool:
+        """True when the store is async: `ahandle` serves it, `handle` refuses it."""
+        return self._async_store
+
+    def __repr__(self) -> str:
+        return (
+            f"<WebhookHandler store={self.store!r} signed={bool(self._keys)} "
+            f"tokens={bool(self._token_keys)} format={self._format_name!r}>"
+        )
+
+    # -- the sans-I/O core -------------------------------------------------------
+
+    def _prepare(
+        self,
+        headers: Headers,
+        body: bytes,
+        job_id: str | None,
+        token: str | None,
+    ) -> WebhookResponse | _Delivery:
+        """Every check that needs no store: a response to send now, or a delivery."""
+        if len(body) > self._max_body_bytes:
+            too_big = f"the body is larger than {self._max_body_bytes} bytes"
+            return self._reject(413, too_big, job_id, None)
+        lowered = {k.lower(): v for k, v in headers.items() if isinstance(k, str)}
+        header_id = lowered.get("webhook-id")
+        try:
+            if self._keys:
+                verify_webhook(
+                    self._keys, lowered, body, tolerance=self._tolerance, now=self._clock()
+                )
+            if self._token_keys:
+                if job_id is None:
+                    raise SignatureError("no job id in the callback URL to check the token for")
+                verify_callback_token(self._token_keys, job_id, token)
+        except SignatureError as exc:
+            return self._reject(401, str(exc), job_id, header_id)
+        try:
+            parsed = self._parse(body)
+        except PayloadError as exc:
+            return self._reject(400, str(exc), job_id, header_id)
+        named = parsed.job_id
+        error: str | None = None
+        if job_id is not None and named is not None and job_id != named:
+            error = f"the payload names job {named!r:.80} but the URL names job {job_id!r:.80}"
+        elif named is None and job_id is None:
+            error = "no job id: the payload has no job_id and the URL names no job"
+        elif named is None and self._keys and not self._token_keys:
+            error = (
+                "the payload has no job_id and the job id in the URL is not authenticated "
+                "(the handler has no token_secret)"
+            )
+        elif not _valid_id(named or job_id):
+            error = f"a job id is 1 to {_MAX_ID} characters"
+        elif header_id is not None and not _valid_id(header_id):
+            error = f"a webhook-id is 1 to {_MAX_ID} characters"
+        if error is not None:
+            return self._reject(400, error, job_id, header_id)
+        effective = named if named is not None else job_id
+        assert effective is not None
+        return _Delivery(effective, parsed.update, header_id, body)
+
+    def _respond(self, delivery: _Delivery, result: ApplyResult) -> WebhookResponse:
+        """The answer for the store's ``result`` (pure, apart from the log line)."""
+        outcome = result.outcome
+        if outcome is Outcome.NOT_FOUND:
+            response = _response(
+                404,
+                outcome=outcome.value,
+                job_id=delivery.job_id,
+                error="no job with this id; the delivery is kept as a dead letter",
+            )
+        else:
+            fields: dict[str, Any] = {"outcome": outcome.value, "job_id": delivery.job_id}
+            if result.job is not None:
+                fields["status"] = result.job.status.value
+            response = _response(200, **fields)
+        return self._decided(response, delivery.job_id, delivery.delivery_id, outcome.value)
+
+    def _failed(self, delivery: _Delivery, exc: Exception) -> WebhookResponse:
+        """The answer when the store raised: 400 for a value it refused, else 503."""
+        if isinstance(exc, ValidationError):
+            return self._reject(400, str(exc), delivery.job_id, delivery.delivery_id)
+        if isinstance(exc, StoreUnavailableError):
+            reason = f"store unavailable: {exc}"
+            exc_info = False
+        else:
+            # Unknown errors also answer 503, not 500: the sender retries, nothing is lost.
+            reason = f"store error {type(exc).__name__}"
+            exc_info = True
+        response = _response(
+            503, outcome="unavailable", error="the job store is unavailable; retry later"
+        )
+        return self._decided(
+            response,
+            delivery.job_id,
+            delivery.delivery_id,
+            "unavailable",
+            reason=reason,
+            exc_info=exc_info,
+        )
+
+    @staticmethod
+    def _decided(
+        response: WebhookResponse,
+        job_id: str | None,
+        delivery_id: str | None,
+        outcome: str,
+        *,
+        reason: str | None = None,
+        exc_info: bool = False,
+    ) -> WebhookResponse:
+        """Log the one line of a decision and pass the response through."""
+        level = logging.INFO if response.status == 200 else logging.WARNING
+        if response.status >= 500:
+            level = logging.ERROR
+        logger.log(
+            level,
+            "webhook %s (%d) job_id=%r delivery_id=%r%s",
+            outcome,
+            response.status,
+            job_id,
+            delivery_id,
+            f": {reason}" if reason else "",
+            exc_info=exc_info,
+            extra={
+                "jobhook_outcome": outcome,
+                "jobhook_job_id": job_id,
+                "jobhook_delivery_id": delivery_id,
+            },
+        )
+        return response
+
+    def _reject(
+        self, status: int, error: str, job_id: str | None, delivery_id: str | None
+    ) -> WebhookResponse:
+        response = _response(status, outcome="rejected", error=error)
+        return self._decided(response, job_id, delivery_id, "rejected", reason=error)
+
+    def _listener_failed(self, listener: Listener, event: JobEvent) -> None:
+        logger.exception(
+            "webhook listener %r failed for job_id=%r event %d (the update is committed)",
+            listener,
+            event.job_id,
+            event.id,
+        )
+
+    # -- sync ----------------------------------------------------------------------
+
+    def _apply(self, delivery: _Delivery) -> ApplyResult:
+        store = self.store
+        result: ApplyResult = store.apply(
+            delivery.job_id, delivery.update, delivery_id=delivery.delivery_id
+        )
+        if result.outcome is Outcome.NOT_FOUND and not _is_kept(
+            store.dead_letters(job_id=delivery.job_id), delivery
+        ):
+            store.add_dead_letter(
+                delivery.job_id,
+                delivery.update,
+                delivery_id=delivery.delivery_id,
+                body=delivery.body,
+            )
+        return result
+
+    def handle(
+        self,
+        headers: Headers,
+        body: bytes | bytearray | memoryview | str,
+        *,
+        job_id: str | None = None,
+        token: str | None = None,
+    ) -> WebhookResponse:
+        """Verify, parse and apply one delivery with a sync store; never raises.
+
+        ``body`` must be the raw bytes as received; ``job_id`` is the job id from the
+        route and ``token`` the callback URL's ``token`` query parameter. Raises
+        `TypeError` only when the store is async (use `ahandle`).
+        """
+        if self._async_store:
+            raise TypeError(f"{self.store!r} is an async store: use `await handler.ahandle(...)`")
+        try:
+            prepared = self._prepare(headers, _raw(body), job_id, token)
+            if isinstance(prepared, WebhookResponse):
+                return prepared
+            try:
+                result = self._apply(prepared)
+            except Exception as exc:
+                return self._failed(prepared, exc)
+            response = self._respond(prepared, result)
+        except Exception:
+            return self._crashed(job_id)
+        if result.event is not None and result.job is not None:
+            self._notify(result.event, result.job)
+        return response
+
+    def _notify(self, event: JobEvent, job: Job) -> None:
+        for listener in self._listeners:
+            try:
+                outcome = listener(event, job)
+                if inspect.isawaitable(outcome):
+                    if inspect.iscoroutine(outcome):
+                        outcome.close()
+                    raise TypeError("an async listener needs ahandle(), not handle()")
+            except Exception:
+                self._listener_failed(listener, event)
+
+    def _crashed(self, job_id: str | None) -> WebhookResponse:
+        # A bug (ours, or in an app-supplied clock or payload format) must still not
+        # answer 500: 503 makes the sender retry once it is fixed.
+        logger.exception("webhook handling failed for job_id=%r", job_id)
+        return _response(503, outcome="unavailable", error="the webhook could not be handled")
+
+    # -- async ---------------------------------------------------------------------
+
+    async def _aapply(self, delivery: _Delivery) -> ApplyResult:
+        store = self.store
+        result: ApplyResult = await store.apply(
+            delivery.job_id, delivery.update, delivery_id=delivery.delivery_id
+        )
+        if result.outcome is Outcome.NOT_FOUND and not _is_kept(
+            await store.dead_letters(job_id=delivery.job_id), delivery
+        ):
+            await store.add_dead_letter(
+                delivery.job_id,
+                delivery.update,
+                delivery_id=delivery.delivery_id,
+                body=delivery.body,
+            )
+        return result
+
+    async def ahandle(
+        self,
+        headers: Headers,
+        body: bytes | bytearray | memoryview | str,
+        *,
+        job_id: str | None = None,
+        token: str | None = None,
+    ) -> WebhookResponse:
+        """The async twin of `handle`: same checks, same answers; never raises.
+
+        With a sync store, the store calls run in a worker thread so that the event
+        loop is never blocked. Async listeners are awaited; sync ones are called.
+        """
+        try:
+            prepared = self._prepare(headers, _raw(body), job_id, token)
+            if isinstance(prepared, WebhookResponse):
+                return prepared
+            try:
+                if self._async_store:
+                    result = await self._aapply(prepared)
+                else:
+                    result = await asyncio.to_thread(self._apply, prepared)
+            except Exception as exc:
+                return self._failed(prepared, exc)
+            response = self._respond(prepared, result)
+        except Exception:
+            return self._crashed(job_id)
+        if result.event is not None and result.job is not None:
+            await self._anotify(result.event, result.job)
+        return response
+
+    async def _anotify(self, event: JobEvent, job: Job) -> None:
+        for listener in self._listeners:
+            try:
+                outcome = listener(event, job)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                self._listener_failed(listener, event)

@@ -1,0 +1,217 @@
+"""``jobhook reconcile`` and ``jobhook fake-backend``: the commands that talk to a backend."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from jobhook.cli._common import CLIError, db_url, one_line, open_store, print_json
+from jobhook.cli._store_commands import add_db_options
+from jobhook.exceptions import ValidationError
+
+if TYPE_CHECKING:
+    from jobhook.reconcile import ReconcileReport
+
+__all__ = ["add_backend_commands", "parse_duration"]
+
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d)?")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``2h`` or ``1d`` as a timedelta (argparse type)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or float(match["number"]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (use seconds, or a number with s, m, h or d: 15m)"
+        )
+    return timedelta(seconds=float(match["number"]) * _UNITS[match["unit"] or "s"])
+
+
+def add_backend_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``reconcile`` and ``fake-backend``."""
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="recover jobs whose webhooks never came",
+        description="Look at jobs that have not changed for --stale-after: poll the "
+        "backend's status endpoint and apply its answer, resubmit pending jobs the "
+        "backend never saw (under the same id: safe), and fail jobs older than "
+        "--give-up-after with code timed_out. Run it from cron, or with --every.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  jobhook reconcile --backend http://127.0.0.1:8001 "
+        "--status-path '/jobs/{job_id}' \\\n"
+        "      --callback-url 'https://app.example/webhooks/jobhook/{job_id}' --every 1m",
+    )
+    add_db_options(reconcile)
+    reconcile.add_argument(
+        "--backend",
+        metavar="URL",
+        default=os.environ.get("JOBHOOK_BACKEND_URL"),
+        help="the generator backend's base URL (default: $JOBHOOK_BACKEND_URL)",
+    )
+    reconcile.add_argument(
+        "--callback-url",
+        metavar="TEMPLATE",
+        default=os.environ.get("JOBHOOK_CALLBACK_URL"),
+        help="your webhook URL with {job_id}, sent with resubmits "
+        "(default: $JOBHOOK_CALLBACK_URL)",
+    )
+    reconcile.add_argument("--submit-path", default="/jobs", help="default: /jobs")
+    reconcile.add_argument(
+        "--status-path",
+        metavar="TEMPLATE",
+        help="the status endpoint, e.g. '/jobs/{job_id}' (without it jobs are not polled)",
+    )
+    reconcile.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header for every backend request, e.g. 'Authorization: Bearer …' (repeat)",
+    )
+    reconcile.add_argument(
+        "--token-secret",
+        default=os.environ.get("JOBHOOK_TOKEN_SECRET"),
+        help="callback token secret, if your callback URLs carry ?token= "
+        "(default: $JOBHOOK_TOKEN_SECRET)",
+    )
+    reconcile.add_argument(
+        "--stale-after",
+        type=parse_duration,
+        default=timedelta(minutes=5),
+        metavar="DURATION",
+        help="look at jobs unchanged for this long (default: 5m)",
+    )
+    reconcile.add_argument(
+        "--give-up-after",
+        type=parse_duration,
+        default=timedelta(days=1),
+        metavar="DURATION",
+        help="fail unfinished jobs this old with code timed_out (default: 1d)",
+    )
+    reconcile.add_argument(
+        "--limit", type=int, default=500, help="at most this many jobs per run (default: 500)"
+    )
+    reconcile.add_argument(
+        "--every", type=parse_duration, metavar="DURATION", help="run again and again, this often"
+    )
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
+    reconcile.set_defaults(run=run_reconcile)
+
+    fake = commands.add_parser(
+        "fake-backend",
+        help="serve a stub generator backend for local development",
+        description="Serve a generator backend that follows jobhook's contract: "
+        "POST /jobs takes {job_id, callback_url, kind, input}, then signed webhooks "
+        "report running, progress and succeeded (an image URL) to the callback URL. "
+        "GET /jobs/{job_id} answers the status. Point your app's GeneratorClient at it.",
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    fake.add_argument("--port", type=int, default=8001, help="default: 8001 (0: any free port)")
+    fake.add_argument(
+        "--secret",
+        default=os.environ.get("JOBHOOK_WEBHOOK_SECRET"),
+        help="the whsec_… secret to sign webhooks with (default: $JOBHOOK_WEBHOOK_SECRET, "
+        "else a new one, printed at start)",
+    )
+    fake.add_argument(
+        "--duration",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long each job takes (default: 3)",
+    )
+    fake.add_argument(
+        "--chaos", action="store_true", help="duplicate, reorder and drop some webhooks"
+    )
+    fake.set_defaults(run=run_fake_backend)
+
+
+def _headers(lines: list[str]) -> dict[str, str]:
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise CLIError(f"--header must look like 'Name: value', got {line!r}")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    """One reconcile pass (or one every ``--every``); exit 1 when a job could not be settled."""
+    from jobhook._client import GeneratorClient
+    from jobhook.reconcile import Reconciler
+
+    if not args.backend:
+        raise CLIError("name the generator backend: --backend URL (or $JOBHOOK_BACKEND_URL)")
+    if not args.callback_url:
+        raise CLIError(
+            "name your webhook URL for resubmits: --callback-url "
+            "'https://app.example/webhooks/jobhook/{job_id}' (or $JOBHOOK_CALLBACK_URL)"
+        )
+    store = open_store(db_url(args), table_prefix=args.table_prefix)
+    try:
+        try:
+            client = GeneratorClient(
+                store,
+                args.backend,
+                callback_url=args.callback_url,
+                submit_path=args.submit_path,
+                status_path=args.status_path,
+                headers=_headers(args.header),
+                token_secret=args.token_secret,
+            )
+            reconciler = Reconciler(
+                store,
+                client,
+                stale_after=args.stale_after,
+                give_up_after=args.give_up_after,
+                limit=args.limit,
+            )
+        except ValidationError as exc:
+            raise CLIError(str(exc)) from None
+        with client:
+            while True:
+                report = reconciler.run_once()
+                if args.every is None:
+                    return _report(report, args)
+                try:
+                    _report(report, args)
+                except CLIError as exc:  # keep going: the backend may come back
+                    print(f"jobhook: error: {exc}", file=sys.stderr)
+                time.sleep(args.every.total_seconds())
+    finally:
+        store.close()
+
+
+def _report(report: ReconcileReport, args: argparse.Namespace) -> int:
+    """Print ``report``; raise `CLIError` when the backend could not be reached."""
+    from jobhook._convert import converter
+
+    if args.json:
+        print_json(converter.unstructure(report))
+    else:
+        print(report.summary())
+        for label, ids in [
+            ("finished", report.finished),
+            ("resubmitted", report.resubmitted),
+            ("timed out", report.timed_out),
+        ]:
+            for job_id in ids:
+                print(f"  {label}: {job_id}")
+    if report.backend_unreachable:
+        first = report.errors[0].message if report.errors else ""
+        raise CLIError(f"cannot reach the backend at {args.backend}: {one_line(first)}")
+    for error in report.errors:
+        print(f"jobhook: job {error.job_id}: {one_line(error.message)}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+def run_fake_backend(args: argparse.Namespace) -> int:
+    """Serve the stub backend until interrupted."""
+    raise CLIError("fake-backend is not available yet")

@@ -1,0 +1,251 @@
+"""The documentation is true: its examples run and its API reference is complete.
+
+Every fenced ``python`` block in ``docs/**/*.md`` and ``README.md`` runs. The blocks of
+one page run in order, in one namespace, in a fresh temporary directory that is also on
+``sys.path``. A block whose info string has ``title="name.py"`` is a file of the example:
+it is written to that directory instead (later blocks may import it), and when its name
+starts with ``test_`` it is run with pytest in a subprocess, as a reader would run it.
+
+A block is left out only with a stated reason, in an HTML comment on the line before it:
+``<!-- skip: needs a running server -->``.
+
+``json`` blocks must parse (one document, or one document per line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import jobhook
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.rglob("*.md")) + [ROOT / "README.md"]
+REFERENCE_PAGES = [DOCS / "reference.md"]
+PYTHON = {"python", "py"}
+# Modules whose ``__all__`` is public API (besides ``jobhook`` itself), imported only
+# when they exist, so that the check grows as they land.
+PUBLIC_MODULES = ["jobhook.testing", "jobhook.flask", "jobhook.fastapi", "jobhook.django"]
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)(?P<info>.*)$")
+_SKIP = re.compile(r"^\s*<!--\s*skip:(?P<reason>.*?)-->\s*$")
+_TITLE = re.compile(r"""title=["'](?P<title>[^"']+)["']""")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block of a Markdown page."""
+
+    page: Path
+    line: int  # 1-based line of the first line of code
+    lang: str
+    title: str | None
+    code: str
+    skip: str | None  # the stated reason, or None to run it
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+
+def parse_blocks(page: Path) -> list[Block]:
+    """The fenced code blocks of ``page``, with their skip reasons and titles."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    blocks: list[Block] = []
+    i = 0
+    previous = ""  # the last non-blank line before the current one
+    while i < len(lines):
+        match = _FENCE.match(lines[i])
+        if not match:
+            if lines[i].strip():
+                previous = lines[i]
+            i += 1
+            continue
+        fence = match["fence"]
+        skip = _SKIP.match(previous)
+        start = i + 1
+        body: list[str] = []
+        i += 1
+        while i < len(lines):
+            stripped = lines[i].strip()
+            if stripped.startswith(fence[0] * len(fence)) and not stripped.strip(fence[0]):
+                break
+            body.append(lines[i])
+            i += 1
+        title = _TITLE.search(match["info"])
+        blocks.append(
+            Block(
+                page=page,
+                line=start + 1,
+                lang=match["lang"].lower(),
+                title=title["title"] if title else None,
+                # Blocks inside admonitions and tabs are indented as a whole.
+                code=textwrap.dedent("\n".join(body)),
+                skip=skip["reason"].strip() if skip else None,
+            )
+        )
+        previous = ""
+        i += 1
+    return blocks
+
+
+def _python_pages() -> list[Path]:
+    return [p for p in PAGES if any(b.lang in PYTHON for b in parse_blocks(p))]
+
+
+def _page_id(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+def _close_leftovers(namespace: dict[str, Any]) -> None:
+    # Examples may leave stores open (a reader's script would just exit); close what
+    # jobhook objects remain so that their connections do not outlive the test.
+    for value in namespace.values():
+        module = getattr(type(value), "__module__", "")
+        close = getattr(value, "close", None)
+        if not module.startswith("jobhook.") or inspect.isclass(value) or close is None:
+            continue
+        if inspect.iscoroutinefunction(close):
+            asyncio.run(close())
+        else:
+            close()
+
+
+def _run_pytest_file(path: Path, block: Block) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path.name],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{block.where}: {path.name} failed under pytest\n{result.stdout}\n{result.stderr}"
+        )
+
+
+@pytest.fixture
+def example_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A working directory on sys.path; modules imported from it are forgotten after."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if origin.startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("page", _python_pages(), ids=_page_id)
+def test_python_blocks_run(page: Path, example_dir: Path) -> None:
+    namespace: dict[str, Any] = {"__name__": "__docs__"}
+    try:
+        for block in parse_blocks(page):
+            if block.lang not in PYTHON or block.skip is not None:
+                continue
+            if block.title and block.title.endswith(".py"):
+                path = example_dir / block.title
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(block.code + "\n", encoding="utf-8")
+                if path.name.startswith("test_"):
+                    _run_pytest_file(path, block)
+                continue
+            # Pad with blank lines so that tracebacks point at the Markdown line.
+            source = "\n" * (block.line - 1) + block.code
+            exec(compile(source, str(page), "exec"), namespace)
+    finally:
+        _close_leftovers(namespace)
+
+
+def test_skips_state_a_reason() -> None:
+    for page in PAGES:
+        for block in parse_blocks(page):
+            if block.skip is not None:
+                assert block.skip, f"{block.where}: a skip marker needs a reason"
+
+
+def test_skip_markers_precede_a_block() -> None:
+    # A marker that lost its block (an edited page) would silently skip the next one.
+    for page in PAGES:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not _SKIP.match(line):
+                continue
+            following = next((rest for rest in lines[number:] if rest.strip()), "")
+            assert _FENCE.match(following), (
+                f"{page.relative_to(ROOT)}:{number}: skip marker not followed by a code block"
+            )
+
+
+def test_json_blocks_parse() -> None:
+    for page in PAGES:
+        for block in parse_blocks(page):
+            if block.lang != "json" or block.skip is not None:
+                continue
+            try:
+                json.loads(block.code)
+            except json.JSONDecodeError:
+                for line in block.code.splitlines():
+                    if line.strip():
+                        try:
+                            json.loads(line)
+                        except json.JSONDecodeError as exc:
+                            pytest.fail(f"{block.where}: not JSON: {exc}\n{line}")
+
+
+def test_parser_finds_blocks_and_skips(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Intro\n\n"
+        "```python\nx = 1\n```\n\n"
+        "<!-- skip: needs a running server -->\n"
+        "```python\nraise SystemExit\n```\n\n"
+        '!!! note\n    ```python title="app.py"\n    y = 2\n    ```\n',
+        encoding="utf-8",
+    )
+    blocks = parse_blocks(page)
+    assert [(b.line, b.code, b.skip, b.title) for b in blocks] == [
+        (4, "x = 1", None, None),
+        (9, "raise SystemExit", "needs a running server", None),
+        (14, "y = 2", None, "app.py"),
+    ]
+
+
+def _documented_names() -> set[str]:
+    names: set[str] = set()
+    for page in REFERENCE_PAGES:
+        text = page.read_text(encoding="utf-8")
+        names.update(re.findall(r"^:::\s+([\w.]+)\s*$", text, re.MULTILINE))
+    return names
+
+
+def test_reference_names_every_public_name() -> None:
+    documented = _documented_names()
+    missing = [f"jobhook.{n}" for n in jobhook.__all__ if f"jobhook.{n}" not in documented]
+    for module_name in PUBLIC_MODULES:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        missing += [
+            f"{module_name}.{name}"
+            for name in getattr(module, "__all__", [])
+            if f"{module_name}.{name}" not in documented
+        ]
+    assert not missing, f"not in the API reference: {missing}"
