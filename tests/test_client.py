@@ -27,7 +27,7 @@ from jobhook import (
     SubmitError,
     ValidationError,
 )
-from jobhook._client import RetryPolicy, retry_after_seconds
+from jobhook._http import RetryPolicy, retry_after_seconds
 from jobhook._signing import callback_token, new_webhook_secret, verify_callback_token
 
 BASE = "https://gen.test"
@@ -672,3 +672,49 @@ def test_the_callback_url_carries_the_job_token(
     token = url.params["token"]
     assert token == callback_token(secret, job.id)
     verify_callback_token(secret, job.id, token)
+
+
+def test_resubmit_sends_a_pending_job_again_under_its_id(
+    httpx_mock: HTTPXMock, make_client: MakeClient, store: InMemoryJobStore
+) -> None:
+    store.create({"prompt": "again"}, job_id="j-1", kind="image")
+    httpx_mock.add_response(status_code=202)
+    job = make_client().resubmit("j-1")
+    assert job.status is JobStatus.SUBMITTED
+    request = httpx_mock.get_request()
+    assert request is not None
+    assert request.headers["Idempotency-Key"] == "j-1"
+    assert body_of(request)["input"] == {"prompt": "again"}
+    assert body_of(request)["kind"] == "image"
+
+
+def test_resubmit_leaves_a_job_the_backend_has_seen(
+    httpx_mock: HTTPXMock, make_client: MakeClient, store: InMemoryJobStore
+) -> None:
+    store.create({}, job_id="j-1")
+    store.apply("j-1", JobUpdate(JobStatus.SUBMITTED))
+    assert make_client().resubmit("j-1").status is JobStatus.SUBMITTED
+    assert httpx_mock.get_requests() == []
+
+
+def test_resubmit_refused_fails_the_job(
+    httpx_mock: HTTPXMock, make_client: MakeClient, store: InMemoryJobStore
+) -> None:
+    store.create({}, job_id="j-1")
+    httpx_mock.add_response(status_code=400)
+    with pytest.raises(SubmitError):
+        make_client().resubmit("j-1")
+    assert store.get("j-1").status is JobStatus.FAILED
+
+
+def test_can_refresh_needs_what_the_status_path_names(
+    make_client: MakeClient, store: InMemoryJobStore
+) -> None:
+    job = store.create({}, job_id="j-1")
+    assert not make_client().can_refresh(job)
+    assert make_client(status_path="/jobs/{job_id}").can_refresh(job)
+    by_remote = make_client(status_path="/v1/{remote_id}")
+    assert not by_remote.can_refresh(job)
+    remote = store.apply("j-1", JobUpdate(JobStatus.SUBMITTED, remote_id="r-1")).job
+    assert remote is not None
+    assert by_remote.can_refresh(remote)

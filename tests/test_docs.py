@@ -9,7 +9,9 @@ starts with ``test_`` it is run with pytest in a subprocess, as a reader would r
 A block is left out only with a stated reason, in an HTML comment on the line before it:
 ``<!-- skip: needs a running server -->``.
 
-``json`` blocks must parse (one document, or one document per line).
+``json`` blocks must parse (one document, or one document per line), and every
+``jobhook …`` command line in a ``bash`` or ``console`` block must be accepted by the
+command's own argument parser.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import importlib.util
 import inspect
 import json
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -39,7 +42,14 @@ REFERENCE_PAGES = [DOCS / "reference.md"]
 PYTHON = {"python", "py"}
 # Modules whose ``__all__`` is public API (besides ``jobhook`` itself), imported only
 # when they exist, so that the check grows as they land.
-PUBLIC_MODULES = ["jobhook.testing", "jobhook.flask", "jobhook.fastapi", "jobhook.django"]
+PUBLIC_MODULES = [
+    "jobhook.testing",
+    "jobhook.sender",
+    "jobhook.reconcile",
+    "jobhook.flask",
+    "jobhook.fastapi",
+    "jobhook.django",
+]
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)(?P<info>.*)$")
 _SKIP = re.compile(r"^\s*<!--\s*skip:(?P<reason>.*?)-->\s*$")
@@ -210,6 +220,64 @@ def test_json_blocks_parse() -> None:
                             pytest.fail(f"{block.where}: not JSON: {exc}\n{line}")
 
 
+SHELL = {"bash", "console", "sh", "shell"}
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def _shell_commands(code: str, *, prompts: bool = False) -> list[list[str]]:
+    """The command lines of a shell block, continuations joined, split like a shell.
+
+    With ``prompts`` (a ``console`` block), only lines after a ``$ `` prompt are
+    commands; the others are their output.
+    """
+    commands = []
+    for line in code.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if prompts:
+            if not line.startswith("$ "):
+                continue
+            line = line[2:]
+        if not line or line.startswith("#"):
+            continue
+        words = shlex.split(line, comments=True)
+        while words and _ASSIGNMENT.match(words[0]):
+            words.pop(0)
+        if words:
+            commands.append(words)
+    return commands
+
+
+def _jobhook_arguments(words: list[str]) -> list[str] | None:
+    if words[0] == "jobhook" or words[0].endswith("/jobhook"):
+        return words[1:]
+    if words[:3] == ["python", "-m", "jobhook"]:
+        return words[3:]
+    return None
+
+
+def test_cli_commands_in_docs_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    if importlib.util.find_spec("jobhook.cli") is None:
+        pytest.skip("the jobhook CLI does not exist yet")
+    from jobhook.cli import build_parser
+
+    checked = 0
+    for page in PAGES:
+        for block in parse_blocks(page):
+            if block.lang not in SHELL or block.skip is not None:
+                continue
+            for words in _shell_commands(block.code, prompts=block.lang == "console"):
+                arguments = _jobhook_arguments(words)
+                if arguments is None:
+                    continue
+                try:
+                    build_parser().parse_args(arguments)
+                except SystemExit as exc:
+                    message = capsys.readouterr().err
+                    assert exc.code == 0, f"{block.where}: {shlex.join(words)}\n{message}"
+                checked += 1
+    assert checked, "no jobhook command found in the docs"
+
+
 def test_parser_finds_blocks_and_skips(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
@@ -236,6 +304,14 @@ def _documented_names() -> set[str]:
     return names
 
 
+def _mentioned_names() -> set[str]:
+    # A re-export may be documented by a sentence that links to the original.
+    names: set[str] = set()
+    for page in REFERENCE_PAGES:
+        names.update(re.findall(r"`(jobhook[\w.]*)`", page.read_text(encoding="utf-8")))
+    return names
+
+
 def test_reference_names_every_public_name() -> None:
     documented = _documented_names()
     missing = [f"jobhook.{n}" for n in jobhook.__all__ if f"jobhook.{n}" not in documented]
@@ -243,9 +319,27 @@ def test_reference_names_every_public_name() -> None:
         if importlib.util.find_spec(module_name) is None:
             continue
         module = importlib.import_module(module_name)
-        missing += [
-            f"{module_name}.{name}"
-            for name in getattr(module, "__all__", [])
-            if f"{module_name}.{name}" not in documented
-        ]
+        for name in getattr(module, "__all__", []):
+            # Documented under its own module, or as the top-level name it also is.
+            same_as_top_level = getattr(jobhook, name, None) is getattr(module, name)
+            if f"{module_name}.{name}" in documented or (
+                same_as_top_level and f"jobhook.{name}" in documented
+            ):
+                continue
+            missing.append(f"{module_name}.{name}")
     assert not missing, f"not in the API reference: {missing}"
+
+
+def test_reference_entries_name_real_objects() -> None:
+    for dotted in sorted(_documented_names() | _mentioned_names()):
+        parts = dotted.split(".")
+        obj: Any = None
+        for split in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            break
+        for attribute in parts[split:]:
+            assert hasattr(obj, attribute), f"{dotted} is in the API reference but does not exist"
+            obj = getattr(obj, attribute)

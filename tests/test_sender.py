@@ -11,9 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from jobhook import CallbackSender, InMemoryJobStore, JobStatus, ValidationError
+from jobhook import CallbackSender, InMemoryJobStore, JobStatus, ValidationError, WebhookHandler
 from jobhook._signing import new_webhook_secret, verify_webhook
-from jobhook._webhook import WebhookHandler
 from jobhook.sender import AsyncCallbackSender, DeliveryReport
 
 URL = "https://app.test/webhooks/jobhook/j-1"

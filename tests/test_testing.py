@@ -21,9 +21,9 @@ from jobhook import (
     JobIdMismatchError,
     JobStatus,
     JobStore,
+    WebhookHandler,
     verify_webhook,
 )
-from jobhook._webhook import WebhookHandler
 from jobhook.testing import (
     Chaos,
     FakeGenerator,

@@ -28,6 +28,7 @@ from jobhook.exceptions import (
     SubmitError,
     ValidationError,
 )
+from jobhook.reconcile import AsyncReconciler, ReconcileReport, Reconciler
 from jobhook.sender import CallbackSender
 from jobhook.stores import AsyncInMemoryJobStore, AsyncJobStore, InMemoryJobStore, JobStore
 from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
@@ -37,6 +38,7 @@ __all__ = [
     "AsyncGeneratorClient",
     "AsyncInMemoryJobStore",
     "AsyncJobStore",
+    "AsyncReconciler",
     "AsyncSQLJobStore",
     "BackendError",
     "CallbackSender",
@@ -57,6 +59,8 @@ __all__ = [
     "JobhookError",
     "Outcome",
     "PayloadError",
+    "ReconcileReport",
+    "Reconciler",
     "SQLJobStore",
     "SignatureError",
     "StoreUnavailableError",

@@ -1,29 +1,40 @@
 """The generator-backend client: create the job first, then submit it by its id.
 
-The rules live once, in `_ClientCore`: each operation is a generator of steps
-(`_Send` a request, `_Sleep`, `_StoreCall`) that receives every step's result or has its
-exception thrown in. `GeneratorClient` and `AsyncGeneratorClient` are thin drivers that
-run those steps with a sync or async httpx client and store. `CallbackSender` reuses the
-retry loop (`exchange`) and the drivers.
+The rules live once, in `_ClientCore`: each operation is a generator of steps (see
+`jobhook._http`). `GeneratorClient` and `AsyncGeneratorClient` are thin shells that run
+those steps with a sync or async httpx client and store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
-from datetime import timezone
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import attrs
 import httpx
 
 from jobhook._convert import dumps
+from jobhook._http import (
+    MESSAGE_LIMIT,
+    RETRY_STATUSES,
+    Exchange,
+    RetryPolicy,
+    Send,
+    Sleep,
+    Steps,
+    StoreCall,
+    adrive,
+    asyncio_sleep,
+    backend_message,
+    drive,
+    exchange,
+    request_of,
+)
 from jobhook._models import JSON, Job, JobError, JobStatus, JobUpdate
 from jobhook._payloads import PayloadFormat, payload_parser
 from jobhook._signing import callback_token
@@ -42,271 +53,6 @@ __all__ = ["AsyncGeneratorClient", "GeneratorClient"]
 log = logging.getLogger("jobhook.client")
 
 T = TypeVar("T")
-
-#: Answers worth another attempt of the same request.
-RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
-# Gateway answers: the backend behind the gateway may have taken the request.
-_GATEWAY_STATUSES = frozenset({502, 504})
-# Transport errors raised before any byte of the request left.
-_NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-# Transport errors after which the request may have reached the backend.
-_MAYBE_SENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
-_MESSAGE_LIMIT = 500
-
-
-# --- steps ------------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Send:
-    """Send one HTTP request; the driver answers with the `httpx.Response`."""
-
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    content: bytes | None = None
-
-
-@attrs.frozen
-class _Sleep:
-    """Wait this many seconds; the driver answers ``None``."""
-
-    seconds: float
-
-
-@attrs.frozen
-class _StoreCall:
-    """Call ``store.<method>(*args, **kwargs)``; the driver answers with its result."""
-
-    method: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-_Step = _Send | _Sleep | _StoreCall
-Steps = Generator[_Step, Any, T]
-
-
-def drive(
-    steps: Steps[T],
-    *,
-    http: httpx.Client,
-    sleep: Callable[[float], None],
-    timeout: float,
-    store: Any = None,
-) -> T:
-    """Run ``steps`` to their end with a sync client and store; return their value."""
-    value: Any = None
-    error: Exception | None = None
-    while True:
-        try:
-            step = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value, error = None, None
-        try:
-            if isinstance(step, _Send):
-                request = http.build_request(
-                    step.method,
-                    step.url,
-                    headers=step.headers,
-                    content=step.content,
-                    timeout=timeout,
-                )
-                value = http.send(request)
-            elif isinstance(step, _Sleep):
-                sleep(step.seconds)
-            else:
-                value = getattr(store, step.method)(*step.args, **step.kwargs)
-        except Exception as exc:  # handed to the steps, which decide what is fatal
-            error = exc
-
-
-async def adrive(
-    steps: Steps[T],
-    *,
-    http: httpx.AsyncClient,
-    sleep: Callable[[float], Awaitable[None]],
-    timeout: float,
-    store: Any = None,
-) -> T:
-    """Run ``steps`` to their end with an async client and store; return their value."""
-    value: Any = None
-    error: Exception | None = None
-    while True:
-        try:
-            step = steps.send(value) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value, error = None, None
-        try:
-            if isinstance(step, _Send):
-                request = http.build_request(
-                    step.method,
-                    step.url,
-                    headers=step.headers,
-                    content=step.content,
-                    timeout=timeout,
-                )
-                value = await http.send(request)
-            elif isinstance(step, _Sleep):
-                await sleep(step.seconds)
-            else:
-                value = await getattr(store, step.method)(*step.args, **step.kwargs)
-        except Exception as exc:
-            error = exc
-
-
-# --- retries ----------------------------------------------------------------------
-
-
-def retry_after_seconds(response: httpx.Response, *, now: float | None = None) -> float | None:
-    """The wait a ``Retry-After`` header asks for (seconds or an HTTP date), if any."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-@attrs.frozen
-class RetryPolicy:
-    """How often and how patiently a request is repeated.
-
-    Attempt ``n`` waits a random time between half and all of
-    ``backoff * 2 ** (n - 1)`` (capped at ``max_backoff``), so that many clients that
-    failed together do not come back together. A ``Retry-After`` answer is obeyed
-    exactly; one asking for more than ``max_backoff`` ends the retries instead.
-    """
-
-    max_attempts: int = 3
-    backoff: float = 0.5
-    max_backoff: float = 30.0
-    rng: random.Random = attrs.field(factory=random.Random)
-
-    def __attrs_post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise ValidationError(f"max_attempts must be an integer, got {self.max_attempts!r}")
-        if self.max_attempts < 1:
-            raise ValidationError(f"max_attempts must be at least 1, got {self.max_attempts!r}")
-        if self.backoff < 0 or self.max_backoff < 0:
-            raise ValidationError("backoff and max_backoff must not be negative")
-
-    def delay(self, attempt: int, response: httpx.Response | None) -> float | None:
-        """Seconds to wait after failed ``attempt`` (1-based); ``None``: stop retrying."""
-        if response is not None:
-            asked = retry_after_seconds(response)
-            if asked is not None:
-                return asked if asked <= self.max_backoff else None
-        ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-        return self.rng.uniform(ceiling / 2, ceiling)
-
-
-@attrs.frozen
-class Exchange:
-    """How a retried request ended: the last response or transport error.
-
-    ``may_have_arrived`` is true when any attempt may have reached the server (a read
-    timeout, a dropped connection, a gateway error).
-    """
-
-    response: httpx.Response | None
-    error: httpx.TransportError | None
-    attempts: int
-    may_have_arrived: bool
-
-
-def exchange(
-    make_request: Callable[[], _Send],
-    policy: RetryPolicy,
-    *,
-    retry_status: Callable[[int], bool],
-    label: str,
-) -> Steps[Exchange]:
-    """Steps that send a request, retrying transient failures under ``policy``.
-
-    Connect errors and errors after sending (timeouts, dropped connections) are
-    retried; transport errors that mean the request cannot be sent at all (a bad URL)
-    end at once. ``make_request`` runs per attempt, so each attempt can be re-signed.
-    """
-    may_have_arrived = False
-    response: httpx.Response | None = None
-    error: httpx.TransportError | None = None
-    attempt = 0
-    while attempt < policy.max_attempts:
-        attempt += 1
-        response, error = None, None
-        try:
-            response = yield make_request()
-        except httpx.TransportError as exc:
-            error = exc
-        if response is not None:
-            if not retry_status(response.status_code):
-                break
-            may_have_arrived |= response.status_code in _GATEWAY_STATUSES
-            reason = f"HTTP {response.status_code}"
-        elif isinstance(error, _NOT_SENT_ERRORS):
-            reason = type(error).__name__
-        elif isinstance(error, _MAYBE_SENT_ERRORS):
-            may_have_arrived = True
-            reason = type(error).__name__
-        else:
-            break
-        if attempt >= policy.max_attempts:
-            break
-        delay = policy.delay(attempt, response)
-        if delay is None:
-            log.warning("%s: %s asks to wait longer than allowed; giving up", label, reason)
-            break
-        log.info(
-            "%s: attempt %d/%d failed (%s); retrying in %.2fs",
-            label,
-            attempt,
-            policy.max_attempts,
-            reason,
-            delay,
-        )
-        yield _Sleep(delay)
-    return Exchange(response, error, attempt, may_have_arrived)
-
-
-def request_of(error: httpx.HTTPError | None) -> httpx.Request | None:
-    """The request an httpx error belongs to, when it knows one."""
-    if error is None:
-        return None
-    try:
-        return error.request
-    except RuntimeError:
-        return None
-
-
-def backend_message(response: httpx.Response) -> str:
-    """A short human message from an error answer: its JSON ``message``/``detail``/
-    ``error``, else its text, else the reason phrase."""
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        for key in ("message", "detail", "error"):
-            value = data.get(key)
-            if isinstance(value, dict):
-                value = value.get("message")
-            if isinstance(value, str) and value:
-                return value[:_MESSAGE_LIMIT]
-    text = response.text.strip()
-    return text[:_MESSAGE_LIMIT] if text else response.reason_phrase
 
 
 # --- the client's rules -----------------------------------------------------------
@@ -405,7 +151,7 @@ class _ClientCore:
         token = callback_token(self.token_secret, job_id)
         return str(httpx.URL(url).copy_merge_params({"token": token}))
 
-    def submit_request(self, job: Job) -> _Send:
+    def submit_request(self, job: Job) -> Send:
         """The submit request: the job's id, callback URL, kind and input."""
         body = {
             "job_id": job.id,
@@ -419,7 +165,7 @@ class _ClientCore:
             "idempotency-key": job.id,
         }
         content = dumps(body, field="input").encode()
-        return _Send("POST", self.url_for(self.submit_path), headers, content)
+        return Send("POST", self.url_for(self.submit_path), headers, content)
 
     # -- operations --
 
@@ -433,11 +179,23 @@ class _ClientCore:
         metadata: dict[str, JSON] | None,
     ) -> Steps[Job]:
         """Create and commit the job, then submit it (see `GeneratorClient.submit`)."""
-        job: Job = yield _StoreCall(
+        job: Job = yield StoreCall(
             "create",
             (input,),
             {"kind": kind, "owner_id": owner_id, "job_id": job_id, "metadata": metadata},
         )
+        return (yield from self._send_submit(job))
+
+    def resubmit(self, job_id: str) -> Steps[Job]:
+        """Submit a stored ``pending`` job again under its id; other jobs are left as
+        they are (the backend has seen them)."""
+        job: Job = yield StoreCall("get", (job_id,))
+        if job.status is not JobStatus.PENDING:
+            return job
+        return (yield from self._send_submit(job))
+
+    def _send_submit(self, job: Job) -> Steps[Job]:
+        """POST the stored job, retrying; judge how it ended and record that."""
         request = self.submit_request(job)
         end: Exchange = yield from exchange(
             lambda: request, self.policy, retry_status=_is_submit_retry, label=f"submit {job.id}"
@@ -448,14 +206,14 @@ class _ClientCore:
         if response is None:
             ambiguous = end.may_have_arrived
             detail = f"{type(end.error).__name__}: {end.error}"
-            error = JobError("backend_unreachable", detail[:_MESSAGE_LIMIT])
+            error = JobError("backend_unreachable", detail[:MESSAGE_LIMIT])
         else:
             status = response.status_code
             # A retryable refusal (429, 503, ...) that ran out of attempts is definite
             # only if no earlier attempt may have arrived; other 5xx may have stored it.
             ambiguous = end.may_have_arrived if status in RETRY_STATUSES else status >= 500
             detail = f"HTTP {status}: {backend_message(response)}"
-            error = JobError("submit_rejected", detail[:_MESSAGE_LIMIT])
+            error = JobError("submit_rejected", detail[:MESSAGE_LIMIT])
         http_request = request_of(end.error) or (response.request if response else None)
         if ambiguous:
             log.warning(
@@ -466,7 +224,7 @@ class _ClientCore:
             )
             # The job as created is still the best answer when the store cannot say more.
             with contextlib.suppress(JobhookError):
-                job = yield _StoreCall("get", (job.id,))
+                job = yield StoreCall("get", (job.id,))
             raise SubmitError(
                 f"submit of job {job.id!r} may or may not have reached the backend: {detail}",
                 job=job,
@@ -474,7 +232,7 @@ class _ClientCore:
                 request=http_request,
                 response=response,
             )
-        result = yield _StoreCall("apply", (job.id, JobUpdate(JobStatus.FAILED, error=error)))
+        result = yield StoreCall("apply", (job.id, JobUpdate(JobStatus.FAILED, error=error)))
         log.warning(
             "job %s: backend refused the submit (%s); outcome=%s", job.id, detail, result.outcome
         )
@@ -497,9 +255,9 @@ class _ClientCore:
             )
             message = f"backend answered job {job.id!r} with job_id {answered_id!r}"
             update = JobUpdate(
-                JobStatus.FAILED, error=JobError("job_id_mismatch", message[:_MESSAGE_LIMIT])
+                JobStatus.FAILED, error=JobError("job_id_mismatch", message[:MESSAGE_LIMIT])
             )
-            result = yield _StoreCall("apply", (job.id, update))
+            result = yield StoreCall("apply", (job.id, update))
             raise JobIdMismatchError(
                 message,
                 job=result.job or job,
@@ -512,7 +270,7 @@ class _ClientCore:
             remote_id = answer["id"]
         if remote_id is not None and not isinstance(remote_id, str):
             remote_id = str(remote_id)
-        result = yield _StoreCall(
+        result = yield StoreCall(
             "apply", (job.id, JobUpdate(JobStatus.SUBMITTED, remote_id=remote_id))
         )
         # "stale" is the normal race: the backend's webhook moved the job on first.
@@ -520,7 +278,7 @@ class _ClientCore:
         return result.job or job
 
     def _call_backend(self, job: Job, path: str, method: str, what: str) -> Steps[httpx.Response]:
-        request = _Send(method, self.url_for(path, job), self.headers)
+        request = Send(method, self.url_for(path, job), self.headers)
         end: Exchange = yield from exchange(
             lambda: request, self.policy, retry_status=_is_submit_retry, label=f"{what} {job.id}"
         )
@@ -559,7 +317,7 @@ class _ClientCore:
     def _apply(self, job: Job, update: JobUpdate, what: str) -> Steps[Job]:
         if _changes_nothing(job, update):
             return job
-        result = yield _StoreCall("apply", (job.id, update))
+        result = yield StoreCall("apply", (job.id, update))
         log.info("job %s: %s says %s; outcome=%s", job.id, what, update.status, result.outcome)
         return result.job or job
 
@@ -567,7 +325,7 @@ class _ClientCore:
         """Ask the status endpoint about the job and apply the answer."""
         if self.status_path is None:
             raise ValidationError("refresh() needs the client's status_path")
-        job: Job = yield _StoreCall("get", (job_id,))
+        job: Job = yield StoreCall("get", (job_id,))
         response = yield from self._call_backend(job, self.status_path, "GET", "refresh")
         update = self._parse(job, response, "refresh")
         return (yield from self._apply(job, update, "refresh"))
@@ -576,7 +334,7 @@ class _ClientCore:
         """Ask the backend to cancel the job; apply ``canceled`` once it confirms."""
         if self.cancel_path is None:
             raise ValidationError("cancel() needs the client's cancel_path")
-        job: Job = yield _StoreCall("get", (job_id,))
+        job: Job = yield StoreCall("get", (job_id,))
         if job.terminal:
             return job
         response = yield from self._call_backend(job, self.cancel_path, "POST", "cancel")
@@ -590,8 +348,8 @@ class _ClientCore:
         """Poll until the job is terminal; raise `TimeoutError` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            job: Job = yield _StoreCall("get", (job_id,))
-            if not job.terminal and self._can_refresh(job):
+            job: Job = yield StoreCall("get", (job_id,))
+            if not job.terminal and self.can_refresh(job):
                 try:
                     job = yield from self.refresh(job_id)
                 except BackendError as exc:
@@ -602,9 +360,10 @@ class _ClientCore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"job {job_id!r} is still {job.status} after {timeout}s")
-            yield _Sleep(min(poll_interval, remaining))
+            yield Sleep(min(poll_interval, remaining))
 
-    def _can_refresh(self, job: Job) -> bool:
+    def can_refresh(self, job: Job) -> bool:
+        """True when a status endpoint is configured that can name this job."""
         return self.status_path is not None and (
             "{remote_id}" not in self.status_path or job.remote_id is not None
         )
@@ -663,6 +422,11 @@ class _BaseGeneratorClient:
     def callback_url_for(self, job_id: str) -> str:
         """The callback URL sent for ``job_id`` (with ``?token=`` when ``token_secret``)."""
         return self._core.callback_url_for(job_id)
+
+    def can_refresh(self, job: Job) -> bool:
+        """True when `refresh` can ask about ``job``: a ``status_path`` is configured and,
+        if it needs ``{remote_id}``, the job has one."""
+        return self._core.can_refresh(job)
 
 
 class GeneratorClient(_BaseGeneratorClient):
@@ -746,6 +510,12 @@ class GeneratorClient(_BaseGeneratorClient):
             self._core.submit(input, kind=kind, owner_id=owner_id, job_id=job_id, metadata=metadata)
         )
 
+    def resubmit(self, job_id: str) -> Job:
+        """Submit a stored ``pending`` job again, under the same id (safe: the backend
+        treats a repeated id as the same job). A job past ``pending`` is returned as is,
+        without a request. Ends and raises like `submit`; raises `JobNotFoundError`."""
+        return self._run(self._core.resubmit(job_id))
+
     def refresh(self, job_id: str) -> Job:
         """GET the job's status from the backend, apply it and return the job.
 
@@ -784,12 +554,6 @@ class GeneratorClient(_BaseGeneratorClient):
         self.close()
 
 
-async def _asyncio_sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
-
-
 class AsyncGeneratorClient(_BaseGeneratorClient):
     """The async twin of `GeneratorClient`, over an `AsyncJobStore` and an
     `httpx.AsyncClient`. Same rules and arguments; ``sleep`` is awaited."""
@@ -811,7 +575,7 @@ class AsyncGeneratorClient(_BaseGeneratorClient):
         payload_format: PayloadFormat = "jobhook",
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        sleep: Callable[[float], Awaitable[None]] = _asyncio_sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio_sleep,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(
@@ -852,6 +616,10 @@ class AsyncGeneratorClient(_BaseGeneratorClient):
         return await self._run(
             self._core.submit(input, kind=kind, owner_id=owner_id, job_id=job_id, metadata=metadata)
         )
+
+    async def resubmit(self, job_id: str) -> Job:
+        """Submit a stored ``pending`` job again; see `GeneratorClient.resubmit`."""
+        return await self._run(self._core.resubmit(job_id))
 
     async def refresh(self, job_id: str) -> Job:
         """GET the job's status and apply it; see `GeneratorClient.refresh`."""

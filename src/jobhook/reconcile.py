@@ -31,7 +31,7 @@ from jobhook._models import Job, JobError, JobStatus, JobUpdate
 from jobhook.exceptions import ClientError, SubmitError, ValidationError
 from jobhook.stores.protocol import AsyncJobStore, JobStore
 
-__all__ = ["AsyncReconciler", "ReconcileError", "ReconcileReport", "Reconciler"]
+__all__ = ["AsyncReconciler", "ReconcileFailure", "ReconcileReport", "Reconciler"]
 
 log = logging.getLogger("jobhook.reconcile")
 
@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 
 @attrs.frozen
-class ReconcileError:
+class ReconcileFailure:
     """A job the reconciler could not settle this time, and why (it is tried again)."""
 
     job_id: str
@@ -64,7 +64,7 @@ class ReconcileReport:
     unchanged: tuple[str, ...] = ()
     resubmitted: tuple[str, ...] = ()
     timed_out: tuple[str, ...] = ()
-    errors: tuple[ReconcileError, ...] = ()
+    errors: tuple[ReconcileFailure, ...] = ()
     backend_unreachable: bool = False
 
     @property
@@ -126,7 +126,7 @@ class _Run:
         self.unchanged: list[str] = []
         self.resubmitted: list[str] = []
         self.timed_out: list[str] = []
-        self.errors: list[ReconcileError] = []
+        self.errors: list[ReconcileFailure] = []
         self.unreachable = False
 
     def backend_failed(self, exc: ClientError) -> None:
@@ -208,7 +208,7 @@ class _ReconcilerCore:
             run.backend_failed(exc)
             if expired:
                 return job, False  # timed out below, whatever the backend says
-            run.errors.append(ReconcileError(job.id, str(exc)))
+            run.errors.append(ReconcileFailure(job.id, str(exc)))
             return job, True
         if polled.version != job.version:
             run.refreshed.append(job.id)
@@ -225,7 +225,7 @@ class _ReconcilerCore:
             # A definite refusal failed the job; an ambiguous end leaves it pending
             # for the next run.
             run.backend_failed(exc)
-            run.errors.append(ReconcileError(job.id, str(exc)))
+            run.errors.append(ReconcileFailure(job.id, str(exc)))
             return
         run.resubmitted.append(job.id)
 

@@ -16,17 +16,17 @@ from typing import Any
 import attrs
 import httpx
 
-from jobhook._client import (
+from jobhook._convert import dumps
+from jobhook._http import (
     Exchange,
     RetryPolicy,
+    Send,
     Steps,
-    _asyncio_sleep,
-    _Send,
     adrive,
+    asyncio_sleep,
     drive,
     exchange,
 )
-from jobhook._convert import dumps
 from jobhook._signing import parse_secrets, sign_webhook
 from jobhook.exceptions import ValidationError
 
@@ -99,12 +99,12 @@ class _BaseSender:
         msg_id = first["webhook-id"]
         signatures = iter([first])
 
-        def request() -> _Send:
+        def request() -> Send:
             # A fresh timestamp per attempt keeps late retries inside the receiver's
             # tolerance; the id stays, so the receiver can drop what it already applied.
             signed = next(signatures, None) or sign_webhook(self._secret, body, msg_id=msg_id)
             headers = {**self._headers, "content-type": "application/json", **signed}
-            return _Send("POST", url, headers, body)
+            return Send("POST", url, headers, body)
 
         end: Exchange = yield from exchange(
             request, self._policy, retry_status=_retry_status, label=f"callback {msg_id}"
@@ -206,7 +206,7 @@ class AsyncCallbackSender(_BaseSender):
         http_client: httpx.AsyncClient | None = None,
         backoff: float = 0.5,
         max_backoff: float = 30.0,
-        sleep: Callable[[float], Awaitable[None]] = _asyncio_sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio_sleep,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from jobhook._convert import dumps
 from jobhook.cli._common import CLIError, db_url, one_line, open_store, print_json
 from jobhook.cli._store_commands import add_db_options
 from jobhook.exceptions import ValidationError
@@ -17,8 +22,12 @@ from jobhook.exceptions import ValidationError
 if TYPE_CHECKING:
     from jobhook.reconcile import ReconcileReport
 
-__all__ = ["add_backend_commands", "parse_duration"]
+__all__ = ["DEV_SECRET", "add_backend_commands", "parse_duration"]
 
+#: What ``fake-backend`` signs with unless told otherwise, so that an example app and
+#: the fake agree out of the box. Never use it for anything but local development.
+DEV_SECRET = "whsec_am9iaG9vay1kZXZlbG9wbWVudC1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u"
+_FAKE_PROGRESS = (10.0, 30.0, 50.0, 70.0, 90.0)
 _DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d)?")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -58,8 +67,7 @@ def add_backend_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--callback-url",
         metavar="TEMPLATE",
         default=os.environ.get("JOBHOOK_CALLBACK_URL"),
-        help="your webhook URL with {job_id}, sent with resubmits "
-        "(default: $JOBHOOK_CALLBACK_URL)",
+        help="your webhook URL with {job_id}, sent with resubmits (default: $JOBHOOK_CALLBACK_URL)",
     )
     reconcile.add_argument("--submit-path", default="/jobs", help="default: /jobs")
     reconcile.add_argument(
@@ -117,7 +125,7 @@ def add_backend_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--secret",
         default=os.environ.get("JOBHOOK_WEBHOOK_SECRET"),
         help="the whsec_… secret to sign webhooks with (default: $JOBHOOK_WEBHOOK_SECRET, "
-        "else a new one, printed at start)",
+        "else a fixed development secret, printed at start)",
     )
     fake.add_argument(
         "--duration",
@@ -212,6 +220,98 @@ def _report(report: ReconcileReport, args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _fake_script() -> Any:
+    from jobhook.testing import Scripts
+
+    success = Scripts.success(progress=_FAKE_PROGRESS)
+    failure = Scripts.failure("refused", "the fake backend refuses prompts with 'fail'")
+
+    def script(submission: Any) -> Any:
+        text = dumps(submission.input).lower()
+        return failure(submission) if "fail" in text else success(submission)
+
+    return script
+
+
 def run_fake_backend(args: argparse.Namespace) -> int:
-    """Serve the stub backend until interrupted."""
-    raise CLIError("fake-backend is not available yet")
+    """Serve the stub backend until interrupted; print each submit and callback."""
+    from jobhook._signing import parse_secrets
+    from jobhook.testing import Chaos, FakeGenerator
+
+    secret, origin = args.secret, "$JOBHOOK_WEBHOOK_SECRET or --secret"
+    if secret is None:
+        secret, origin = DEV_SECRET, "the development secret; set --secret in real setups"
+    try:
+        parse_secrets(secret)
+    except ValidationError as exc:
+        raise CLIError(f"--secret: {exc}") from None
+    if args.duration < 0:
+        raise CLIError("--duration must not be negative")
+    chaos = Chaos(duplicate=0.2, reorder=0.2, drop=0.1, delay=0.5) if args.chaos else None
+    fake = FakeGenerator(
+        secret,
+        script=_fake_script(),
+        delivery="background",
+        chaos=chaos,
+        workers=4,
+        step_interval=args.duration / (len(_FAKE_PROGRESS) + 1),
+    )
+    try:
+        with _stop_on_sigterm(), fake, fake.serve(args.host, args.port) as url:
+            _announce(url, secret, origin, chaos is not None)
+            _follow(fake)
+    except OSError as exc:
+        raise CLIError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    return 0
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM ends it as Ctrl-C does (service managers, tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _announce(url: str, secret: str, origin: str, chaos: bool) -> None:
+    print(f"fake generator backend on {url}", flush=False)
+    print(f"  submit  POST {url}/jobs   {{job_id, callback_url, kind, input}}")
+    print(f"  status  GET  {url}/jobs/{{job_id}}")
+    print(f"  cancel  POST {url}/jobs/{{job_id}}/cancel")
+    print(f"webhooks are signed with {secret} ({origin})")
+    if chaos:
+        print("chaos: some webhooks are duplicated, reordered, delayed or lost")
+    print("a prompt containing 'fail' fails; Ctrl-C stops", flush=True)
+
+
+def _follow(fake: Any) -> None:
+    """Print every submit and callback as it happens, until interrupted."""
+    submits = callbacks = 0
+    while True:
+        time.sleep(0.1)
+        for submission in fake.submissions[submits:]:
+            submits += 1
+            print(f"<- submit {submission.job_id} {dumps(submission.input)}", flush=True)
+        for sent in fake.callbacks[callbacks:]:
+            callbacks += 1
+            payload = sent.payload
+            progress = payload.get("progress")
+            what = payload["status"] + (f" {progress:.0f}%" if progress is not None else "")
+            if sent.dropped:
+                answer = "lost on purpose"
+            elif sent.report is not None and sent.report.status_code is not None:
+                answer = f"answered {sent.report.status_code}"
+            else:
+                answer = f"not delivered: {sent.report.error if sent.report else ''}"
+            print(f"-> webhook {sent.job_id} {what}: {answer}", flush=True)

@@ -125,9 +125,9 @@ def print_table(
     out = out or sys.stdout
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
     for row in [headers, *rows]:
-        line = "  ".join(cell.ljust(w) for w, cell in zip(widths, row))
+        line = "  ".join(cell.ljust(w) for w, cell in zip(widths, row, strict=True))
         print(line.rstrip(), file=out)
 
 

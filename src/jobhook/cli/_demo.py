@@ -1,13 +1,272 @@
-"""``jobhook demo`` (placeholder)."""
+"""``jobhook demo``: the whole flow over real loopback HTTP, checked at the end.
+
+A `FakeGenerator` serves the backend's contract on one port; a `WebhookReceiver` (the
+standard library's HTTP server calling `WebhookHandler.handle`) serves the app's
+webhook route on another; a `GeneratorClient` creates each job in an SQLite store and
+submits it by id. The fake calls back with signed webhooks — duplicated, reordered
+and lost with ``--chaos`` — and a `Reconciler` recovers what was lost. The demo then
+checks every job against what the backend decided, and its outbox events.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
+from typing import Any
+
+from jobhook._convert import dumps
+from jobhook._models import Job, JobStatus, JobUpdate
+from jobhook.cli._common import CLIError, format_progress, open_store, print_table
+from jobhook.cli._progress import ProgressBoard
+from jobhook.cli._receiver import WebhookReceiver
 
 __all__ = ["add_demo_command"]
+
+PROMPTS = [
+    "a red fox in fresh snow",
+    "a lighthouse at dusk, oil painting",
+    "a bowl of ramen, studio light",
+    "a forbidden prompt",
+    "a paper boat on a puddle",
+    "a city of glass at noon",
+    "an owl reading a map",
+    "a tram in the rain, 1950s",
+]
+#: The prompt the fake refuses, so that a failure is shown (and checked) too.
+REFUSED = "a forbidden prompt"
+_PROGRESS_STEPS = (10.0, 25.0, 40.0, 55.0, 70.0, 85.0)
 
 
 def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``demo``."""
-    demo = commands.add_parser("demo", help="the whole flow on loopback, in seconds")
-    demo.set_defaults(run=lambda args: 0)
+    demo = commands.add_parser(
+        "demo",
+        help="the whole flow on loopback, in seconds",
+        description="Run the whole flow on this machine over real HTTP: a fake generator "
+        "backend, a webhook receiver, an SQLite job store, and a few jobs with live "
+        "progress bars. Ends with a table of the jobs and of what happened to every "
+        "webhook; exits non-zero if any job ends in a status other than the one the "
+        "backend reported, or with a missing or doubled notification.",
+    )
+    demo.add_argument("--jobs", type=int, default=6, metavar="N", help="how many (default 6)")
+    demo.add_argument(
+        "--chaos",
+        action="store_true",
+        help="duplicate, reorder, delay and drop webhooks, and send one for an unknown job",
+    )
+    demo.add_argument("--seed", type=int, default=None, help="make a --chaos run repeatable")
+    demo.add_argument(
+        "--db", metavar="URL", help="keep the jobs in this database (default: a temporary file)"
+    )
+    demo.add_argument(
+        "--step", type=float, default=0.15, metavar="SECONDS", help="time between updates"
+    )
+    demo.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="give up after this long"
+    )
+    demo.set_defaults(run=run_demo)
+
+
+def _script(submission: Any) -> Sequence[JobUpdate]:
+    from jobhook.testing import Scripts
+
+    prompt = submission.input.get("prompt") if isinstance(submission.input, dict) else None
+    if prompt == REFUSED:
+        return Scripts.failure("nsfw", "the prompt was refused", progress=(10.0,))(submission)
+    return Scripts.success(progress=_PROGRESS_STEPS)(submission)
+
+
+@contextmanager
+def _demo_db(url: str | None) -> Iterator[str]:
+    if url is not None:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="jobhook-demo-") as directory:
+        yield f"sqlite:///{directory}/jobs.db"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo; 0 when every job ended as the backend said, else 1."""
+    from jobhook._client import GeneratorClient
+    from jobhook._signing import new_webhook_secret
+    from jobhook._webhook import WebhookHandler
+    from jobhook.testing import Chaos, FakeGenerator
+
+    if not 1 <= args.jobs <= 200:
+        raise CLIError(f"--jobs must be from 1 to 200, got {args.jobs}")
+    if args.step < 0:
+        raise CLIError("--step must not be negative")
+    secret = new_webhook_secret()
+    chaos = (
+        Chaos(duplicate=0.3, reorder=0.3, drop=0.15, delay=args.step * 2, seed=args.seed)
+        if args.chaos
+        else None
+    )
+    out = sys.stdout
+    with ExitStack() as stack:
+        url = stack.enter_context(_demo_db(args.db))
+        store = open_store(url, create=True)
+        stack.callback(store.close)
+        receiver = WebhookReceiver(WebhookHandler(store, secret=secret)).start()
+        stack.callback(receiver.stop)
+        fake = stack.enter_context(
+            FakeGenerator(
+                secret,
+                script=_script,
+                delivery="background",
+                chaos=chaos,
+                workers=4,
+                step_interval=args.step,
+            )
+        )
+        backend_url = stack.enter_context(fake.serve())
+        client = stack.enter_context(
+            GeneratorClient(
+                store,
+                backend_url,
+                callback_url=receiver.callback_url,
+                submit_path=FakeGenerator.submit_path,
+                status_path=FakeGenerator.status_path,
+            )
+        )
+        print(f"fake generator backend  {backend_url}", file=out)
+        print(f"webhook receiver        {receiver.url}/webhooks/jobhook/<job_id>", file=out)
+        print(f"job store               {_shown(url, args.db)}", file=out)
+        mode = "with chaos: duplicated, reordered, delayed and lost webhooks" if chaos else ""
+        print(f"\nsubmitting {args.jobs} jobs {mode}".rstrip(), file=out)
+
+        started = time.monotonic()
+        labels: dict[str, str] = {}
+        for number in range(args.jobs):
+            prompt = PROMPTS[number % len(PROMPTS)]
+            job = client.submit({"prompt": prompt}, kind="image", owner_id="demo-user")
+            labels[job.id] = prompt
+        board = ProgressBoard(out, labels)
+        jobs = _watch(store, fake, board, list(labels), deadline=started + args.timeout)
+        if args.chaos:
+            _stray_webhook(secret, receiver.callback_url)
+        recovered = _recover(store, client, jobs)
+        jobs = [store.get(job_id) for job_id in labels]
+        board.update(jobs)
+        elapsed = time.monotonic() - started
+        problems = _check(store, fake, jobs)
+        _summary(jobs, labels, receiver.outcomes, recovered, store, elapsed)
+        if args.db:
+            print(f"\nthe jobs are kept: jobhook jobs list --db {args.db}", file=out)
+    if problems:
+        for problem in problems:
+            print(f"jobhook: demo: {problem}", file=sys.stderr)
+        return 1
+    print("\nevery job ended as the backend reported, with exactly one final notification")
+    return 0
+
+
+def _shown(url: str, chosen: str | None) -> str:
+    return url if chosen else "a temporary SQLite file (--db URL to keep the jobs)"
+
+
+def _watch(
+    store: Any, fake: Any, board: ProgressBoard, job_ids: list[str], *, deadline: float
+) -> list[Job]:
+    """Redraw the bars until every job is final or the fake has nothing left to send."""
+    while True:
+        jobs = [store.get(job_id) for job_id in job_ids]
+        board.update(jobs)
+        if all(job.terminal for job in jobs) or time.monotonic() > deadline:
+            return jobs
+        try:
+            fake.wait_idle(timeout=0.1)
+        except TimeoutError:
+            continue
+        # Idle: every callback was sent or lost. Whatever is not final now never will be
+        # by webhook; one last look, then the reconciler takes over.
+        jobs = [store.get(job_id) for job_id in job_ids]
+        board.update(jobs)
+        return jobs
+
+
+def _stray_webhook(secret: str, callback_url: str) -> None:
+    """Send a callback for a job id the app never stored: the original bug."""
+    from jobhook.sender import CallbackSender
+
+    job_id = "backend-invented-id-42"
+    payload = {"job_id": job_id, "status": "succeeded", "output": {"images": []}}
+    with CallbackSender(secret, max_attempts=1) as sender:
+        sender.send(callback_url.replace("{job_id}", job_id), payload)
+
+
+def _recover(store: Any, client: Any, jobs: list[Job]) -> list[str]:
+    """Run the reconciler over the jobs whose last webhook was lost; their ids."""
+    from jobhook.reconcile import Reconciler
+
+    if all(job.terminal for job in jobs):
+        return []
+    # The backend is idle, so any unfinished job is one whose webhooks were lost:
+    # treat every job as stale at once instead of waiting minutes as in production.
+    reconciler = Reconciler(
+        store, client, stale_after=timedelta(microseconds=1), give_up_after=timedelta(hours=1)
+    )
+    report = reconciler.run_once()
+    return list(report.refreshed)
+
+
+def _check(store: Any, fake: Any, jobs: list[Job]) -> list[str]:
+    """Every way a job could have ended wrong, as sentences (empty: all is well)."""
+    problems = []
+    terminal_events: dict[str, int] = {job.id: 0 for job in jobs}
+    after = 0
+    while batch := store.events(after=after, limit=500):
+        for event in batch:
+            if event.status.terminal and event.job_id in terminal_events:
+                terminal_events[event.job_id] += 1
+        after = batch[-1].id
+    for job in jobs:
+        expected = fake.final_status(job.id)
+        if job.status is not expected:
+            problems.append(f"job {job.id} is {job.status}, the backend said {expected}")
+        elif job.status is JobStatus.SUCCEEDED and not job.output:
+            problems.append(f"job {job.id} succeeded without its output")
+        if terminal_events[job.id] != 1:
+            problems.append(
+                f"job {job.id} has {terminal_events[job.id]} final notifications, not 1"
+            )
+    return problems
+
+
+def _summary(
+    jobs: list[Job],
+    labels: dict[str, str],
+    outcomes: Any,
+    recovered: list[str],
+    store: Any,
+    elapsed: float,
+) -> None:
+    print()
+    rows = []
+    for job in jobs:
+        if job.error is not None:
+            result = f"{job.error.code}: {job.error.message}"
+        elif isinstance(job.output, dict) and job.output.get("images"):
+            result = str(job.output["images"][0])
+        else:
+            result = "-" if job.output is None else dumps(job.output)
+        note = " (recovered by polling)" if job.id in recovered else ""
+        rows.append([job.id, labels[job.id], job.status.value, format_progress(job), result + note])
+    print_table(["JOB ID", "PROMPT", "STATUS", "PROGRESS", "RESULT"], rows)
+    dead = len(store.dead_letters(limit=10_000))
+    counts = [
+        ("deliveries applied", outcomes["applied"]),
+        ("duplicates ignored", outcomes["duplicate"]),
+        ("stale ignored", outcomes["stale"] + outcomes["conflict"]),
+        ("dead letters (unknown job id)", dead),
+        ("recovered by the reconciler", len(recovered)),
+    ]
+    print()
+    for name, count in counts:
+        print(f"  {name:<30} {count}")
+    print(f"\n{len(jobs)} jobs in {elapsed:.1f}s")

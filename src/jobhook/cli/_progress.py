@@ -20,7 +20,7 @@ _ASCII_MARKS = {
 _MARKS = {
     JobStatus.PENDING: "·",
     JobStatus.SUBMITTED: "·",
-    JobStatus.RUNNING: "›",
+    JobStatus.RUNNING: "▸",
     JobStatus.SUCCEEDED: "✓",
     JobStatus.FAILED: "✗",
     JobStatus.CANCELED: "✗",
@@ -41,9 +41,7 @@ class ProgressBoard:
     its progress crosses a quarter, so logs and pipes stay readable.
     """
 
-    def __init__(
-        self, out: IO[str], labels: dict[str, str], *, live: bool | None = None
-    ) -> None:
+    def __init__(self, out: IO[str], labels: dict[str, str], *, live: bool | None = None) -> None:
         self.out = out
         self.labels = labels
         self.live = out.isatty() if live is None else live
@@ -52,7 +50,7 @@ class ProgressBoard:
         self._label_width = min(32, max((len(t) for t in labels.values()), default=8))
         self._marks, self._ellipsis = _MARKS, "…"
         try:
-            "".join(_MARKS.values()).encode(out.encoding or "ascii")
+            "".join(_MARKS.values()).encode(getattr(out, "encoding", None) or "ascii")
         except (LookupError, UnicodeEncodeError, AttributeError):
             self._marks, self._ellipsis = _ASCII_MARKS, "~"  # a terminal without Unicode
 
@@ -62,7 +60,9 @@ class ProgressBoard:
             label = label[: self._label_width - 1] + self._ellipsis
         percent = "    " if job.progress is None else f"{job.progress:3.0f}%"
         mark = self._marks[job.status]
-        return f"  {mark} {label.ljust(self._label_width)} {bar(job.progress)} {percent}  {job.status}"
+        return (
+            f"  {mark} {label.ljust(self._label_width)} {bar(job.progress)} {percent}  {job.status}"
+        )
 
     def update(self, jobs: Sequence[Job]) -> None:
         """Show ``jobs`` as they now are."""

@@ -43,7 +43,10 @@ class WebhookReceiver:
         self.server = ThreadingHTTPServer((host, port), _Route)
         self.server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self.server.serve_forever, name="jobhook-receiver", daemon=True
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # so that stop() returns at once
+            name="jobhook-receiver",
+            daemon=True,
         )
 
     @property

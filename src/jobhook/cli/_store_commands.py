@@ -204,9 +204,7 @@ def dead_letters_list(args: argparse.Namespace) -> int:
     """Print kept deliveries, oldest first."""
     store = open_store(db_url(args), table_prefix=args.table_prefix)
     try:
-        letters = store.dead_letters(
-            job_id=args.job, include_replayed=args.all, limit=args.limit
-        )
+        letters = store.dead_letters(job_id=args.job, include_replayed=args.all, limit=args.limit)
     finally:
         store.close()
     if args.json:
@@ -254,7 +252,9 @@ def dead_letters_replay(args: argparse.Namespace) -> int:
                 raise CLIError(f"no dead letter with id {letter_id}") from None
             if result.job is None:
                 missing += 1
-                print(f"dead letter {letter_id}: its job does not exist yet; kept for a later replay")
+                print(
+                    f"dead letter {letter_id}: its job does not exist yet; kept for a later replay"
+                )
             else:
                 print(
                     f"dead letter {letter_id}: {result.outcome.value} "

@@ -25,7 +25,8 @@ import httpx
 
 from jobhook._convert import dumps
 from jobhook._signing import new_webhook_secret, sign_webhook
-from jobhook.testing._fake import Chaos, FakeGenerator, Script, Scripts, SentCallback, Submission
+from jobhook.testing._fake import FakeGenerator, SentCallback
+from jobhook.testing._scripts import Chaos, Script, Scripts, Submission
 
 __all__ = [
     "Chaos",
@@ -67,8 +68,7 @@ try:
 except ImportError:  # pytest is optional: the helpers above work without it
     pass
 else:
-    from jobhook import GeneratorClient, InMemoryJobStore, JobStore
-    from jobhook._webhook import WebhookHandler
+    from jobhook import GeneratorClient, InMemoryJobStore, JobStore, WebhookHandler
 
     @pytest.fixture
     def jobhook_secret() -> str:

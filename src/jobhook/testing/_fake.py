@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
 from urllib.parse import unquote
@@ -23,121 +24,15 @@ import attrs
 import httpx
 
 from jobhook._convert import update_to_dict
-from jobhook._models import JSON, JobError, JobStatus, JobUpdate
+from jobhook._models import JobStatus, JobUpdate
 from jobhook.sender import AsyncCallbackSender, CallbackSender, DeliveryReport
+from jobhook.testing._scripts import Chaos, Script, Scripts, Submission
 
-__all__ = ["Chaos", "FakeGenerator", "Script", "Scripts", "SentCallback", "Submission"]
+__all__ = ["FakeGenerator", "SentCallback"]
 
 log = logging.getLogger("jobhook.testing")
 
 DeliveryMode = Literal["manual", "background", "before_answer"]
-
-
-@attrs.frozen
-class Submission:
-    """One submit request as the fake received it (repeats are recorded too)."""
-
-    job_id: str
-    callback_url: str
-    kind: str | None
-    input: JSON
-    idempotency_key: str | None
-    headers: Mapping[str, str]
-
-
-#: Decides what the fake reports for a job, in order: the last update should be terminal.
-Script = Callable[[Submission], Sequence[JobUpdate]]
-
-
-def _running(progress: Sequence[float]) -> list[JobUpdate]:
-    return [
-        JobUpdate(JobStatus.RUNNING, progress=value, sequence=number)
-        for number, value in enumerate(progress, start=1)
-    ]
-
-
-def _default_output(job_id: str) -> JSON:
-    return {"images": [f"https://fake.invalid/{job_id}/1.png"]}
-
-
-class Scripts:
-    """Ready-made scripts for `FakeGenerator` (each returns a `Script`)."""
-
-    @staticmethod
-    def success(*, progress: Sequence[float] = (30.0, 70.0), output: JSON = None) -> Script:
-        """``running`` at each ``progress``, then ``succeeded`` with ``output`` (by
-        default ``{"images": ["https://fake.invalid/<job_id>/1.png"]}``)."""
-
-        def script(submission: Submission) -> list[JobUpdate]:
-            result = _default_output(submission.job_id) if output is None else output
-            return [*_running(progress), JobUpdate(JobStatus.SUCCEEDED, output=result)]
-
-        return script
-
-    @staticmethod
-    def failure(
-        code: str = "generation_failed",
-        message: str = "the fake generator failed",
-        *,
-        progress: Sequence[float] = (30.0,),
-    ) -> Script:
-        """``running`` at each ``progress``, then ``failed`` with ``JobError(code, message)``."""
-        error = JobError(code, message)
-
-        def script(submission: Submission) -> list[JobUpdate]:
-            return [*_running(progress), JobUpdate(JobStatus.FAILED, error=error)]
-
-        return script
-
-    @staticmethod
-    def cancellation(*, progress: Sequence[float] = (30.0,)) -> Script:
-        """``running`` at each ``progress``, then ``canceled`` (by the backend)."""
-
-        def script(submission: Submission) -> list[JobUpdate]:
-            return [*_running(progress), JobUpdate(JobStatus.CANCELED)]
-
-        return script
-
-    @staticmethod
-    def mixed(*, seed: int = 0, failed: float = 0.25, canceled: float = 0.1) -> Script:
-        """Per job, a `failure` with probability ``failed``, a `cancellation` with
-        probability ``canceled``, else a `success`; decided by the job id and ``seed``
-        alone, so a rerun decides the same."""
-        choices = (Scripts.failure(), Scripts.cancellation(), Scripts.success())
-
-        def script(submission: Submission) -> Sequence[JobUpdate]:
-            draw = random.Random(f"{seed}:{submission.job_id}").random()
-            if draw < failed:
-                return choices[0](submission)
-            if draw < failed + canceled:
-                return choices[1](submission)
-            return choices[2](submission)
-
-        return script
-
-
-def _probability(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be a probability from 0 to 1, got {value!r}")
-
-
-@attrs.frozen
-class Chaos:
-    """What goes wrong with the fake's callbacks, as in real networks.
-
-    ``duplicate``: chance that a callback is sent twice (same ``webhook-id``, as an
-    at-least-once sender does). ``reorder``: chance that a callback swaps places with
-    the next one of the same job. ``drop``: chance that a callback (or a duplicate) is
-    lost for good; the status endpoint still tells the truth. ``delay``: the longest
-    random delay in seconds before a callback leaves (``background`` delivery only).
-    ``seed`` makes a run repeatable.
-    """
-
-    duplicate: float = attrs.field(default=0.0, validator=_probability)
-    reorder: float = attrs.field(default=0.0, validator=_probability)
-    drop: float = attrs.field(default=0.0, validator=_probability)
-    delay: float = attrs.field(default=0.0)
-    seed: int | None = None
 
 
 @attrs.frozen
@@ -154,7 +49,6 @@ class SentCallback:
 @attrs.frozen
 class _Planned:
     due: float
-    order: int
     job_id: str
     url: str
     payload: dict[str, Any]
@@ -333,7 +227,10 @@ class FakeGenerator:
             return list(self._jobs)
 
     def final_status(self, job_id: str) -> JobStatus | None:
-        """The status the fake decided the job ends in (``None``: no terminal step)."""
+        """The status the fake decided the job ends in (``None``: no terminal step).
+
+        Raises `KeyError` for a job the fake never took.
+        """
         with self._cond:
             job = self._jobs[job_id]
             if job.canceled:
@@ -417,8 +314,8 @@ class FakeGenerator:
 
     def _submit(self, request: httpx.Request) -> tuple[httpx.Response, list[_Planned]]:
         try:
-            data = httpx.Response(200, content=request.content).json()
-        except ValueError:
+            data = json.loads(request.content)
+        except ValueError:  # UnicodeDecodeError included
             return _json_response(400, {"error": "the body is not JSON"}), []
         if not isinstance(data, dict):
             return _json_response(400, {"error": "the body is not a JSON object"}), []
@@ -520,7 +417,7 @@ class FakeGenerator:
             dropped = chaos and rng.random() < settings.drop
             payload = job.payload(update)
             planned.append(
-                _Planned(due, 0, job.job_id, job.callback_url, payload, msg_id, dropped, index)
+                _Planned(due, job.job_id, job.callback_url, payload, msg_id, dropped, index)
             )
         return planned
 

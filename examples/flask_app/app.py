@@ -1,0 +1,151 @@
+"""Image generation with Flask and jobhook.
+
+A user types a prompt on ``/generate-images``; the submit route creates the job and
+submits it by id with `GeneratorClient`; the backend's signed webhooks land on
+``/webhooks/jobhook/<job_id>`` through jobhook's Flask adapter; the page polls
+``/generate-images/status`` for status and progress; notifications are made from the
+store's event outbox, once per finished job.
+
+Run it against the stub backend (see README.md)::
+
+    jobhook fake-backend & python examples/flask_app/app.py
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+from flask import Flask, abort, jsonify, redirect, render_template, request
+from werkzeug.wrappers import Response
+
+from jobhook import GeneratorClient, Job, JobStore, SQLJobStore, SubmitError, WebhookHandler
+from jobhook.flask import webhook_view
+
+HERE = Path(__file__).resolve().parent
+BACKEND_URL = os.environ.get("JOBHOOK_BACKEND_URL", "http://127.0.0.1:8001")
+APP_URL = os.environ.get("APP_URL", "http://127.0.0.1:5000")
+DATABASE_URL = os.environ.get("JOBHOOK_DATABASE_URL", f"sqlite:///{HERE / 'jobs.db'}")
+# What `jobhook fake-backend` signs with unless told otherwise. In production the
+# secret comes from your secret store, shared with the backend and nobody else.
+WEBHOOK_SECRET = os.environ.get(
+    "JOBHOOK_WEBHOOK_SECRET", "whsec_am9iaG9vay1kZXZlbG9wbWVudC1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u"
+)
+USER_ID = "user-1"  # a real app takes the user from its login
+
+
+class Notifier:
+    """Turns the store's outbox events into notifications, each finished job once.
+
+    The position is kept in memory here; a real app keeps it in its own table, saved
+    with the notification it made.
+    """
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.position = 0
+        self.messages: defaultdict[str, list[str]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def catch_up(self) -> None:
+        with self._lock:
+            while events := self.store.events(after=self.position, limit=100):
+                for event in events:
+                    if event.status.terminal and event.owner_id is not None:
+                        job = self.store.get(event.job_id)
+                        self.messages[event.owner_id].append(notification(job))
+                    self.position = event.id
+
+    def for_user(self, user_id: str) -> list[str]:
+        self.catch_up()
+        with self._lock:
+            return list(reversed(self.messages[user_id]))
+
+
+def notification(job: Job) -> str:
+    prompt = job.input.get("prompt", "")
+    if job.status == "succeeded":
+        return f"Your image “{prompt}” is ready."
+    reason = job.error.message if job.error else job.status
+    return f"Your image “{prompt}” could not be made: {reason}."
+
+
+def generation(job: Job) -> dict[str, Any]:
+    """What the page shows of a job."""
+    images = job.output.get("images") if isinstance(job.output, dict) else None
+    return {
+        "id": job.id,
+        "prompt": job.input.get("prompt", ""),
+        "status": job.status.value,
+        "progress": job.progress or 0,
+        "image": images[0] if images else None,
+        "error": job.error.message if job.error else None,
+    }
+
+
+def create_app(
+    store: JobStore | None = None,
+    *,
+    backend_url: str = BACKEND_URL,
+    app_url: str = APP_URL,
+    secret: str = WEBHOOK_SECRET,
+    backend_http: httpx.Client | None = None,
+) -> Flask:
+    """The app. Tests pass their own store and an ``httpx.Client`` that reaches a fake."""
+    if store is None:
+        store = SQLJobStore(DATABASE_URL, create_schema=True)
+    client = GeneratorClient(
+        store,
+        backend_url,
+        callback_url=f"{app_url}/webhooks/jobhook/{{job_id}}",
+        status_path="/jobs/{job_id}",
+        http_client=backend_http,
+    )
+    handler = WebhookHandler(store, secret=secret)
+    notifier = Notifier(store)
+    app = Flask(__name__, template_folder=str(HERE / "templates"))
+
+    @app.get("/generate-images")
+    def page() -> str:
+        jobs = store.list(owner_id=USER_ID, kind="image", limit=20)
+        return render_template(
+            "generate_images.html",
+            generations=[generation(job) for job in jobs],
+            notifications=notifier.for_user(USER_ID),
+        )
+
+    @app.post("/generate-images")
+    def submit() -> Response:
+        prompt = request.form.get("prompt", "").strip()
+        if not prompt:
+            abort(400, "a prompt is required")
+        try:
+            client.submit({"prompt": prompt}, kind="image", owner_id=USER_ID)
+        except SubmitError as exc:
+            # The job is stored either way: failed (the page shows why) or, when the
+            # backend may have it, pending for the reconciler.
+            app.logger.warning("submit failed: %s", exc)
+        return redirect("/generate-images", code=303)
+
+    @app.get("/generate-images/status")
+    def status() -> Response:
+        jobs = store.list(owner_id=USER_ID, kind="image", limit=20)
+        return jsonify(
+            generations=[generation(job) for job in jobs],
+            notifications=notifier.for_user(USER_ID),
+        )
+
+    app.add_url_rule(
+        "/webhooks/jobhook/<job_id>", view_func=webhook_view(handler), methods=["POST"]
+    )
+    return app
+
+
+if __name__ == "__main__":
+    port = httpx.URL(APP_URL).port or 5000
+    print(f"open {APP_URL}/generate-images (backend: {BACKEND_URL})")
+    create_app().run(host="127.0.0.1", port=port, threaded=True)

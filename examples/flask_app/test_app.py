@@ -1,0 +1,103 @@
+"""The Flask example end to end: page, submit, signed webhooks through the app's own
+route, status polling, and one notification per finished job."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("flask")
+
+import httpx  # noqa: E402
+
+from jobhook import SQLJobStore  # noqa: E402
+from jobhook.testing import FakeGenerator, Scripts, new_webhook_secret  # noqa: E402
+
+from .app import create_app  # noqa: E402
+
+APP_URL = "http://app.invalid"
+
+
+@pytest.fixture
+def wired(tmp_path: Path) -> Iterator[tuple[Any, FakeGenerator, SQLJobStore]]:
+    """The app on a SQLite store, and a fake backend whose webhooks go to the app."""
+    secret = new_webhook_secret()
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'jobs.db'}", create_schema=True)
+    holder: dict[str, Any] = {}
+    # The fake calls back over WSGI into the app itself, route and adapter included.
+    to_app = httpx.Client(transport=httpx.WSGITransport(app=lambda *a: holder["app"](*a)))
+    fake = FakeGenerator(secret, callback_client=to_app)
+    backend = httpx.Client(transport=fake.transport)
+    app = create_app(
+        store, backend_url="http://backend.invalid", app_url=APP_URL, secret=secret,
+        backend_http=backend,
+    )  # fmt: skip
+    holder["app"] = app
+    yield app, fake, store
+    fake.close()
+    to_app.close()
+    backend.close()
+    store.close()
+
+
+def test_a_prompt_becomes_an_image_and_one_notification(wired: Any) -> None:
+    app, fake, store = wired
+    browser = app.test_client()
+    page = browser.get("/generate-images")
+    assert page.status_code == 200
+    assert b'name="prompt"' in page.data
+
+    answer = browser.post("/generate-images", data={"prompt": "a red fox"})
+    assert answer.status_code == 303
+    (submission,) = fake.submissions
+    assert submission.input == {"prompt": "a red fox"}
+    assert submission.callback_url == f"{APP_URL}/webhooks/jobhook/{submission.job_id}"
+
+    (row,) = browser.get("/generate-images/status").get_json()["generations"]
+    assert (row["id"], row["status"], row["image"]) == (submission.job_id, "submitted", None)
+
+    sent = fake.deliver_all()
+    assert [c.report.status_code for c in sent if c.report] == [200, 200, 200]
+
+    status = browser.get("/generate-images/status").get_json()
+    (row,) = status["generations"]
+    assert row["status"] == "succeeded"
+    assert row["progress"] == 100
+    assert row["image"] == f"https://fake.invalid/{submission.job_id}/1.png"
+    assert status["notifications"] == ["Your image “a red fox” is ready."]
+    # Polling again does not notify again.
+    assert browser.get("/generate-images/status").get_json()["notifications"] == [
+        "Your image “a red fox” is ready."
+    ]
+    page = browser.get("/generate-images").get_data(as_text=True)
+    assert f'href="https://fake.invalid/{submission.job_id}/1.png"' in page
+
+
+def test_a_failed_generation_shows_why(wired: Any) -> None:
+    app, fake, _ = wired
+    fake.set_script("job-x", Scripts.failure("nsfw", "the prompt was refused"))
+    fake._script = Scripts.failure("nsfw", "the prompt was refused")
+    browser = app.test_client()
+    browser.post("/generate-images", data={"prompt": "something else"})
+    fake.deliver_all()
+    status = browser.get("/generate-images/status").get_json()
+    assert status["generations"][0]["status"] == "failed"
+    assert status["generations"][0]["error"] == "the prompt was refused"
+    assert "could not be made: the prompt was refused" in status["notifications"][0]
+
+
+def test_the_webhook_route_refuses_unsigned_deliveries(wired: Any) -> None:
+    app, _, _ = wired
+    answer = app.test_client().post(
+        "/webhooks/jobhook/some-job", data=b'{"job_id":"some-job","status":"succeeded"}'
+    )
+    assert answer.status_code == 401
+
+
+def test_an_empty_prompt_is_refused(wired: Any) -> None:
+    app, fake, _ = wired
+    assert app.test_client().post("/generate-images", data={"prompt": " "}).status_code == 400
+    assert fake.submissions == []
