@@ -474,9 +474,13 @@ def test_fake_backend_serves_the_contract_until_stopped(tmp_path: Path) -> None:
     )
     try:
         assert process.stdout is not None
-        first = process.stdout.readline()
-        assert first.startswith("fake generator backend on http://127.0.0.1:")
-        url = first.split()[-1]
+        banner = [process.stdout.readline()]
+        while "Ctrl-C stops" not in banner[-1]:
+            assert banner[-1], f"the fake backend ended early: {banner}"
+            banner.append(process.stdout.readline())
+        assert banner[0].startswith("fake generator backend on http://127.0.0.1:")
+        assert any("whsec_" in line for line in banner)
+        url = banner[0].split()[-1]
         store = InMemoryJobStore()
         receiver = WebhookReceiver(WebhookHandler(store, secret=DEV_SECRET)).start()
         with GeneratorClient(
@@ -494,10 +498,43 @@ def test_fake_backend_serves_the_contract_until_stopped(tmp_path: Path) -> None:
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert f"<- submit {good.id}" in out
-    assert "whsec_" in out
     assert "stopped" in out
 
 
 def test_fake_backend_refuses_a_bad_secret(run: Runner) -> None:
     status, _, err = run("fake-backend", "--secret", "hunter2", "--port", "0")
     assert_one_line_error(status, err, "--secret", "whsec_")
+
+
+def test_progress_bars_plain_and_live() -> None:
+    import io
+
+    from jobhook import InMemoryJobStore
+    from jobhook.cli._progress import ProgressBoard, bar
+
+    assert bar(None, 4) == "[....]"
+    assert bar(50, 4) == "[##..]"
+    assert bar(100, 4) == "[####]"
+    store = InMemoryJobStore()
+    job = store.create({}, job_id="j1")
+    running = store.apply("j1", JobUpdate(JobStatus.RUNNING, progress=10)).job
+    almost = store.apply("j1", JobUpdate(JobStatus.RUNNING, progress=20)).job
+    done = store.apply("j1", JobUpdate(JobStatus.SUCCEEDED)).job
+
+    plain = io.StringIO()
+    board = ProgressBoard(plain, {"j1": "a red fox"}, live=False)
+    for state in [job, running, almost, done]:
+        board.update([state])
+    lines = plain.getvalue().splitlines()
+    # One line per change of status (10% -> 20% is the same quarter: no new line).
+    assert [line.split()[-1] for line in lines] == ["pending", "running", "succeeded"]
+    assert "a red fox" in lines[-1]
+    assert "100%" in lines[-1]
+    assert "\x1b[" not in plain.getvalue()
+
+    live = io.StringIO()
+    board = ProgressBoard(live, {"j1": "a red fox"}, live=True)
+    board.update([running])
+    board.update([done])
+    assert live.getvalue().count("\x1b[1F") == 1  # back up one bar, then redraw it
+    assert live.getvalue().endswith("succeeded\n")

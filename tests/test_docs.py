@@ -37,7 +37,7 @@ import jobhook
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = sorted(DOCS.rglob("*.md")) + [ROOT / "README.md"]
+PAGES = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]
 REFERENCE_PAGES = [DOCS / "reference.md"]
 PYTHON = {"python", "py"}
 # Modules whose ``__all__`` is public API (besides ``jobhook`` itself), imported only
@@ -255,6 +255,15 @@ def _jobhook_arguments(words: list[str]) -> list[str] | None:
     return None
 
 
+def _parse_exit_code(parser: Any, arguments: list[str]) -> int | str | None:
+    """0 when ``parser`` accepts ``arguments``; argparse's exit code otherwise."""
+    try:
+        parser.parse_args(arguments)
+    except SystemExit as exc:  # --help exits 0, a usage error 2
+        return exc.code
+    return 0
+
+
 def test_cli_commands_in_docs_parse(capsys: pytest.CaptureFixture[str]) -> None:
     if importlib.util.find_spec("jobhook.cli") is None:
         pytest.skip("the jobhook CLI does not exist yet")
@@ -269,11 +278,9 @@ def test_cli_commands_in_docs_parse(capsys: pytest.CaptureFixture[str]) -> None:
                 arguments = _jobhook_arguments(words)
                 if arguments is None:
                     continue
-                try:
-                    build_parser().parse_args(arguments)
-                except SystemExit as exc:
-                    message = capsys.readouterr().err
-                    assert exc.code == 0, f"{block.where}: {shlex.join(words)}\n{message}"
+                code = _parse_exit_code(build_parser(), arguments)
+                message = capsys.readouterr().err
+                assert code == 0, f"{block.where}: {shlex.join(words)}\n{message}"
                 checked += 1
     assert checked, "no jobhook command found in the docs"
 

@@ -34,7 +34,9 @@ needs_build = pytest.mark.skipif(
 )
 
 
-def _run(args: list[str], *, cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], *, cwd: Path, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.pop("JOBHOOK_DATABASE_URL", None)
     result = subprocess.run(
@@ -92,7 +94,8 @@ def test_the_wheel_metadata_is_complete(metadata: Message) -> None:
     assert metadata["Version"] == jobhook.__version__
     assert metadata["Requires-Python"] == ">=3.10"
     assert metadata["License-Expression"] == "MIT"
-    assert metadata["Summary"] and len(metadata["Summary"]) < 200
+    assert metadata["Summary"]
+    assert len(metadata["Summary"]) < 200
     assert metadata["Description-Content-Type"] == "text/markdown"
     # The long description is the README, as PyPI will show it.
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -130,7 +133,8 @@ def test_the_installed_wheel_runs_the_demo(installed: Path, tmp_path: Path) -> N
     assert Path(where.stdout.strip()).is_relative_to(installed.parent)
 
     help_text = _run([str(installed / "jobhook"), "--help"], cwd=tmp_path).stdout
-    assert "demo" in help_text and "reconcile" in help_text
+    assert "demo" in help_text
+    assert "reconcile" in help_text
     version = _run([str(installed / "jobhook"), "--version"], cwd=tmp_path).stdout
     assert jobhook.__version__ in version
     _run([python, "-m", "jobhook", "--help"], cwd=tmp_path)

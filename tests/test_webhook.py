@@ -77,8 +77,8 @@ def test_a_signed_delivery_applies_and_names_the_outcome(store: Any) -> None:
     assert (event.job_id, event.status) == (job.id, JobStatus.RUNNING)
 
 
-def test_the_route_id_alone_is_enough_without_job_id_in_the_route(store: Any) -> None:
-    job = store.create({})
+def test_the_payload_job_id_is_enough_without_one_in_the_route(store: Any) -> None:
+    job = store.create({}, job_id="!odd/job id")
     answer = post(make_handler(store), {"job_id": job.id, "status": "succeeded"})
     assert answer.json()["outcome"] == "applied"
     assert store.get(job.id).status is JobStatus.SUCCEEDED
@@ -535,6 +535,13 @@ def test_with_secret_and_token_secret_both_are_required() -> None:
     assert handler.handle(headers, raw, job_id=job.id).status == 401
     assert handler.handle({}, raw, job_id=job.id, token=token).status == 401
     assert handler.handle(headers, raw, job_id=job.id, token=token).status == 200
+
+
+def test_a_route_job_id_that_is_not_a_string_is_400() -> None:
+    store = InMemoryJobStore()
+    handler = make_handler(store, token_secret=TOKEN_SECRET)
+    headers, raw = signed({"job_id": "7", "status": "running"})
+    assert handler.handle(headers, raw, job_id=7, token="x").status == 400  # type: ignore[arg-type]
 
 
 def test_signature_alone_does_not_trust_the_route_job_id() -> None:

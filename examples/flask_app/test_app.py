@@ -11,14 +11,21 @@ import pytest
 
 pytest.importorskip("flask")
 
-import httpx  # noqa: E402
+import httpx
 
-from jobhook import SQLJobStore  # noqa: E402
-from jobhook.testing import FakeGenerator, Scripts, new_webhook_secret  # noqa: E402
+from jobhook import SQLJobStore
+from jobhook.testing import FakeGenerator, Scripts, Submission, new_webhook_secret
 
-from .app import create_app  # noqa: E402
+from .app import create_app
 
 APP_URL = "http://app.invalid"
+
+
+def by_prompt(submission: Submission) -> Any:
+    """Prompts with "fail" in them fail, as with ``jobhook fake-backend``."""
+    if "fail" in submission.input["prompt"]:
+        return Scripts.failure("nsfw", "the prompt was refused")(submission)
+    return Scripts.success()(submission)
 
 
 @pytest.fixture
@@ -29,7 +36,7 @@ def wired(tmp_path: Path) -> Iterator[tuple[Any, FakeGenerator, SQLJobStore]]:
     holder: dict[str, Any] = {}
     # The fake calls back over WSGI into the app itself, route and adapter included.
     to_app = httpx.Client(transport=httpx.WSGITransport(app=lambda *a: holder["app"](*a)))
-    fake = FakeGenerator(secret, callback_client=to_app)
+    fake = FakeGenerator(secret, script=by_prompt, callback_client=to_app)
     backend = httpx.Client(transport=fake.transport)
     app = create_app(
         store, backend_url="http://backend.invalid", app_url=APP_URL, secret=secret,
@@ -44,7 +51,7 @@ def wired(tmp_path: Path) -> Iterator[tuple[Any, FakeGenerator, SQLJobStore]]:
 
 
 def test_a_prompt_becomes_an_image_and_one_notification(wired: Any) -> None:
-    app, fake, store = wired
+    app, fake, _ = wired
     browser = app.test_client()
     page = browser.get("/generate-images")
     assert page.status_code == 200
@@ -78,10 +85,8 @@ def test_a_prompt_becomes_an_image_and_one_notification(wired: Any) -> None:
 
 def test_a_failed_generation_shows_why(wired: Any) -> None:
     app, fake, _ = wired
-    fake.set_script("job-x", Scripts.failure("nsfw", "the prompt was refused"))
-    fake._script = Scripts.failure("nsfw", "the prompt was refused")
     browser = app.test_client()
-    browser.post("/generate-images", data={"prompt": "something else"})
+    browser.post("/generate-images", data={"prompt": "please fail"})
     fake.deliver_all()
     status = browser.get("/generate-images/status").get_json()
     assert status["generations"][0]["status"] == "failed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,16 +36,24 @@ converter.register_structure_hook(JSON, lambda v, _: v)
 _JSON_OPTIONS: dict[str, Any] = {"allow_nan": False, "separators": (",", ":")}
 
 
+# A NUL character as json.dumps writes it: \u0000 after an even number of backslashes.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def dumps(value: JSON, *, field: str = "value") -> str:
     """Serialise a JSON value the one way every store does.
 
-    Raises `ValidationError` naming ``field`` for anything JSON cannot hold
-    (sets, objects, NaN, infinities, non-string keys that JSON would rewrite).
+    Raises `ValidationError` naming ``field`` for anything JSON cannot hold (sets,
+    objects, NaN, infinities) and for strings with NUL characters, which PostgreSQL's
+    JSONB refuses: what fails in one store fails in all of them.
     """
     try:
-        return json.dumps(value, **_JSON_OPTIONS)
+        text = json.dumps(value, **_JSON_OPTIONS)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} is not JSON-serialisable: {exc}") from None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise ValidationError(f"{field} is not storable: it contains a NUL character (\\u0000)")
+    return text
 
 
 def loads(text: str | bytes) -> JSON:
@@ -57,7 +66,9 @@ def normalize_json(value: JSON, *, field: str = "value") -> JSON:
 
     Floats that are not finite are refused, like non-serialisable objects.
     """
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, str) and "\x00" not in value:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -27,16 +27,24 @@ from jobhook._ids import new_job_id
 from jobhook._models import JSON, Job, JobStatus, JobUpdate, Outcome
 from jobhook.exceptions import ValidationError
 
-__all__ = ["allowed_from", "changes", "decide", "judge", "new_job", "transition"]
+__all__ = ["allowed_from", "changes", "check_id", "decide", "judge", "new_job", "transition"]
 
 
 def _check_name(value: object, field: str, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, str) or not value or len(value) > 255:
+    if not isinstance(value, str) or not value or len(value) > 255 or "\x00" in value:
         raise ValidationError(
-            f"{field} must be a non-empty string of at most 255 characters, got {value!r}"
+            f"{field} must be a non-empty string of at most 255 characters"
+            f" without NUL characters, got {value!r}"
         )
+
+
+def check_id(value: object, field: str = "job_id") -> str:
+    """Refuse an id no store can keep: not a string, empty, over 255 characters, or NUL."""
+    _check_name(value, field)
+    assert isinstance(value, str)
+    return value
 
 
 def new_job(

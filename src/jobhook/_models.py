@@ -100,11 +100,14 @@ def _to_float(value: Any) -> Any:
 def _check_str(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str):
         raise ValidationError(f"{attribute.name} must be a string, got {value!r}")
+    if "\x00" in value:
+        # PostgreSQL cannot store NUL in text; refuse it in every store alike.
+        raise ValidationError(f"{attribute.name} must not contain NUL characters")
 
 
 def _check_optional_str(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        raise ValidationError(f"{attribute.name} must be a string or None, got {value!r}")
+    if value is not None:
+        _check_str(_, attribute, value)
 
 
 @attrs.frozen

@@ -134,7 +134,9 @@ def parse_body(body: bytes) -> JSON:
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and ints past the digit limit.
         raise PayloadError(f"the body is not JSON: {_short(str(exc))}") from None
-    _check_depth(data)
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+        # Only a body with that many brackets can be nested that deep.
+        _check_depth(data)
     return data
 
 

@@ -149,11 +149,13 @@ def sign_webhook(
     }
 
 
-def _header(headers: Headers, name: str) -> str:
-    value = None
-    for key, candidate in headers.items():
-        if isinstance(key, str) and key.lower() == name:
-            value = candidate
+def _lowered(headers: Headers) -> dict[str, object]:
+    # One pass over the headers; the last of several same-named headers wins.
+    return {k.lower(): v for k, v in headers.items() if isinstance(k, str)}
+
+
+def _header(headers: dict[str, object], name: str) -> str:
+    value = headers.get(name)
     if value is None:
         raise SignatureError(f"missing {name} header")
     if not isinstance(value, str):
@@ -209,9 +211,10 @@ def verify_webhook(
     `ValidationError` for a malformed secret.
     """
     keys = parse_secrets(secret_or_secrets)
-    msg_id = _header(headers, "webhook-id")
-    stamp = _header(headers, "webhook-timestamp")
-    signatures = _signatures(_header(headers, "webhook-signature"))
+    lowered = _lowered(headers)
+    msg_id = _header(lowered, "webhook-id")
+    stamp = _header(lowered, "webhook-timestamp")
+    signatures = _signatures(_header(lowered, "webhook-signature"))
     if not _MSG_ID.fullmatch(msg_id):
         raise SignatureError("malformed webhook-id header: expected 1 to 255 ASCII characters")
     if not _TIMESTAMP.fullmatch(stamp):

@@ -79,6 +79,25 @@ def _valid_id(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= _MAX_ID
 
 
+def _job_id(
+    route: str | None, named: str | None, *, route_trusted: bool
+) -> tuple[str, None] | tuple[None, str]:
+    """The job a delivery is for and no error, or no job and why."""
+    if route is not None and named is not None and route != named:
+        return None, f"the payload names job {named!r:.80} but the URL names job {route!r:.80}"
+    effective = named if named is not None else route
+    if effective is None:
+        return None, "no job id: the payload has no job_id and the URL names no job"
+    if named is None and not route_trusted:
+        return None, (
+            "the payload has no job_id and the job id in the URL is not authenticated "
+            "(the handler has no token_secret)"
+        )
+    if not _valid_id(effective):
+        return None, f"a job id is 1 to {_MAX_ID} characters"
+    return effective, None
+
+
 def _is_kept(letters: Sequence[DeadLetter], delivery: _Delivery) -> bool:
     # A sender retrying a 404 must not pile up one dead letter per attempt.
     return delivery.delivery_id is not None and any(
@@ -187,6 +206,9 @@ class WebhookHandler:
         if len(body) > self._max_body_bytes:
             too_big = f"the body is larger than {self._max_body_bytes} bytes"
             return self._reject(413, too_big, job_id, None)
+        if job_id is not None and not isinstance(job_id, str):
+            # A route converter (``<int:job_id>``) would otherwise reach the token HMAC.
+            return self._reject(400, "the job id in the URL must be a string", None, None)
         lowered = {k.lower(): v for k, v in headers.items() if isinstance(k, str)}
         header_id = lowered.get("webhook-id")
         try:
@@ -204,25 +226,14 @@ class WebhookHandler:
             parsed = self._parse(body)
         except PayloadError as exc:
             return self._reject(400, str(exc), job_id, header_id)
-        named = parsed.job_id
-        error: str | None = None
-        if job_id is not None and named is not None and job_id != named:
-            error = f"the payload names job {named!r:.80} but the URL names job {job_id!r:.80}"
-        elif named is None and job_id is None:
-            error = "no job id: the payload has no job_id and the URL names no job"
-        elif named is None and self._keys and not self._token_keys:
-            error = (
-                "the payload has no job_id and the job id in the URL is not authenticated "
-                "(the handler has no token_secret)"
-            )
-        elif not _valid_id(named or job_id):
-            error = f"a job id is 1 to {_MAX_ID} characters"
-        elif header_id is not None and not _valid_id(header_id):
-            error = f"a webhook-id is 1 to {_MAX_ID} characters"
+        # Only a token authenticates the URL's job id; a signature covers the body alone.
+        route_trusted = bool(self._token_keys) or not self._keys
+        effective, error = _job_id(job_id, parsed.job_id, route_trusted=route_trusted)
         if error is not None:
             return self._reject(400, error, job_id, header_id)
-        effective = named if named is not None else job_id
         assert effective is not None
+        if header_id is not None and not _valid_id(header_id):
+            return self._reject(400, f"a webhook-id is 1 to {_MAX_ID} characters", job_id, None)
         return _Delivery(effective, parsed.update, header_id, body)
 
     def _respond(self, delivery: _Delivery, result: ApplyResult) -> WebhookResponse:

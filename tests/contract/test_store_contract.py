@@ -374,3 +374,36 @@ def test_dead_letters_oldest_first_and_limited(store: Any) -> None:
     assert [d.id for d in letters] == sorted(d.id for d in letters)
     assert len(store.dead_letters(limit=3)) == 3
     assert [d.update.progress for d in store.dead_letters(job_id="b")] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.create({"prompt": "a\x00b"}),
+        lambda s: s.create({}, metadata={"k\x00": 1}),
+        lambda s: s.create({}, owner_id="u\x00"),
+        lambda s: s.create({}, job_id="j\x00"),
+        lambda s: s.apply("j\x00", JobUpdate("running")),
+        lambda s: s.apply("j", JobUpdate("running"), delivery_id="d\x00"),
+        lambda s: s.get("j\x00"),
+        lambda s: s.add_dead_letter("j\x00", JobUpdate("running")),
+    ],
+)
+def test_nul_characters_are_refused_everywhere(store: Any, call: Any) -> None:
+    # PostgreSQL cannot store NUL in text or JSONB, so no store accepts it.
+    store.create({}, job_id="j")
+    with pytest.raises(ValidationError, match="NUL"):
+        call(store)
+    assert [j.id for j in store.list()] == ["j"]
+    assert store.events() == []
+
+
+def test_nul_in_output_or_error_is_refused(store: Any) -> None:
+    job = store.create({})
+    with pytest.raises(ValidationError, match="NUL"):
+        store.apply(job.id, JobUpdate("succeeded", output={"text": "\x00"}))
+    with pytest.raises(ValidationError, match="NUL"):
+        JobError("oom", "\x00")
+    # A backslash followed by "u0000" is ordinary text, not a NUL.
+    assert store.apply(job.id, JobUpdate("succeeded", output={"text": "\\u0000"})).applied
+    assert store.get(job.id).output == {"text": "\\u0000"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from typing import IO
 
@@ -36,15 +37,19 @@ def bar(progress: float | None, width: int = 24) -> str:
 class ProgressBoard:
     """Draws one bar per job.
 
-    ``live`` (default: whether ``out`` is a terminal) redraws every bar in place with
-    ANSI cursor movement; otherwise a line is written when a job's status changes or
-    its progress crosses a quarter, so logs and pipes stay readable.
+    ``live`` (default: whether ``out`` is a terminal tall enough for every bar)
+    redraws every bar in place with ANSI cursor movement; otherwise a line is written
+    when a job's status changes or its progress crosses a quarter, so logs and pipes
+    stay readable.
     """
 
     def __init__(self, out: IO[str], labels: dict[str, str], *, live: bool | None = None) -> None:
         self.out = out
         self.labels = labels
-        self.live = out.isatty() if live is None else live
+        if live is None:
+            # Redrawing in place needs every bar on screen at once.
+            live = out.isatty() and len(labels) < shutil.get_terminal_size().lines - 1
+        self.live = live
         self._drawn = 0
         self._seen: dict[str, tuple[JobStatus, int]] = {}
         self._label_width = min(32, max((len(t) for t in labels.values()), default=8))

@@ -10,7 +10,7 @@ import attrs
 
 from jobhook._convert import normalize_json
 from jobhook._ids import utcnow
-from jobhook._lifecycle import decide, new_job
+from jobhook._lifecycle import check_id, decide, new_job
 from jobhook._models import (
     JSON,
     ApplyResult,
@@ -81,6 +81,7 @@ class InMemoryJobStore:
         return _detached(job)
 
     def get(self, job_id: str) -> Job:
+        check_id(job_id)
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
@@ -120,6 +121,9 @@ class InMemoryJobStore:
     def apply(
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
+        check_id(job_id)
+        if delivery_id is not None:
+            check_id(delivery_id, "delivery_id")
         output = normalize_json(update.output, field="output")
         if output is not update.output:
             update = attrs.evolve(update, output=output)
@@ -176,6 +180,9 @@ class InMemoryJobStore:
         body: bytes = b"",
         reason: str = "not_found",
     ) -> DeadLetter:
+        check_id(job_id)
+        if delivery_id is not None:
+            check_id(delivery_id, "delivery_id")
         update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
         with self._lock:
             letter = DeadLetter(

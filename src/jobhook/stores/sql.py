@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from jobhook._convert import dumps, update_from_dict, update_to_dict
 from jobhook._ids import utcnow
-from jobhook._lifecycle import allowed_from, changes, judge, new_job
+from jobhook._lifecycle import allowed_from, changes, check_id, judge, new_job
 from jobhook._models import (
     JSON,
     ApplyResult,
@@ -330,6 +330,7 @@ class _Operations:
         return job
 
     def get(self, job_id: str) -> Steps[Job]:
+        check_id(job_id)
         row = (yield self.select_job, {"id": job_id}).first()
         if row is None:
             raise JobNotFoundError(job_id)
@@ -369,7 +370,10 @@ class _Operations:
         return [_job_from_row(r) for r in (yield query, None)]
 
     def apply(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> Steps[ApplyResult]:
-        # Refuse an output JSON cannot hold before anything is written.
+        # Refuse what no store can keep before anything is written.
+        check_id(job_id)
+        if delivery_id is not None:
+            check_id(delivery_id, "delivery_id")
         dumps(update.output, field="output")
         now = utcnow()
         if delivery_id is not None:
@@ -433,6 +437,9 @@ class _Operations:
         body: bytes,
         reason: str,
     ) -> Steps[DeadLetter]:
+        check_id(job_id)
+        if delivery_id is not None:
+            check_id(delivery_id, "delivery_id")
         dumps(update.output, field="output")
         row = (
             yield (

@@ -1,0 +1,178 @@
+"""Image generation with Django and jobhook, in one file.
+
+A user types a prompt on ``/generate-images``; the submit view creates the job and
+submits it by id with `GeneratorClient`; the backend's signed webhooks land on
+``/webhooks/jobhook/<job_id>`` through jobhook's Django adapter (CSRF-exempt: the
+signature authenticates it, while the app's own form keeps its CSRF token); the page
+polls ``/generate-images/status`` for status and progress; notifications are made
+from the store's event outbox, once per finished job.
+
+Run it against the stub backend (see README.md)::
+
+    jobhook fake-backend & python examples/django_app/app.py runserver 8000
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import django
+import httpx
+from django.conf import settings
+
+HERE = Path(__file__).resolve().parent
+BACKEND_URL = os.environ.get("JOBHOOK_BACKEND_URL", "http://127.0.0.1:8001")
+APP_URL = os.environ.get("APP_URL", "http://127.0.0.1:8000")
+DATABASE_URL = os.environ.get("JOBHOOK_DATABASE_URL", f"sqlite:///{HERE / 'jobs.db'}")
+# What `jobhook fake-backend` signs with unless told otherwise. In production the
+# secret comes from your secret store, shared with the backend and nobody else.
+WEBHOOK_SECRET = os.environ.get(
+    "JOBHOOK_WEBHOOK_SECRET", "whsec_am9iaG9vay1kZXZlbG9wbWVudC1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u"
+)
+USER_ID = "user-1"  # a real app takes the user from its login
+log = logging.getLogger(__name__)
+
+SETTINGS: dict[str, Any] = {
+    "DEBUG": True,
+    "SECRET_KEY": "django-insecure-example-only",
+    "ROOT_URLCONF": __name__,
+    "ALLOWED_HOSTS": ["127.0.0.1", "localhost", "testserver", httpx.URL(APP_URL).host],
+    "MIDDLEWARE": [
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+    ],
+    "TEMPLATES": [
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "DIRS": [HERE / "templates"],
+        }
+    ],
+}
+if not settings.configured:
+    settings.configure(**SETTINGS)
+    django.setup()
+
+from django.http import (  # noqa: E402  (Django needs its settings first)
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.shortcuts import render  # noqa: E402
+from django.urls import path  # noqa: E402
+from django.views.decorators.http import require_GET, require_http_methods  # noqa: E402
+
+from jobhook import (  # noqa: E402
+    GeneratorClient,
+    Job,
+    JobStore,
+    SQLJobStore,
+    SubmitError,
+    WebhookHandler,
+)
+from jobhook.django import webhook_view  # noqa: E402
+
+
+class Notifier:
+    """Turns the store's outbox events into notifications, each finished job once.
+
+    The position is kept in memory here; a real app keeps it in its own table, saved
+    with the notification it made.
+    """
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.position = 0
+        self.messages: defaultdict[str, list[str]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def for_user(self, user_id: str) -> list[str]:
+        with self._lock:
+            while events := self.store.events(after=self.position, limit=100):
+                for event in events:
+                    if event.status.terminal and event.owner_id is not None:
+                        job = self.store.get(event.job_id)
+                        self.messages[event.owner_id].append(notification(job))
+                    self.position = event.id
+            return list(reversed(self.messages[user_id]))
+
+
+def notification(job: Job) -> str:
+    prompt = job.input.get("prompt", "")
+    if job.status == "succeeded":
+        return f"Your image “{prompt}” is ready."
+    reason = job.error.message if job.error else job.status
+    return f"Your image “{prompt}” could not be made: {reason}."
+
+
+def generation(job: Job) -> dict[str, Any]:
+    """What the page shows of a job."""
+    images = job.output.get("images") if isinstance(job.output, dict) else None
+    return {
+        "id": job.id,
+        "prompt": job.input.get("prompt", ""),
+        "status": job.status.value,
+        "progress": job.progress or 0,
+        "image": images[0] if images else None,
+        "error": job.error.message if job.error else None,
+    }
+
+
+store = SQLJobStore(DATABASE_URL, create_schema=True)
+client = GeneratorClient(
+    store,
+    BACKEND_URL,
+    callback_url=f"{APP_URL}/webhooks/jobhook/{{job_id}}",
+    status_path="/jobs/{job_id}",
+)
+handler = WebhookHandler(store, secret=WEBHOOK_SECRET)
+notifier = Notifier(store)
+
+
+def state() -> dict[str, Any]:
+    jobs = store.list(owner_id=USER_ID, kind="image", limit=20)
+    return {
+        "generations": [generation(job) for job in jobs],
+        "notifications": notifier.for_user(USER_ID),
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def generate_images(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return render(request, "generate_images.html", state())
+    prompt = request.POST.get("prompt", "").strip()
+    if not prompt:
+        return HttpResponseBadRequest("a prompt is required")
+    try:
+        client.submit({"prompt": prompt}, kind="image", owner_id=USER_ID)
+    except SubmitError as exc:
+        # The job is stored either way: failed (the page shows why) or, when the
+        # backend may have it, pending for the reconciler.
+        log.warning("submit failed: %s", exc)
+    return HttpResponseRedirect("/generate-images", status=303)
+
+
+@require_GET
+def generation_status(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(state(), json_dumps_params={"ensure_ascii": False})
+
+
+urlpatterns = [
+    path("generate-images", generate_images),
+    path("generate-images/status", generation_status),
+    path("webhooks/jobhook/<str:job_id>", webhook_view(handler)),
+]
+
+if __name__ == "__main__":
+    from django.core.management import execute_from_command_line
+
+    print(f"open {APP_URL}/generate-images (backend: {BACKEND_URL})")
+    execute_from_command_line(sys.argv)

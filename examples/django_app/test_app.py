@@ -1,0 +1,123 @@
+"""The Django example end to end: page (with its CSRF-protected form), submit to a
+fake backend over loopback HTTP, signed webhooks through the app's own CSRF-exempt
+route, status polling, and one notification per finished job."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django")
+
+import httpx
+
+from jobhook.testing import FakeGenerator, Scripts, Submission, new_webhook_secret
+
+APP_URL = "http://testserver"
+
+
+def by_prompt(submission: Submission) -> Any:
+    """Prompts with "fail" in them fail, as with ``jobhook fake-backend``."""
+    if "fail" in submission.input["prompt"]:
+        return Scripts.failure("nsfw", "the prompt was refused")(submission)
+    return Scripts.success()(submission)
+
+
+@pytest.fixture(scope="module")
+def wired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType, FakeGenerator]]:
+    """The app, configured from the environment as in production, and a fake backend
+    on loopback whose webhooks go through the app's WSGI handler."""
+    from django.core.wsgi import get_wsgi_application
+    from django.test import override_settings
+
+    secret = new_webhook_secret()
+    db = Path(tmp_path_factory.mktemp("django")) / "jobs.db"
+    to_app: dict[str, Any] = {}
+    callbacks = httpx.Client(transport=httpx.WSGITransport(app=lambda *a: to_app["wsgi"](*a)))
+    fake = FakeGenerator(secret, script=by_prompt, callback_client=callbacks)
+    with fake, fake.serve() as backend_url, pytest.MonkeyPatch.context() as env:
+        env.setenv("JOBHOOK_BACKEND_URL", backend_url)
+        env.setenv("JOBHOOK_DATABASE_URL", f"sqlite:///{db}")
+        env.setenv("JOBHOOK_WEBHOOK_SECRET", secret)
+        env.setenv("APP_URL", APP_URL)
+        app = importlib.import_module("examples.django_app.app")
+        # Other tests in this process may have configured Django first: apply the
+        # app's settings on top, whoever came first.
+        with override_settings(**app.SETTINGS):
+            to_app["wsgi"] = get_wsgi_application()
+            yield app, fake
+        app.client.close()
+        app.store.close()
+    callbacks.close()
+
+
+def test_a_prompt_becomes_an_image_and_one_notification(wired: Any) -> None:
+    from django.test import Client
+
+    _, fake = wired
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get("/generate-images")
+    assert page.status_code == 200
+    assert b'name="csrfmiddlewaretoken"' in page.content
+    token = page.cookies["csrftoken"].value
+
+    answer = browser.post("/generate-images", {"prompt": "a red fox", "csrfmiddlewaretoken": token})
+    assert answer.status_code == 303
+    submission = fake.submissions[-1]
+    assert submission.callback_url == f"{APP_URL}/webhooks/jobhook/{submission.job_id}"
+
+    sent = [c for c in fake.deliver_all() if c.job_id == submission.job_id]
+    # Delivered over WSGI into the CSRF-protected app: the webhook route is exempt.
+    assert [c.report.status_code for c in sent if c.report] == [200, 200, 200]
+
+    status = browser.get("/generate-images/status").json()
+    row = next(g for g in status["generations"] if g["id"] == submission.job_id)
+    assert row["status"] == "succeeded"
+    assert row["image"] == f"https://fake.invalid/{submission.job_id}/1.png"
+    assert status["notifications"].count("Your image “a red fox” is ready.") == 1
+    again = browser.get("/generate-images/status").json()["notifications"]
+    assert again.count("Your image “a red fox” is ready.") == 1
+    assert (
+        f'href="https://fake.invalid/{submission.job_id}/1.png"'
+        in browser.get("/generate-images").content.decode()
+    )
+
+
+def test_the_form_needs_its_csrf_token(wired: Any) -> None:
+    from django.test import Client
+
+    _, fake = wired
+    before = len(fake.submissions)
+    answer = Client(enforce_csrf_checks=True).post("/generate-images", {"prompt": "x"})
+    assert answer.status_code == 403
+    assert len(fake.submissions) == before
+
+
+def test_a_failed_generation_shows_why(wired: Any) -> None:
+    from django.test import Client
+
+    _, fake = wired
+    browser = Client()
+    browser.post("/generate-images", {"prompt": "please fail"})
+    job_id = fake.submissions[-1].job_id
+    fake.deliver_all()
+    status = browser.get("/generate-images/status").json()
+    row = next(g for g in status["generations"] if g["id"] == job_id)
+    assert (row["status"], row["error"]) == ("failed", "the prompt was refused")
+    assert any("“please fail” could not be made" in n for n in status["notifications"])
+
+
+def test_the_webhook_route_refuses_unsigned_deliveries(wired: Any) -> None:
+    from django.test import Client
+
+    answer = Client().post(
+        "/webhooks/jobhook/some-job",
+        data=b'{"job_id":"some-job","status":"succeeded"}',
+        content_type="application/json",
+    )
+    assert answer.status_code == 401

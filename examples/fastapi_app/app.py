@@ -1,0 +1,168 @@
+"""Image generation with FastAPI and jobhook's async half.
+
+A user types a prompt on ``/generate-images``; the submit route creates the job and
+submits it by id with `AsyncGeneratorClient`; the backend's signed webhooks land on
+``/webhooks/jobhook/{job_id}`` through jobhook's FastAPI adapter; the page polls
+``/generate-images/status`` for status and progress; notifications are made from the
+store's event outbox, once per finished job.
+
+Run it against the stub backend (see README.md)::
+
+    jobhook fake-backend & python examples/fastapi_app/app.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from jobhook import (
+    AsyncGeneratorClient,
+    AsyncJobStore,
+    AsyncSQLJobStore,
+    Job,
+    SubmitError,
+    WebhookHandler,
+)
+from jobhook.fastapi import webhook_endpoint
+
+HERE = Path(__file__).resolve().parent
+BACKEND_URL = os.environ.get("JOBHOOK_BACKEND_URL", "http://127.0.0.1:8001")
+APP_URL = os.environ.get("APP_URL", "http://127.0.0.1:8000")
+DATABASE_URL = os.environ.get("JOBHOOK_DATABASE_URL", f"sqlite:///{HERE / 'jobs.db'}")
+# What `jobhook fake-backend` signs with unless told otherwise. In production the
+# secret comes from your secret store, shared with the backend and nobody else.
+WEBHOOK_SECRET = os.environ.get(
+    "JOBHOOK_WEBHOOK_SECRET", "whsec_am9iaG9vay1kZXZlbG9wbWVudC1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u"
+)
+USER_ID = "user-1"  # a real app takes the user from its login
+log = logging.getLogger(__name__)
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+class Notifier:
+    """Turns the store's outbox events into notifications, each finished job once.
+
+    The position is kept in memory here; a real app keeps it in its own table, saved
+    with the notification it made.
+    """
+
+    def __init__(self, store: AsyncJobStore) -> None:
+        self.store = store
+        self.position = 0
+        self.messages: defaultdict[str, list[str]] = defaultdict(list)
+        self._lock = asyncio.Lock()
+
+    async def for_user(self, user_id: str) -> list[str]:
+        async with self._lock:
+            while events := await self.store.events(after=self.position, limit=100):
+                for event in events:
+                    if event.status.terminal and event.owner_id is not None:
+                        job = await self.store.get(event.job_id)
+                        self.messages[event.owner_id].append(notification(job))
+                    self.position = event.id
+            return list(reversed(self.messages[user_id]))
+
+
+def notification(job: Job) -> str:
+    prompt = job.input.get("prompt", "")
+    if job.status == "succeeded":
+        return f"Your image “{prompt}” is ready."
+    reason = job.error.message if job.error else job.status
+    return f"Your image “{prompt}” could not be made: {reason}."
+
+
+def generation(job: Job) -> dict[str, Any]:
+    """What the page shows of a job."""
+    images = job.output.get("images") if isinstance(job.output, dict) else None
+    return {
+        "id": job.id,
+        "prompt": job.input.get("prompt", ""),
+        "status": job.status.value,
+        "progress": job.progress or 0,
+        "image": images[0] if images else None,
+        "error": job.error.message if job.error else None,
+    }
+
+
+def create_app(
+    store: AsyncJobStore | None = None,
+    *,
+    backend_url: str = BACKEND_URL,
+    app_url: str = APP_URL,
+    secret: str = WEBHOOK_SECRET,
+    backend_http: httpx.AsyncClient | None = None,
+) -> FastAPI:
+    """The app. Tests pass their own store and an ``httpx.AsyncClient`` to a fake."""
+    jobs: Any = store if store is not None else AsyncSQLJobStore(DATABASE_URL)
+    client = AsyncGeneratorClient(
+        jobs,
+        backend_url,
+        callback_url=f"{app_url}/webhooks/jobhook/{{job_id}}",
+        status_path="/jobs/{job_id}",
+        http_client=backend_http,
+    )
+    handler = WebhookHandler(jobs, secret=secret)
+    notifier = Notifier(jobs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if hasattr(jobs, "create_schema"):
+            await jobs.create_schema()
+        yield
+        await client.aclose()
+        await jobs.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def state() -> dict[str, Any]:
+        listed = await jobs.list(owner_id=USER_ID, kind="image", limit=20)
+        return {
+            "generations": [generation(job) for job in listed],
+            "notifications": await notifier.for_user(USER_ID),
+        }
+
+    @app.get("/generate-images")
+    async def page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "generate_images.html", await state())
+
+    @app.post("/generate-images")
+    async def submit(request: Request) -> RedirectResponse:
+        form = parse_qs((await request.body()).decode())
+        prompt = form.get("prompt", [""])[0].strip()
+        if not prompt:
+            raise HTTPException(400, "a prompt is required")
+        try:
+            await client.submit({"prompt": prompt}, kind="image", owner_id=USER_ID)
+        except SubmitError as exc:
+            # The job is stored either way: failed (the page shows why) or, when the
+            # backend may have it, pending for the reconciler.
+            log.warning("submit failed: %s", exc)
+        return RedirectResponse("/generate-images", status_code=303)
+
+    @app.get("/generate-images/status")
+    async def status() -> JSONResponse:
+        return JSONResponse(await state())
+
+    app.post("/webhooks/jobhook/{job_id}")(webhook_endpoint(handler))
+    return app
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    port = httpx.URL(APP_URL).port or 8000
+    print(f"open {APP_URL}/generate-images (backend: {BACKEND_URL})")
+    uvicorn.run(create_app(), host="127.0.0.1", port=port)

@@ -1,0 +1,108 @@
+"""The FastAPI example end to end on the async store: page, submit, signed webhooks
+through the app's own route, status polling, and one notification per finished job."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("jinja2")
+pytest.importorskip("aiosqlite")
+
+import httpx
+from fastapi.testclient import TestClient
+
+from jobhook import AsyncSQLJobStore
+from jobhook.testing import FakeGenerator, Scripts, Submission, new_webhook_secret
+
+from .app import create_app
+
+APP_URL = "http://app.invalid"
+
+
+def by_prompt(submission: Submission) -> Any:
+    """Prompts with "fail" in them fail, as with ``jobhook fake-backend``."""
+    if "fail" in submission.input["prompt"]:
+        return Scripts.failure("nsfw", "the prompt was refused")(submission)
+    return Scripts.success()(submission)
+
+
+@pytest.fixture
+def wired(tmp_path: Path) -> Iterator[tuple[TestClient, FakeGenerator]]:
+    """The app on an async SQLite store, and a fake backend whose webhooks go to it."""
+    secret = new_webhook_secret()
+    store = AsyncSQLJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    fake_ref: dict[str, FakeGenerator] = {}
+    backend = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: fake_ref["fake"].ahandle_request(r))
+    )
+    app = create_app(
+        store, backend_url="http://backend.invalid", app_url=APP_URL, secret=secret,
+        backend_http=backend,
+    )  # fmt: skip
+    # The app's TestClient is an httpx.Client: the fake calls back through it, into the
+    # app's own webhook route, on the app's event loop.
+    with TestClient(app) as browser:
+        fake = FakeGenerator(secret, script=by_prompt, callback_client=browser)
+        fake_ref["fake"] = fake
+        yield browser, fake
+        fake.close()
+
+
+def test_a_prompt_becomes_an_image_and_one_notification(wired: Any) -> None:
+    browser, fake = wired
+    page = browser.get("/generate-images")
+    assert page.status_code == 200
+    assert 'name="prompt"' in page.text
+
+    answer = browser.post("/generate-images", data={"prompt": "a red fox"}, follow_redirects=False)
+    assert answer.status_code == 303
+    (submission,) = fake.submissions
+    assert submission.callback_url == f"{APP_URL}/webhooks/jobhook/{submission.job_id}"
+
+    (row,) = browser.get("/generate-images/status").json()["generations"]
+    assert (row["id"], row["status"]) == (submission.job_id, "submitted")
+
+    sent = fake.deliver_all()
+    assert [c.report.status_code for c in sent if c.report] == [200, 200, 200]
+
+    status = browser.get("/generate-images/status").json()
+    (row,) = status["generations"]
+    assert row["status"] == "succeeded"
+    assert row["image"] == f"https://fake.invalid/{submission.job_id}/1.png"
+    assert status["notifications"] == ["Your image “a red fox” is ready."]
+    assert browser.get("/generate-images/status").json()["notifications"] == [
+        "Your image “a red fox” is ready."
+    ]
+    assert (
+        f'href="https://fake.invalid/{submission.job_id}/1.png"'
+        in browser.get("/generate-images").text
+    )
+
+
+def test_a_failed_generation_shows_why(wired: Any) -> None:
+    browser, fake = wired
+    browser.post("/generate-images", data={"prompt": "please fail"})
+    fake.deliver_all()
+    status = browser.get("/generate-images/status").json()
+    assert status["generations"][0]["status"] == "failed"
+    assert status["generations"][0]["error"] == "the prompt was refused"
+    assert "could not be made: the prompt was refused" in status["notifications"][0]
+
+
+def test_the_webhook_route_refuses_unsigned_deliveries(wired: Any) -> None:
+    browser, _ = wired
+    answer = browser.post(
+        "/webhooks/jobhook/some-job", content=b'{"job_id":"some-job","status":"succeeded"}'
+    )
+    assert answer.status_code == 401
+
+
+def test_an_empty_prompt_is_refused(wired: Any) -> None:
+    browser, fake = wired
+    assert browser.post("/generate-images", data={"prompt": " "}).status_code == 400
+    assert fake.submissions == []

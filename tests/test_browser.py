@@ -1,0 +1,134 @@
+"""The Flask example's page in a real headless browser (Debian's chromium, via selenium).
+
+Everything runs over real loopback HTTP: the app (werkzeug), the fake generator backend,
+and its signed webhooks back to the app. A user types a prompt, clicks Generate, and
+watches the job reach ``succeeded`` with its image link and a notification.
+
+Skipped, with the reason shown, when chromium or chromedriver is not installed; in CI
+(``CI`` set) their absence fails instead (``.ci/system-deps`` installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jobhook import SQLJobStore
+from jobhook.testing import FakeGenerator, Scripts, new_webhook_secret
+
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _missing(what: str) -> None:
+    message = f"the browser test needs {what}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (run .ci/system-deps)")
+    pytest.skip(message)
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> Iterator[Any]:
+    """A headless Debian chromium with a fresh profile, driven by selenium."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("selenium (pip install selenium)")
+    browser = _find("chromium", "chromium-browser")
+    driver = _find("chromedriver")
+    if browser is None or driver is None:
+        _missing("Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in [*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    # An explicit driver path: selenium never looks for (or downloads) one of its own.
+    session = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    session.set_page_load_timeout(30)
+    yield session
+    session.quit()
+
+
+@pytest.fixture
+def flask_app_url(tmp_path: Path) -> Iterator[str]:
+    """The Flask example served on loopback, wired to a fake backend on loopback."""
+    pytest.importorskip("flask")
+    from examples.flask_app.app import create_app
+    from werkzeug.serving import make_server
+
+    secret = new_webhook_secret()
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'jobs.db'}", create_schema=True)
+    holder: dict[str, Any] = {}
+    server = make_server(
+        "127.0.0.1", 0, lambda env, start: holder["app"](env, start), threaded=True
+    )
+    app_url = f"http://127.0.0.1:{server.server_port}"
+    fake = FakeGenerator(
+        secret,
+        script=Scripts.success(progress=(20.0, 50.0, 80.0)),
+        delivery="background",
+        step_interval=0.2,
+    )
+    with fake, fake.serve() as backend_url, httpx.Client() as http:
+        holder["app"] = create_app(
+            store, backend_url=backend_url, app_url=app_url, secret=secret, backend_http=http
+        )
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield app_url
+        finally:
+            server.shutdown()
+            thread.join()
+    store.close()
+
+
+def test_a_user_submits_a_prompt_and_sees_the_image_arrive(chrome: Any, flask_app_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chrome.get(f"{flask_app_url}/generate-images")
+    assert chrome.title == "Generate images"
+    chrome.find_element(By.ID, "prompt").send_keys("a red fox in fresh snow")
+    chrome.find_element(By.ID, "generate").click()
+
+    def finished_row(driver: Any) -> Any:
+        for row in driver.find_elements(By.CSS_SELECTOR, "#generations tr"):
+            if row.find_element(By.CLASS_NAME, "status").text == "succeeded":
+                return row
+        return False
+
+    row = WebDriverWait(chrome, 30, poll_frequency=0.2).until(finished_row)
+    job_id = row.get_attribute("data-job-id")
+    assert row.find_element(By.TAG_NAME, "td").text == "a red fox in fresh snow"
+    link = row.find_element(By.CSS_SELECTOR, "a.image")
+    assert link.get_attribute("href") == f"https://fake.invalid/{job_id}/1.png"
+    assert row.find_element(By.TAG_NAME, "progress").get_attribute("value") == "100"
+    notifications = WebDriverWait(chrome, 10, poll_frequency=0.2).until(
+        lambda driver: driver.find_elements(By.CSS_SELECTOR, "#notifications li")
+    )
+    assert [n.text for n in notifications] == ["Your image “a red fox in fresh snow” is ready."]
