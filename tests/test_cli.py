@@ -538,3 +538,26 @@ def test_progress_bars_plain_and_live() -> None:
     board.update([done])
     assert live.getvalue().count("\x1b[1F") == 1  # back up one bar, then redraw it
     assert live.getvalue().endswith("succeeded\n")
+
+
+def test_reconcile_every_runs_until_interrupted(
+    run: Runner, db: str, store: SQLJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jobhook.cli._backend_commands as commands
+
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands.time, "sleep", sleep)
+    status, out, err = run(
+        "reconcile", "--db", db, "--backend", "http://x.invalid", "--callback-url", CALLBACK,
+        "--every", "1m",
+    )  # fmt: skip
+    assert status == 130
+    assert waits == [60.0, 60.0]
+    assert out.count("checked 0") == 2
+    assert "interrupted" in err

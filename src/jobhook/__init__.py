@@ -28,7 +28,7 @@ from jobhook.exceptions import (
     SubmitError,
     ValidationError,
 )
-from jobhook.reconcile import AsyncReconciler, ReconcileReport, Reconciler
+from jobhook.reconcile import AsyncReconciler, Reconciler, ReconcileReport
 from jobhook.sender import CallbackSender
 from jobhook.stores import AsyncInMemoryJobStore, AsyncJobStore, InMemoryJobStore, JobStore
 from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore

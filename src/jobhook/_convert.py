@@ -33,26 +33,48 @@ converter.register_unstructure_hook(JobStatus, lambda s: s.value)
 # JSON values pass through untouched in both directions.
 converter.register_structure_hook(JSON, lambda v, _: v)
 
-_JSON_OPTIONS: dict[str, Any] = {"allow_nan": False, "separators": (",", ":")}
 
-
+_JSON_OPTIONS: dict[str, Any] = {
+    "allow_nan": False,
+    "separators": (",", ":"),
+    "ensure_ascii": False,
+}
 # A NUL character as json.dumps writes it: \u0000 after an even number of backslashes.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def storable_text(value: str) -> bool:
+    """True when every store can keep ``value``: no NUL, no lone surrogate.
+
+    PostgreSQL refuses both in text and JSONB; the other stores refuse them too, so that
+    what fails in one store fails in all.
+    """
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def dumps(value: JSON, *, field: str = "value") -> str:
     """Serialise a JSON value the one way every store does.
 
     Raises `ValidationError` naming ``field`` for anything JSON cannot hold (sets,
-    objects, NaN, infinities) and for strings with NUL characters, which PostgreSQL's
-    JSONB refuses: what fails in one store fails in all of them.
+    objects, NaN, infinities) and for strings no store can keep (NUL characters, lone
+    surrogates).
     """
     try:
         text = json.dumps(value, **_JSON_OPTIONS)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} is not JSON-serialisable: {exc}") from None
-    if "\\u0000" in text and _ESCAPED_NUL.search(text):
-        raise ValidationError(f"{field} is not storable: it contains a NUL character (\\u0000)")
+    if not storable_text(text) or ("\\u0000" in text and _ESCAPED_NUL.search(text)):
+        raise ValidationError(
+            f"{field} is not storable: it contains a NUL character or a lone surrogate"
+        )
     return text
 
 
@@ -68,7 +90,7 @@ def normalize_json(value: JSON, *, field: str = "value") -> JSON:
     """
     if value is None or isinstance(value, (bool, int)):
         return value
-    if isinstance(value, str) and "\x00" not in value:
+    if isinstance(value, str) and storable_text(value):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from jobhook._convert import normalize_json
+from jobhook._convert import normalize_json, storable_text
 from jobhook._ids import new_job_id
 from jobhook._models import JSON, Job, JobStatus, JobUpdate, Outcome
 from jobhook.exceptions import ValidationError
@@ -33,10 +33,10 @@ __all__ = ["allowed_from", "changes", "check_id", "decide", "judge", "new_job", 
 def _check_name(value: object, field: str, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, str) or not value or len(value) > 255 or "\x00" in value:
+    if not isinstance(value, str) or not value or len(value) > 255 or not storable_text(value):
         raise ValidationError(
             f"{field} must be a non-empty string of at most 255 characters"
-            f" without NUL characters, got {value!r}"
+            f" without NUL characters or lone surrogates, got {value!r}"
         )
 
 

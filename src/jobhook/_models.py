@@ -97,12 +97,25 @@ def _to_float(value: Any) -> Any:
     return value
 
 
+def _storable_text(value: str) -> bool:
+    # The same test as jobhook._convert.storable_text (which imports this module).
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_str(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str):
         raise ValidationError(f"{attribute.name} must be a string, got {value!r}")
-    if "\x00" in value:
-        # PostgreSQL cannot store NUL in text; refuse it in every store alike.
-        raise ValidationError(f"{attribute.name} must not contain NUL characters")
+    if not _storable_text(value):
+        # PostgreSQL cannot store these in text; refuse them in every store alike.
+        raise ValidationError(
+            f"{attribute.name} must not contain NUL characters or lone surrogates"
+        )
 
 
 def _check_optional_str(_: object, attribute: attrs.Attribute[Any], value: object) -> None:

@@ -387,10 +387,13 @@ def test_dead_letters_oldest_first_and_limited(store: Any) -> None:
         lambda s: s.apply("j", JobUpdate("running"), delivery_id="d\x00"),
         lambda s: s.get("j\x00"),
         lambda s: s.add_dead_letter("j\x00", JobUpdate("running")),
+        lambda s: s.create({"prompt": "lone \ud800 surrogate"}),
+        lambda s: s.create({}, kind="\udfff"),
+        lambda s: s.apply("j", JobUpdate("succeeded", output=["\ud800"])),
     ],
 )
-def test_nul_characters_are_refused_everywhere(store: Any, call: Any) -> None:
-    # PostgreSQL cannot store NUL in text or JSONB, so no store accepts it.
+def test_unstorable_text_is_refused_everywhere(store: Any, call: Any) -> None:
+    # PostgreSQL cannot store NUL or lone surrogates in text or JSONB: no store accepts them.
     store.create({}, job_id="j")
     with pytest.raises(ValidationError, match="NUL"):
         call(store)
@@ -404,6 +407,11 @@ def test_nul_in_output_or_error_is_refused(store: Any) -> None:
         store.apply(job.id, JobUpdate("succeeded", output={"text": "\x00"}))
     with pytest.raises(ValidationError, match="NUL"):
         JobError("oom", "\x00")
+    with pytest.raises(ValidationError, match="surrogate"):
+        JobUpdate("failed", remote_id="\ud800")
+    # Real non-ASCII text, astral planes included, is kept as it is.
+    assert store.apply(job.id, JobUpdate("running", output={"t": "fox \U0001f98a ü"})).applied
+    assert store.get(job.id).output == {"t": "fox \U0001f98a ü"}
     # A backslash followed by "u0000" is ordinary text, not a NUL.
     assert store.apply(job.id, JobUpdate("succeeded", output={"text": "\\u0000"})).applied
     assert store.get(job.id).output == {"text": "\\u0000"}
