@@ -89,7 +89,15 @@ BAD_BODIES = {
     "too deep": (b'{"status": "succeeded", "output": ' + b"[" * 150 + b"]" * 150 + b"}", "nested"),
     "very deep": (b"[" * 100_000, "not JSON"),
     "huge int": (b'{"status": "running", "sequence": 1' + b"0" * 5000 + b"}", "not JSON"),
+    "lone surrogate": (b'{"status": "succeeded", "output": "\\ud800"}', "surrogate"),
+    "surrogate key": (b'{"status": "succeeded", "output": {"\\uDFFF": 1}}', "surrogate"),
+    "nul": (b'{"status": "failed", "error": {"code": "x\\u0000"}}', "NUL"),
 }
+
+
+def test_escaped_text_that_stores_can_keep_passes() -> None:
+    raw = b'{"status": "succeeded", "output": ["\\ud83d\\ude00", "\\\\ud800", "\\u00e9"]}'
+    assert parse(raw).update.output == ["\U0001f600", "\\ud800", "\u00e9"]
 
 
 @pytest.mark.parametrize(("raw", "message"), BAD_BODIES.values(), ids=BAD_BODIES.keys())

@@ -197,6 +197,20 @@ def test_refused_deliveries_leave_the_store_unchanged(
     assert store.dead_letters() == []
 
 
+@pytest.mark.parametrize("text", ["\\ud800", "a\\u0000b"])
+@pytest.mark.parametrize("known", [True, False], ids=["known job", "unknown job"])
+def test_text_no_store_can_keep_is_400_in_every_store(store: Any, text: str, known: bool) -> None:
+    job_id = store.create({}).id if known else "job-later"
+    raw = b'{"job_id": "%s", "status": "succeeded", "output": "%s"}' % (
+        job_id.encode(),
+        text.encode(),
+    )
+    answer = make_handler(store).handle(sign_webhook(SECRET, raw, timestamp=NOW), raw)
+    assert answer.status == 400
+    assert store.events() == []
+    assert store.dead_letters() == []
+
+
 def test_a_delivery_for_job_a_reposted_to_job_b_is_refused(store: Any) -> None:
     job_a, job_b = store.create({}), store.create({})
     handler = make_handler(store)

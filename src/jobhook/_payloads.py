@@ -119,7 +119,8 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 def parse_body(body: bytes) -> JSON:
-    """Decode a body as strict UTF-8 JSON: no NaN or Infinity, at most `MAX_DEPTH` levels.
+    """Decode a body as strict UTF-8 JSON: no NaN or Infinity, no NUL or lone surrogate
+    in any string, at most `MAX_DEPTH` levels.
 
     Raises `PayloadError`.
     """
@@ -134,6 +135,8 @@ def parse_body(body: bytes) -> JSON:
     except (ValueError, RecursionError) as exc:
         # ValueError covers JSONDecodeError and ints past the digit limit.
         raise PayloadError(f"the body is not JSON: {_short(str(exc))}") from None
+    if _SUSPECT_ESCAPE.search(text):
+        _check_strings(data)
     if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
         # Only a body with that many brackets can be nested that deep.
         _check_depth(data)
@@ -141,6 +144,27 @@ def parse_body(body: bytes) -> JSON:
 
 
 MAX_DEPTH = 100
+# Escapes that may decode to text no store can keep: NUL (PostgreSQL refuses it) and
+# surrogates (valid only in pairs). Raw control characters are already refused by JSON.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _check_strings(data: JSON) -> None:
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise PayloadError("the body has a lone surrogate (\\ud800-\\udfff)") from None
+            if "\x00" in value:
+                raise PayloadError("the body has a NUL character (\\u0000)")
 
 
 def _check_depth(data: JSON) -> None:
