@@ -707,6 +707,23 @@ def test_resubmit_refused_fails_the_job(
     assert store.get("j-1").status is JobStatus.FAILED
 
 
+@pytest.mark.parametrize("answer", ["connect_error", 503])
+def test_resubmit_to_an_unreachable_backend_leaves_the_job_pending(
+    httpx_mock: HTTPXMock, make_client: MakeClient, store: InMemoryJobStore, answer: object
+) -> None:
+    # The first submit may have arrived: running out of retries now proves nothing.
+    store.create({}, job_id="j-1")
+    for _ in range(3):
+        if answer == "connect_error":
+            httpx_mock.add_exception(httpx.ConnectError("connection refused"))
+        else:
+            httpx_mock.add_response(status_code=503)
+    with pytest.raises(SubmitError) as info:
+        make_client().resubmit("j-1")
+    assert info.value.ambiguous
+    assert store.get("j-1").status is JobStatus.PENDING
+
+
 def test_can_refresh_needs_what_the_status_path_names(
     make_client: MakeClient, store: InMemoryJobStore
 ) -> None:

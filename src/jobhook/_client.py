@@ -192,10 +192,16 @@ class _ClientCore:
         job: Job = yield StoreCall("get", (job_id,))
         if job.status is not JobStatus.PENDING:
             return job
-        return (yield from self._send_submit(job))
+        # An earlier submit of this job may have arrived: only a definite refusal of
+        # this one may fail it; an unreachable backend leaves it pending.
+        return (yield from self._send_submit(job, sent_before=True))
 
-    def _send_submit(self, job: Job) -> Steps[Job]:
-        """POST the stored job, retrying; judge how it ended and record that."""
+    def _send_submit(self, job: Job, *, sent_before: bool = False) -> Steps[Job]:
+        """POST the stored job, retrying; judge how it ended and record that.
+
+        ``sent_before``: an earlier request for this job may have reached the backend,
+        so running out of retries is never a definite refusal.
+        """
         request = self.submit_request(job)
         end: Exchange = yield from exchange(
             lambda: request, self.policy, retry_status=_is_submit_retry, label=f"submit {job.id}"
@@ -204,14 +210,17 @@ class _ClientCore:
         if response is not None and response.is_success:
             return (yield from self._accepted(job, response))
         if response is None:
-            ambiguous = end.may_have_arrived
+            ambiguous = sent_before or end.may_have_arrived
             detail = f"{type(end.error).__name__}: {end.error}"
             error = JobError("backend_unreachable", detail[:MESSAGE_LIMIT])
         else:
             status = response.status_code
             # A retryable refusal (429, 503, ...) that ran out of attempts is definite
             # only if no earlier attempt may have arrived; other 5xx may have stored it.
-            ambiguous = end.may_have_arrived if status in RETRY_STATUSES else status >= 500
+            if status in RETRY_STATUSES:
+                ambiguous = sent_before or end.may_have_arrived
+            else:
+                ambiguous = status >= 500
             detail = f"HTTP {status}: {backend_message(response)}"
             error = JobError("submit_rejected", detail[:MESSAGE_LIMIT])
         http_request = request_of(end.error) or (response.request if response else None)

@@ -1,0 +1,382 @@
+"""Faults: the database goes away in the middle of a delivery stream, or the app dies
+between two statements of a transaction.
+
+* A TCP proxy between the app and PostgreSQL drops every connection and refuses new
+  ones for a while (what a server restart looks like to the app): deliveries get 503,
+  `CallbackSender` retries them, and after the outage every one lands exactly once.
+* ``pg_terminate_backend`` on the app's own connections (found by the
+  ``application_name`` this test gives them; nobody else's are touched) mid-stream.
+* A process that dies right after the guarded UPDATE, before the transaction commits,
+  leaves no change, no event and no recorded delivery id behind: the job change and its
+  event are one transaction. (`tests/test_sql_store.py` shows the same when the event
+  INSERT fails; here the process itself is gone.)
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from jobhook import JobStatus, JobUpdate, Outcome, WebhookHandler
+from jobhook.sender import CallbackSender
+from jobhook.stores._schema import engine_options, sync_url
+from jobhook.stores.sql import SQLJobStore
+
+from .conftest import PG_SKIP_REASON, PG_URL
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+needs_pg = pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+
+
+# -- a database that can be made to go away ---------------------------------------------
+
+
+class FlakyProxy:
+    """A TCP proxy to PostgreSQL whose `cut` drops every connection and refuses new ones
+    until `restore`, as a restarting server would."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.down = False
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self.down:
+                    client.close()
+                    continue
+                upstream = socket.create_connection(self.target)
+                self._open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._drop(source, sink)
+
+    def _drop(self, *socks: socket.socket) -> None:
+        with self._lock:
+            for s in socks:
+                self._open.discard(s)
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def cut(self) -> None:
+        with self._lock:
+            self.down = True
+            self.cuts += 1
+            dropped = list(self._open)
+        self._drop(*dropped)
+
+    def restore(self) -> None:
+        with self._lock:
+            self.down = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        self.cut()
+
+
+# -- the delivery stream ------------------------------------------------------------------
+
+
+def stream_for(job_ids: list[str], rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
+    """(delivery id, payload): per job submitted, running x3, succeeded; shuffled, and
+    one delivery in five sent a second time."""
+    stream = []
+    for job_id in job_ids:
+        updates: list[dict[str, Any]] = [{"status": "submitted"}]
+        updates += [{"status": "running", "progress": 25 * s, "sequence": s} for s in (1, 2, 3)]
+        updates.append({"status": "succeeded", "output": {"url": f"{job_id}.png"}})
+        stream += [(f"{job_id}-{k}", {"job_id": job_id, **u}) for k, u in enumerate(updates)]
+    stream += rng.sample(stream, k=len(stream) // 5)
+    rng.shuffle(stream)
+    return stream
+
+
+class Receiver:
+    """The app's webhook route, in process: an httpx transport around the handler that
+    records every answer and can run a fault before handling a request."""
+
+    def __init__(self, handler: WebhookHandler) -> None:
+        self.handler = handler
+        self.answers: list[tuple[str, int, str]] = []
+        self.before: Callable[[int], None] = lambda n: None
+        self._lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            n = len(self.answers)
+        self.before(n)
+        job_id = request.url.path.rsplit("/", 1)[-1]
+        response = self.handler.handle(request.headers, request.content, job_id=job_id)
+        with self._lock:
+            self.answers.append(
+                (request.headers["webhook-id"], response.status, response.json()["outcome"])
+            )
+        return httpx.Response(response.status, content=response.body, headers=response.headers)
+
+    def statuses(self) -> Counter[int]:
+        return Counter(status for _, status, _ in self.answers)
+
+
+def check_exactly_once(store: SQLJobStore, job_ids: list[str], receiver: Receiver) -> None:
+    """Every job succeeded; one event per applied change; none lost, none doubled."""
+    for job_id in job_ids:
+        job = store.get(job_id)
+        assert job.status is JobStatus.SUCCEEDED
+        assert job.output == {"url": f"{job_id}.png"}
+    events = read_events(store, expected=sum(store.get(j).version - 1 for j in job_ids))
+    assert len({(e.job_id, e.version) for e in events}) == len(events), "an event was doubled"
+    delivery_ids = [e.delivery_id for e in events]
+    assert len(set(delivery_ids)) == len(delivery_ids), "a delivery was applied twice"
+    for job_id in job_ids:
+        versions = sorted(e.version for e in events if e.job_id == job_id)
+        assert versions == list(range(2, store.get(job_id).version + 1)), "an update was lost"
+    # A 200 "applied" answer always has its event (an applied change whose answer was
+    # lost to the outage shows up as a later "duplicate": also exactly once).
+    answered = {d for d, status, outcome in receiver.answers if outcome == "applied"}
+    assert answered <= set(delivery_ids)
+
+
+def read_events(store: SQLJobStore, *, expected: int) -> list[Any]:
+    """All events; waits while an older transaction elsewhere on the server still hides
+    the newest (readers only see events older than every open transaction)."""
+    deadline = time.monotonic() + 30
+    while True:
+        events = store.events(limit=1000)
+        if len(events) >= expected or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def pg_tables() -> Iterator[tuple[str, str]]:
+    """(URL, table prefix) of fresh tables on the test server, dropped afterwards."""
+    if not PG_URL:
+        pytest.skip(PG_SKIP_REASON)
+    prefix = f"f{uuid.uuid4().hex[:8]}_"
+    admin = SQLJobStore(PG_URL, table_prefix=prefix, create_schema=True)
+    yield PG_URL, prefix
+    admin.metadata.drop_all(admin.engine)
+    admin.close()
+
+
+def app_store(url: str, prefix: str, **connect_args: Any) -> SQLJobStore:
+    """The app's store, on an engine of its own (so that its connections are its own)."""
+    parsed = sync_url(url)
+    options = engine_options(parsed)
+    options["connect_args"] = {**options.get("connect_args", {}), **connect_args}
+    return SQLJobStore(sa.create_engine(parsed, **options), table_prefix=prefix)
+
+
+# -- the tests ----------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_deliveries_during_a_database_outage_get_503_and_land_once_after(
+    pg_tables: tuple[str, str],
+) -> None:
+    url, prefix = pg_tables
+    parsed = sa.make_url(url)
+    proxy = FlakyProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    store = app_store(url, prefix)
+    proxied = SQLJobStore(
+        sa.create_engine(
+            sync_url(parsed.set(host="127.0.0.1", port=proxy.port)),
+            **engine_options(sync_url(url)),
+        ),
+        table_prefix=prefix,
+    )
+    receiver = Receiver(WebhookHandler(proxied, secret=SECRET))
+    job_ids = [store.create({"n": n}).id for n in range(24)]
+    stream = stream_for(job_ids, random.Random(5))
+    outage_503s = 0
+    lock = threading.Lock()
+
+    def before(n: int) -> None:
+        if n == len(stream) // 3:  # a third of the way in, the database goes away
+            proxy.cut()
+
+    def sleep(_seconds: float) -> None:
+        # The sender backs off after a 503; the database comes back after a dozen.
+        nonlocal outage_503s
+        with lock:
+            if proxy.down:
+                outage_503s += 1
+                if outage_503s >= 12:
+                    proxy.restore()
+
+    receiver.before = before
+    http = httpx.Client(transport=httpx.MockTransport(receiver))
+    sender = CallbackSender(SECRET, http_client=http, max_attempts=20, sleep=sleep)
+    reports: list[Any] = []
+
+    def send(part: list[tuple[str, dict[str, Any]]]) -> None:
+        for delivery_id, payload in part:
+            url = f"https://app.example/webhooks/jobhook/{payload['job_id']}"
+            reports.append(sender.send(url, payload, msg_id=delivery_id))
+
+    try:
+        senders = [threading.Thread(target=send, args=(stream[i::4],)) for i in range(4)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+    finally:
+        proxy.close()
+        proxied.close()
+        http.close()
+    assert proxy.cuts == 1
+    statuses = receiver.statuses()
+    assert statuses[503] >= 12, "the outage was not seen"
+    assert set(statuses) == {200, 503}, "only 200s and, during the outage, 503s"
+    assert len(reports) == len(stream)
+    assert all(r.delivered for r in reports), "a retried delivery never landed"
+    check_exactly_once(store, job_ids, receiver)
+    store.close()
+
+
+@pytest.mark.postgres
+def test_connections_killed_mid_stream_cost_a_retry_not_an_update(
+    pg_tables: tuple[str, str],
+) -> None:
+    url, prefix = pg_tables
+    name = f"jobhook-faults-{uuid.uuid4().hex[:8]}"
+    store = app_store(url, prefix, application_name=name)
+    admin = sa.create_engine(sync_url(url))
+    receiver = Receiver(WebhookHandler(store, secret=SECRET))
+    job_ids = [store.create({"n": n}).id for n in range(10)]
+    stream = stream_for(job_ids, random.Random(9))
+    killed = 0
+
+    def before(n: int) -> None:
+        nonlocal killed
+        if n % 10 == 5:
+            with admin.connect() as conn:
+                # Only this test's connections: they carry its application_name.
+                killed += len(
+                    conn.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :name AND pid <> pg_backend_pid()"
+                        ),
+                        {"name": name},
+                    ).all()
+                )
+
+    receiver.before = before
+    http = httpx.Client(transport=httpx.MockTransport(receiver))
+    sender = CallbackSender(SECRET, http_client=http, max_attempts=5, sleep=lambda s: None)
+    try:
+        reports = [
+            sender.send(
+                f"https://app.example/webhooks/jobhook/{p['job_id']}", p, msg_id=delivery_id
+            )
+            for delivery_id, p in stream
+        ]
+    finally:
+        http.close()
+        admin.dispose()
+    assert killed > 0
+    assert receiver.statuses()[503] > 0, "no delivery met a killed connection"
+    assert set(receiver.statuses()) == {200, 503}
+    assert all(r.delivered for r in reports)
+    check_exactly_once(store, job_ids, receiver)
+    store.close()
+
+
+def crash_after_update(url: str, prefix: str, job_id: str) -> None:
+    """Apply one update, and die as soon as the guarded UPDATE has run."""
+    import os
+
+    from sqlalchemy import event
+
+    store = SQLJobStore(url, table_prefix=prefix)
+
+    @event.listens_for(store.engine, "after_cursor_execute")
+    def die(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if f"UPDATE {prefix}jobs" in statement:
+            os._exit(17)
+
+    store.apply(job_id, JobUpdate("succeeded", output={"x": 1}), delivery_id="d-1")
+    os._exit(0)  # not reached when the UPDATE ran
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=needs_pg)])
+def test_a_crash_between_update_and_event_leaves_nothing_half_done(
+    kind: str, tmp_path: Any
+) -> None:
+    if kind == "sqlite":
+        url, prefix = f"sqlite:///{tmp_path / 'crash.db'}", "jobhook_"
+    else:
+        assert PG_URL is not None
+        url, prefix = PG_URL, f"c{uuid.uuid4().hex[:8]}_"
+    store = SQLJobStore(url, table_prefix=prefix, create_schema=True)
+    try:
+        job = store.create({"prompt": "fox"})
+        process = multiprocessing.get_context("spawn").Process(
+            target=crash_after_update, args=(url, prefix, job.id)
+        )
+        process.start()
+        process.join(timeout=120)
+        assert process.exitcode == 17, "the process did not die after the UPDATE"
+
+        after = store.get(job.id)
+        assert (after.status, after.version, after.output) == (JobStatus.PENDING, 1, None)
+        assert store.events() == []
+        # The delivery id went with the rest: the sender's retry applies, once.
+        retry = store.apply(job.id, JobUpdate("succeeded", output={"x": 1}), delivery_id="d-1")
+        assert retry.outcome is Outcome.APPLIED
+        again = store.apply(job.id, JobUpdate("succeeded", output={"x": 1}), delivery_id="d-1")
+        assert again.outcome is Outcome.DUPLICATE
+        assert [e.delivery_id for e in read_events(store, expected=1)] == ["d-1"]
+    finally:
+        if kind == "postgres":
+            store.metadata.drop_all(store.engine)
+        store.close()
+
+
+def test_handler_answers_json_for_every_fault_status() -> None:
+    """The 503 body names the outcome, so a sender's log says why it retries."""
+    store = SQLJobStore("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    handler = WebhookHandler(store, secret=SECRET)
+    body = json.dumps({"job_id": "j", "status": "running"}).encode()
+    from jobhook import sign_webhook
+
+    response = handler.handle(sign_webhook(SECRET, body), body, job_id="j")
+    assert response.status == 503
+    assert response.json()["outcome"] == "unavailable"
+    store.close()
