@@ -111,16 +111,14 @@ class WebhookHandler:
     ``handle`` serves a sync `JobStore`; ``await ahandle`` serves an `AsyncJobStore`
     (or a sync store, whose calls then run in a worker thread). Answers:
 
-    ====  ==========================================================================
-    413   body over ``max_body_bytes``
-    401   missing, malformed or wrong signature; timestamp outside ``tolerance``;
-          missing or wrong callback token
-    400   body not UTF-8 / not JSON / wrong shape (the message names the field);
-          payload job id differs from the route's; no usable job id
-    200   ``applied`` (listeners then run, once), ``duplicate``, ``stale``, ``conflict``
-    404   ``not_found``: the delivery is kept as a dead letter for a later replay
-    503   the store failed (unavailable or any unexpected error); nothing was written
-    ====  ==========================================================================
+    | status | when |
+    | ------ | ---- |
+    | 413 | body over ``max_body_bytes`` |
+    | 401 | bad or missing signature or token; timestamp outside ``tolerance`` |
+    | 400 | not UTF-8, not JSON, wrong shape, or a job id unlike the route's |
+    | 200 | ``applied`` (listeners then run, once), ``duplicate``, ``stale``, ``conflict`` |
+    | 404 | ``not_found``: the delivery is kept as a dead letter for a later replay |
+    | 503 | the store failed (unavailable or any unexpected error); nothing was written |
 
     With ``secret`` (``whsec_…``, or several for rotation) every delivery must carry a
     valid Standard Webhooks signature. With ``token_secret`` every delivery must carry
