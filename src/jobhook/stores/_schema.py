@@ -156,10 +156,13 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     # Write transactions take the write lock up front (BEGIN IMMEDIATE). A DEFERRED
     # transaction that reads and then writes must upgrade its lock, and two of them
     # doing so at once deadlock: one gets SQLITE_BUSY at once, whatever the timeout.
-    if conn.get_execution_options().get("jobhook_write"):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get("jobhook_write") else "BEGIN"
+    if conn.dialect.is_async:
+        conn.exec_driver_sql(statement)
     else:
-        conn.exec_driver_sql("BEGIN")
+        # Straight to the driver: this runs once per transaction, and SQLAlchemy's
+        # statement machinery costs more than the BEGIN itself.
+        conn.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
 
 
 def install_sqlite_pragmas(engine: Engine) -> None:

@@ -157,6 +157,26 @@ def _dead_letter_from_row(row: Any) -> DeadLetter:
     )
 
 
+def _event_row(job: Job, delivery_id: str | None, now: datetime) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "owner_id": job.owner_id,
+        "kind": job.kind,
+        "status": job.status.value,
+        "progress": job.progress,
+        "version": job.version,
+        "delivery_id": delivery_id,
+        "created_at": now,
+    }
+
+
+def _applied(job: Job, delivery_id: str | None, now: datetime, event_id: int) -> ApplyResult:
+    event = _event_row(job, delivery_id, now)
+    return ApplyResult(
+        Outcome.APPLIED, job, JobEvent(**{**event, "id": event_id, "status": job.status})
+    )
+
+
 class _Operations:
     """Every store operation as steps, with its statements built once per store."""
 
@@ -217,6 +237,9 @@ class _Operations:
             .values(replayed_at=sa.bindparam("b_now"))
         )
         self._updates: dict[tuple[Any, ...], sa.Update] = {}
+        self._one_trip: dict[tuple[Any, ...], sa.Select[Any]] | None = None
+        if dialect == "postgresql":
+            self._one_trip = {}
 
     # -- the guarded UPDATE ---------------------------------------------------------
 
@@ -229,6 +252,66 @@ class _Operations:
             stmt = self._updates[key] = self._build_update(update.status, values, key[2])
         return stmt
 
+    def one_trip(self, update: JobUpdate, with_delivery: bool) -> sa.Select[Any]:
+        """PostgreSQL: the delivery id INSERT, the guarded UPDATE and the event INSERT as
+        one statement (data-modifying CTEs): an apply is one round trip, not three.
+
+        Its one row has ``fresh`` (0 when the delivery id was seen before), ``event_id``
+        and the updated job's columns (all NULL when the guard refused).
+        """
+        assert self._one_trip is not None
+        values = changes(update)
+        key = (update.status, tuple(sorted(values)), update.sequence is not None, with_delivery)
+        stmt = self._one_trip.get(key)
+        if stmt is None:
+            stmt = self._one_trip[key] = self._build_one_trip(update, with_delivery)
+        return stmt
+
+    def _build_one_trip(self, update: JobUpdate, with_delivery: bool) -> sa.Select[Any]:
+        t = self.t
+        guarded = self.guarded_update(update)
+        fresh: Any = sa.literal(1)
+        if with_delivery:
+            delivery = (
+                postgresql.insert(t.deliveries)
+                .values(
+                    id=sa.bindparam("d_id"),
+                    job_id=sa.bindparam("b_id"),
+                    received_at=sa.bindparam("b_now"),
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(t.deliveries.c.id)
+                .cte("d")
+            )
+            # A delivery id seen before changes nothing.
+            guarded = guarded.where(sa.exists().select_from(delivery))
+            fresh = sa.select(sa.func.count()).select_from(delivery).scalar_subquery()
+        job = guarded.cte("u")
+        ev = t.events
+        event = (
+            sa.insert(ev)
+            .from_select(
+                [c.name for c in ev.c],
+                sa.select(
+                    sa.func.txid_current(),
+                    job.c.id,
+                    job.c.owner_id,
+                    job.c.kind,
+                    job.c.status,
+                    job.c.progress,
+                    job.c.version,
+                    sa.bindparam("e_delivery_id", type_=ev.c.delivery_id.type),
+                    sa.bindparam("b_now", type_=ev.c.created_at.type),
+                ),
+            )
+            .returning(ev.c.id)
+            .cte("e")
+        )
+        one = sa.select(sa.literal(1).label("one")).subquery("one")
+        return sa.select(fresh.label("fresh"), event.c.id.label("event_id"), *job.c).select_from(
+            one.outerjoin(job, sa.true()).outerjoin(event, sa.true())
+        )
+
     def _build_update(
         self, status: JobStatus, values: dict[str, Any], has_sequence: bool
     ) -> sa.Update:
@@ -237,7 +320,8 @@ class _Operations:
         # Rules 1 and 2: not terminal, and the update's rank is >= the job's rank.
         guard: list[Any] = [
             c.id == sa.bindparam("b_id"),
-            c.status.in_([s.value for s in allowed_from(status)]),
+            # Literal values: a list of bound values would be re-rendered on every call.
+            c.status.in_([sa.literal_column(f"'{s.value}'") for s in allowed_from(status)]),
         ]
         if status is JobStatus.RUNNING:
             # Rule 3: running after running never goes back in progress or sequence.
@@ -376,7 +460,21 @@ class _Operations:
             check_id(delivery_id, "delivery_id")
         dumps(update.output, field="output")
         now = utcnow()
-        if delivery_id is not None:
+        statement = self.guarded_update(update)
+        params = self.update_params(job_id, update, now)
+        refused = False
+        if self._one_trip is not None:
+            trip = {**params, "e_delivery_id": delivery_id}
+            if delivery_id is not None:
+                trip["d_id"] = delivery_id
+            done = (yield self.one_trip(update, delivery_id is not None), trip).one()
+            if not done.fresh:
+                seen = (yield self.select_job, {"id": job_id}).first()
+                return ApplyResult(Outcome.DUPLICATE, seen and _job_from_row(seen))
+            if done.event_id is not None:
+                return _applied(_job_from_row(done), delivery_id, now, done.event_id)
+            refused = True
+        elif delivery_id is not None:
             inserted = yield (
                 self.insert_delivery,
                 {"id": delivery_id, "job_id": job_id, "received_at": now},
@@ -384,28 +482,14 @@ class _Operations:
             if inserted.first() is None:
                 row = (yield self.select_job, {"id": job_id}).first()
                 return ApplyResult(Outcome.DUPLICATE, row and _job_from_row(row))
-        statement = self.guarded_update(update)
-        params = self.update_params(job_id, update, now)
         for _ in range(_MAX_APPLY_ROUNDS):
-            row = (yield statement, params).first()
-            if row is not None:
-                job = _job_from_row(row)
-                event = {
-                    "job_id": job.id,
-                    "owner_id": job.owner_id,
-                    "kind": job.kind,
-                    "status": job.status.value,
-                    "progress": job.progress,
-                    "version": job.version,
-                    "delivery_id": delivery_id,
-                    "created_at": now,
-                }
-                event_id = (yield self.insert_event, event).scalar_one()
-                return ApplyResult(
-                    Outcome.APPLIED,
-                    job,
-                    JobEvent(**{**event, "id": event_id, "status": job.status}),
-                )
+            if not refused:
+                row = (yield statement, params).first()
+                if row is not None:
+                    job = _job_from_row(row)
+                    event_id = yield self.insert_event, _event_row(job, delivery_id, now)
+                    return _applied(job, delivery_id, now, event_id.scalar_one())
+            refused = False
             # The guard refused: read the row to say why (or that it is missing).
             row = (yield self.select_job, {"id": job_id}).first()
             if row is None:
