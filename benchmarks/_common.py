@@ -24,10 +24,14 @@ import sqlalchemy as sa
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> Any:
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> Any:
     """The options every script takes: ``--quick``, ``--rounds``, ``--postgres``, ``--dir``."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: proves it runs, in seconds")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: proves it runs, in seconds"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contestant")
     parser.add_argument(
         "--postgres",
@@ -151,11 +155,11 @@ class Report:
 
 def table(header: list[str], rows: list[list[str]]) -> None:
     """Print a Markdown table (it reads as plain text too)."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 def summary(targets: list[Target]) -> None:

@@ -241,9 +241,13 @@ class OrmHandler:
             if job.status in TERMINAL or RANK[status] < RANK[job.status]:
                 return 200
             progress = data.get("progress")
-            if status == job.status == "running" and progress is not None:
-                if job.progress is not None and progress < job.progress:
-                    return 200
+            if (
+                status == job.status == "running"
+                and progress is not None
+                and job.progress is not None
+                and progress < job.progress
+            ):
+                return 200
             now = datetime.now(timezone.utc)
             job.status = status
             if progress is not None:
@@ -306,16 +310,15 @@ def run(db: str, url: str, raw_connect: Callable[[], Any], args: Any) -> list[Ta
     def lib(d: Delivery) -> int:
         return handler.handle(d[1], d[2], job_id=d[0]).status
 
+    def turn(name: str, handle: Callable[[Delivery], int]) -> Callable[[int], float]:
+        return contestant(name, handle, store.engine, jobs, template, n_jobs, run_id)
+
     try:
         results = interleaved(
             {
-                "jobhook": contestant("j", lib, store.engine, jobs, template, n_jobs, run_id),
-                "a": contestant(
-                    "a", lambda d: raw.handle(d[1], d[2]), store.engine, jobs, template, n_jobs, run_id
-                ),
-                "b": contestant(
-                    "b", lambda d: orm.handle(d[1], d[2]), store.engine, jobs, template, n_jobs, run_id
-                ),
+                "jobhook": turn("j", lib),
+                "a": turn("a", lambda d: raw.handle(d[1], d[2])),
+                "b": turn("b", lambda d: orm.handle(d[1], d[2])),
             },
             rounds,
         )

@@ -14,6 +14,7 @@ between two statements of a transaction.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import socket
@@ -85,10 +86,8 @@ class FlakyProxy:
         with self._lock:
             for s in socks:
                 self._open.discard(s)
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
     def cut(self) -> None:
@@ -105,7 +104,9 @@ class FlakyProxy:
     def close(self) -> None:
         self._closed = True
         self.listener.close()
-        self.cut()
+        with self._lock:
+            dropped = list(self._open)
+        self._drop(*dropped)
 
 
 # -- the delivery stream ------------------------------------------------------------------
@@ -366,4 +367,3 @@ def test_a_crash_between_update_and_event_leaves_nothing_half_done(
         if kind == "postgres":
             store.metadata.drop_all(store.engine)
         store.close()
-

@@ -52,9 +52,9 @@ RANK = {"pending": 0, "submitted": 1, "running": 2, "succeeded": 3, "failed": 3,
 OWNERS = ["alice", "bob", None]
 KINDS = ["image", "video"]
 
-# PostgreSQL cannot hold every value the other stores keep: it refuses NUL in text and
-# JSONB, and JSONB hands a float of 1e16 or more back as an int. Both are left out here
-# and pinned down in the tests at the end of this file.
+# Left out here, and pinned down by the tests at the end of this file: NUL, which every
+# store refuses (PostgreSQL cannot keep it), and floats of 1e16 or more, which JSONB
+# hands back as ints.
 texts = st.text(st.characters(exclude_characters="\x00"), max_size=8)
 json_scalars = (
     st.none()
@@ -430,15 +430,11 @@ def test_store_agrees_with_model(store_factory: Any) -> None:
     )
 
 
-# -- values PostgreSQL cannot keep as given (left out of the machine above) -------------
+# -- values not every database keeps as given (left out of the machine above) ----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: PostgreSQL refuses NUL in text and JSONB with a raw DataError, "
-    "the other stores keep it; every store should refuse it with ValidationError",
-)
 def test_nul_in_json_is_refused_alike_everywhere(store: Any) -> None:
+    """PostgreSQL cannot keep NUL in text or JSONB, so no store takes it."""
     with pytest.raises(ValidationError):
         store.create({"prompt": "a\x00b"})
     job = store.create({})
