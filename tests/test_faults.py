@@ -14,6 +14,7 @@ between two statements of a transaction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import random
@@ -30,9 +31,9 @@ import pytest
 import sqlalchemy as sa
 
 from jobhook import JobStatus, JobUpdate, Outcome, WebhookHandler
-from jobhook.sender import CallbackSender
+from jobhook.sender import AsyncCallbackSender, CallbackSender
 from jobhook.stores._schema import engine_options, sync_url
-from jobhook.stores.sql import SQLJobStore
+from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
 from .conftest import PG_SKIP_REASON, PG_URL
 
@@ -152,7 +153,9 @@ class Receiver:
         return Counter(status for _, status, _ in self.answers)
 
 
-def check_exactly_once(store: SQLJobStore, job_ids: list[str], receiver: Receiver) -> None:
+def check_exactly_once(
+    store: SQLJobStore, job_ids: list[str], answers: list[tuple[str, int, str]]
+) -> None:
     """Every job succeeded; one event per applied change; none lost, none doubled."""
     for job_id in job_ids:
         job = store.get(job_id)
@@ -167,7 +170,7 @@ def check_exactly_once(store: SQLJobStore, job_ids: list[str], receiver: Receive
         assert versions == list(range(2, store.get(job_id).version + 1)), "an update was lost"
     # A 200 "applied" answer always has its event (an applied change whose answer was
     # lost to the outage shows up as a later "duplicate": also exactly once).
-    answered = {d for d, status, outcome in receiver.answers if outcome == "applied"}
+    answered = {d for d, _, outcome in answers if outcome == "applied"}
     assert answered <= set(delivery_ids)
 
 
@@ -265,7 +268,64 @@ def test_deliveries_during_a_database_outage_get_503_and_land_once_after(
     assert set(statuses) == {200, 503}, "only 200s and, during the outage, 503s"
     assert len(reports) == len(stream)
     assert all(r.delivered for r in reports), "a retried delivery never landed"
-    check_exactly_once(store, job_ids, receiver)
+    check_exactly_once(store, job_ids, receiver.answers)
+    store.close()
+
+
+@pytest.mark.postgres
+def test_the_async_store_rides_out_the_same_outage(pg_tables: tuple[str, str]) -> None:
+    """`AsyncSQLJobStore`, `ahandle` and `AsyncCallbackSender` through the same outage."""
+    url, prefix = pg_tables
+    parsed = sa.make_url(url)
+    proxy = FlakyProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    store = app_store(url, prefix)
+    proxied = AsyncSQLJobStore(parsed.set(host="127.0.0.1", port=proxy.port), table_prefix=prefix)
+    handler = WebhookHandler(proxied, secret=SECRET)
+    job_ids = [store.create({"n": n}).id for n in range(12)]
+    stream = stream_for(job_ids, random.Random(3))
+    answers: list[tuple[str, int, str]] = []
+    outage_503s = 0
+
+    async def route(request: httpx.Request) -> httpx.Response:
+        if len(answers) == len(stream) // 3:
+            proxy.cut()
+        job_id = request.url.path.rsplit("/", 1)[-1]
+        response = await handler.ahandle(request.headers, request.content, job_id=job_id)
+        answers.append((request.headers["webhook-id"], response.status, response.json()["outcome"]))
+        return httpx.Response(response.status, content=response.body, headers=response.headers)
+
+    async def sleep(_seconds: float) -> None:
+        nonlocal outage_503s
+        if proxy.down:
+            outage_503s += 1
+            if outage_503s >= 12:
+                proxy.restore()
+
+    async def main() -> list[Any]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(route)) as http:
+            sender = AsyncCallbackSender(SECRET, http_client=http, max_attempts=20, sleep=sleep)
+
+            async def send(part: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+                return [
+                    await sender.send(
+                        f"https://app.example/webhooks/jobhook/{p['job_id']}", p, msg_id=d
+                    )
+                    for d, p in part
+                ]
+
+            parts = await asyncio.gather(*(send(stream[i::4]) for i in range(4)))
+            await proxied.close()
+            return [report for part in parts for report in part]
+
+    try:
+        reports = asyncio.run(main())
+    finally:
+        proxy.close()
+    statuses = Counter(status for _, status, _ in answers)
+    assert statuses[503] >= 12, "the outage was not seen"
+    assert set(statuses) == {200, 503}
+    assert all(r.delivered for r in reports)
+    check_exactly_once(store, job_ids, answers)
     store.close()
 
 
@@ -314,7 +374,7 @@ def test_connections_killed_mid_stream_cost_a_retry_not_an_update(
     assert receiver.statuses()[503] > 0, "no delivery met a killed connection"
     assert set(receiver.statuses()) == {200, 503}
     assert all(r.delivered for r in reports)
-    check_exactly_once(store, job_ids, receiver)
+    check_exactly_once(store, job_ids, receiver.answers)
     store.close()
 
 
