@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import re
@@ -78,9 +79,26 @@ def dumps(value: JSON, *, field: str = "value") -> str:
     return text
 
 
+def _parse_float(text: str) -> float | int:
+    # PostgreSQL keeps JSON numbers as exact decimals with a scale of
+    # max(0, fraction digits - exponent), and prints them without an exponent: so
+    # 6.553542983589422e+16 comes back from JSONB as the integer 65535429835894220.
+    # Every store reads numbers that way, so that they all agree.
+    mantissa, has_exponent, exponent = text.lower().partition("e")
+    if has_exponent:
+        fraction = mantissa.partition(".")[2]
+        if int(exponent) >= len(fraction):
+            return int(decimal.Decimal(text))
+    return float(text)
+
+
 def loads(text: str | bytes) -> JSON:
-    """Parse JSON text (the inverse of `dumps`)."""
-    return json.loads(text)
+    """Parse JSON text (the inverse of `dumps`) as every store reads it back.
+
+    Numbers written with a positive exponent that are whole (``1e+16``) come back as
+    ints, as PostgreSQL's JSONB returns them.
+    """
+    return json.loads(text, parse_float=_parse_float)
 
 
 def normalize_json(value: JSON, *, field: str = "value") -> JSON:
@@ -95,8 +113,8 @@ def normalize_json(value: JSON, *, field: str = "value") -> JSON:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(f"{field} is not JSON-serialisable: {value!r} is not finite")
-        return value
-    return json.loads(dumps(value, field=field))
+        return loads(repr(value))
+    return loads(dumps(value, field=field))
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:
