@@ -108,6 +108,7 @@ def flask_app_url(tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_user_submits_a_prompt_and_sees_the_image_arrive(chrome: Any, flask_app_url: str) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -117,18 +118,33 @@ def test_a_user_submits_a_prompt_and_sees_the_image_arrive(chrome: Any, flask_ap
     chrome.find_element(By.ID, "generate").click()
 
     def finished_row(driver: Any) -> Any:
-        for row in driver.find_elements(By.CSS_SELECTOR, "#generations tr"):
-            if row.find_element(By.CLASS_NAME, "status").text == "succeeded":
-                return row
+        # The page redraws its table while polling: read a row in one go, and look
+        # again if it was replaced under us.
+        try:
+            for row in driver.find_elements(By.CSS_SELECTOR, "#generations tr"):
+                if row.find_element(By.CLASS_NAME, "status").text == "succeeded":
+                    return {
+                        "job_id": row.get_attribute("data-job-id"),
+                        "prompt": row.find_element(By.TAG_NAME, "td").text,
+                        "href": row.find_element(By.CSS_SELECTOR, "a.image").get_attribute("href"),
+                        "progress": row.find_element(By.TAG_NAME, "progress").get_attribute(
+                            "value"
+                        ),
+                    }
+        except StaleElementReferenceException:
+            return False
         return False
 
     row = WebDriverWait(chrome, 30, poll_frequency=0.2).until(finished_row)
-    job_id = row.get_attribute("data-job-id")
-    assert row.find_element(By.TAG_NAME, "td").text == "a red fox in fresh snow"
-    link = row.find_element(By.CSS_SELECTOR, "a.image")
-    assert link.get_attribute("href") == f"https://fake.invalid/{job_id}/1.png"
-    assert row.find_element(By.TAG_NAME, "progress").get_attribute("value") == "100"
-    notifications = WebDriverWait(chrome, 10, poll_frequency=0.2).until(
-        lambda driver: driver.find_elements(By.CSS_SELECTOR, "#notifications li")
-    )
-    assert [n.text for n in notifications] == ["Your image “a red fox in fresh snow” is ready."]
+    assert row["prompt"] == "a red fox in fresh snow"
+    assert row["href"] == f"https://fake.invalid/{row['job_id']}/1.png"
+    assert row["progress"] == "100"
+
+    def notification_texts(driver: Any) -> Any:
+        try:
+            return [n.text for n in driver.find_elements(By.CSS_SELECTOR, "#notifications li")]
+        except StaleElementReferenceException:
+            return False
+
+    notifications = WebDriverWait(chrome, 10, poll_frequency=0.2).until(notification_texts)
+    assert notifications == ["Your image “a red fox in fresh snow” is ready."]

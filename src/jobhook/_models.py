@@ -186,7 +186,9 @@ class JobEvent:
     """One applied change, as written to the store's outbox in the same transaction.
 
     ``id`` increases with every event of a store; read them with
-    ``store.events(after=last_seen_id)`` to send notifications.
+    ``store.events(after=last_seen_id)`` to send notifications. Within one job,
+    ``version`` orders events (on PostgreSQL, racing changes to one job may come out of
+    ``events()`` in the other order).
     """
 
     id: int
