@@ -167,3 +167,38 @@ def summary(targets: list[Target]) -> None:
     met = sum(t.met for t in targets)
     print()
     print(f"targets met: {met}/{len(targets)}")
+
+
+#: ``run(database name, SQLAlchemy URL, raw driver connect, args) -> targets``
+RunOnDatabase = Callable[[str, str, Callable[[], Any], Any], "list[Target]"]
+
+
+def main_on_both_databases(name: str, doc: str, run: RunOnDatabase) -> None:
+    """Parse the options, then ``run`` on a temporary SQLite file and, when a URL is
+    given, on PostgreSQL; print the targets met."""
+    import tempfile
+    from pathlib import Path
+
+    args = parse_args(doc.splitlines()[0])
+    print(f"# {name} ({machine(args.postgres)})")
+    targets: list[Target] = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        path = Path(tmp) / "bench.db"
+        targets += run(
+            "SQLite",
+            f"sqlite:///{path}",
+            lambda: sqlite3.connect(path, isolation_level=None, timeout=30),
+            args,
+        )
+    if args.postgres:
+        import psycopg
+
+        targets += run(
+            "PostgreSQL",
+            sqlalchemy_pg_url(args.postgres),
+            lambda: psycopg.connect(psycopg_url(args.postgres)),
+            args,
+        )
+    else:
+        print("\nPostgreSQL skipped: no URL (--postgres or $JOBHOOK_TEST_POSTGRES_URL)")
+    summary(targets)

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,14 +24,10 @@ from _common import (
     Report,
     Target,
     interleaved,
-    machine,
+    main_on_both_databases,
     median,
     ms,
-    parse_args,
     per_op,
-    psycopg_url,
-    sqlalchemy_pg_url,
-    summary,
 )
 
 from jobhook import GeneratorClient
@@ -143,31 +137,7 @@ def run(db: str, url: str, raw_connect: Callable[[], Any], args: Any) -> list[Ta
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    print(f"# bench_submit ({machine(args.postgres)})")
-    targets: list[Target] = []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        import sqlite3
-
-        path = Path(tmp) / "bench.db"
-        targets += run(
-            "SQLite",
-            f"sqlite:///{path}",
-            lambda: sqlite3.connect(path, isolation_level=None, timeout=30),
-            args,
-        )
-    if args.postgres:
-        import psycopg
-
-        targets += run(
-            "PostgreSQL",
-            sqlalchemy_pg_url(args.postgres),
-            lambda: psycopg.connect(psycopg_url(args.postgres)),
-            args,
-        )
-    else:
-        print("\nPostgreSQL skipped: no URL (--postgres or $JOBHOOK_TEST_POSTGRES_URL)")
-    summary(targets)
+    main_on_both_databases("bench_submit", __doc__ or "bench_submit", run)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ back.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -60,6 +60,8 @@ __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
 T = TypeVar("T")
 Step = tuple[sa.Executable, Mapping[str, Any] | None]
 Steps = Generator[Step, Result[Any], T]
+#: What an update's statements depend on: status, the fields it sets, has a sequence.
+Shape = tuple[JobStatus, tuple[str, ...], bool]
 
 # How often apply() re-runs its guarded UPDATE when a concurrent writer changed the row
 # between that UPDATE and the read that explains its failure (PostgreSQL only: SQLite
@@ -243,16 +245,21 @@ class _Operations:
 
     # -- the guarded UPDATE ---------------------------------------------------------
 
-    def guarded_update(self, update: JobUpdate) -> sa.Update:
+    @staticmethod
+    def shape(update: JobUpdate, values: dict[str, Any]) -> Shape:
+        """What an update's statements depend on: its status, the fields it sets, and
+        whether it carries a sequence."""
+        return (update.status, tuple(sorted(values)), update.sequence is not None)
+
+    def guarded_update(self, shape: Shape) -> sa.Update:
         """The UPDATE for updates of this shape, built on first use and then reused."""
-        values = changes(update)
-        key = (update.status, tuple(sorted(values)), update.sequence is not None)
-        stmt = self._updates.get(key)
+        stmt = self._updates.get(shape)
         if stmt is None:
-            stmt = self._updates[key] = self._build_update(update.status, values, key[2])
+            status, fields, has_sequence = shape
+            stmt = self._updates[shape] = self._build_update(status, fields, has_sequence)
         return stmt
 
-    def one_trip(self, update: JobUpdate, with_delivery: bool) -> sa.Select[Any]:
+    def one_trip(self, shape: Shape, with_delivery: bool) -> sa.Select[Any]:
         """PostgreSQL: the delivery id INSERT, the guarded UPDATE and the event INSERT as
         one statement (data-modifying CTEs): an apply is one round trip, not three.
 
@@ -260,16 +267,15 @@ class _Operations:
         and the updated job's columns (all NULL when the guard refused).
         """
         assert self._one_trip is not None
-        values = changes(update)
-        key = (update.status, tuple(sorted(values)), update.sequence is not None, with_delivery)
+        key = (shape, with_delivery)
         stmt = self._one_trip.get(key)
         if stmt is None:
-            stmt = self._one_trip[key] = self._build_one_trip(update, with_delivery)
+            stmt = self._one_trip[key] = self._build_one_trip(shape, with_delivery)
         return stmt
 
-    def _build_one_trip(self, update: JobUpdate, with_delivery: bool) -> sa.Select[Any]:
+    def _build_one_trip(self, shape: Shape, with_delivery: bool) -> sa.Select[Any]:
         t = self.t
-        guarded = self.guarded_update(update)
+        guarded = self.guarded_update(shape)
         fresh: Any = sa.literal(1)
         if with_delivery:
             delivery = (
@@ -313,7 +319,7 @@ class _Operations:
         )
 
     def _build_update(
-        self, status: JobStatus, values: dict[str, Any], has_sequence: bool
+        self, status: JobStatus, fields: Collection[str], has_sequence: bool
     ) -> sa.Update:
         jobs = self.t.jobs
         c = jobs.c
@@ -326,7 +332,7 @@ class _Operations:
         if status is JobStatus.RUNNING:
             # Rule 3: running after running never goes back in progress or sequence.
             keeps_order = []
-            if "progress" in values:
+            if "progress" in fields:
                 keeps_order.append(
                     sa.or_(c.progress.is_(None), c.progress <= sa.bindparam("b_progress"))
                 )
@@ -343,14 +349,14 @@ class _Operations:
         }
         if status.terminal:
             sets["completed_at"] = sa.bindparam("b_now")
-        if "progress" in values:
+        if "progress" in fields:
             sets["progress"] = sa.bindparam("b_progress")
-        if "output" in values:
+        if "output" in fields:
             sets["output"] = sa.bindparam("b_output", type_=c.output.type)
-        if "error" in values:
+        if "error" in fields:
             sets["error_code"] = sa.bindparam("b_error_code")
             sets["error_message"] = sa.bindparam("b_error_message")
-        if "remote_id" in values:
+        if "remote_id" in fields:
             sets["remote_id"] = sa.bindparam("b_remote_id")
         if has_sequence:
             seq: sa.BindParameter[Any] = sa.bindparam("b_sequence")
@@ -360,8 +366,9 @@ class _Operations:
         return sa.update(jobs).where(*guard).values(**sets).returning(*jobs.c)
 
     @staticmethod
-    def update_params(job_id: str, update: JobUpdate, now: datetime) -> dict[str, Any]:
-        values = changes(update)
+    def update_params(
+        job_id: str, update: JobUpdate, values: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
         params: dict[str, Any] = {"b_id": job_id, "b_status": update.status.value, "b_now": now}
         if "progress" in values:
             params["b_progress"] = values["progress"]
@@ -460,14 +467,15 @@ class _Operations:
             check_id(delivery_id, "delivery_id")
         dumps(update.output, field="output")
         now = utcnow()
-        statement = self.guarded_update(update)
-        params = self.update_params(job_id, update, now)
+        values = changes(update)
+        shape = self.shape(update, values)
+        params = self.update_params(job_id, update, values, now)
         refused = False
         if self._one_trip is not None:
             trip = {**params, "e_delivery_id": delivery_id}
             if delivery_id is not None:
                 trip["d_id"] = delivery_id
-            done = (yield self.one_trip(update, delivery_id is not None), trip).one()
+            done = (yield self.one_trip(shape, delivery_id is not None), trip).one()
             if not done.fresh:
                 seen = (yield self.select_job, {"id": job_id}).first()
                 return ApplyResult(Outcome.DUPLICATE, seen and _job_from_row(seen))
@@ -482,6 +490,7 @@ class _Operations:
             if inserted.first() is None:
                 row = (yield self.select_job, {"id": job_id}).first()
                 return ApplyResult(Outcome.DUPLICATE, row and _job_from_row(row))
+        statement = self.guarded_update(shape)
         for _ in range(_MAX_APPLY_ROUNDS):
             if not refused:
                 row = (yield statement, params).first()
