@@ -15,14 +15,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from jobhook import AsyncInMemoryJobStore, InMemoryJobStore
 
 PG_URL = os.environ.get("JOBHOOK_TEST_POSTGRES_URL")
 PG_SKIP_REASON = "PostgreSQL tests need JOBHOOK_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
 
-STORE_KINDS = ["memory", "async-memory", "sqlite", "async-sqlite", "postgres", "async-postgres"]
-SQL_KINDS = ["sqlite", "async-sqlite", "postgres", "async-postgres"]
+STORE_KINDS = [
+    "memory",
+    "async-memory",
+    "sqlite",
+    "sqlite-core",
+    "async-sqlite",
+    "postgres",
+    "postgres-core",
+    "async-postgres",
+]
+SQL_KINDS = [kind for kind in STORE_KINDS if "memory" not in kind]
 
 
 class SyncFacade:
@@ -66,11 +76,11 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
     if kind == "async-memory":
         facade = SyncFacade(AsyncInMemoryJobStore())
         return facade, facade.close
-    if kind in ("postgres", "async-postgres") and not PG_URL:
+    if "postgres" in kind and not PG_URL:
         pytest.skip(PG_SKIP_REASON)
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
-    if kind in ("sqlite", "async-sqlite"):
+    if "sqlite" in kind:
         url = f"sqlite:///{tmp_path / f'jobs-{uuid.uuid4().hex[:8]}.db'}"
         prefix = "jobhook_"
     else:
@@ -88,10 +98,15 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
 
         return facade, close_async
     sync_store = SQLJobStore(url, table_prefix=prefix, create_schema=True)
+    if kind.endswith("-core"):
+        # An engine with a cursor listener (as tracing instrumentation adds) makes the
+        # store run every statement through Connection.execute instead of the driver.
+        sa.event.listen(sync_store.engine, "before_cursor_execute", lambda *args: None)
+        assert not sync_store._direct.usable
 
     def close_sync() -> None:
         sync_store.close()
-        if kind == "postgres":
+        if kind.startswith("postgres"):
             _drop_tables(url, prefix)
 
     return sync_store, close_sync

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from jobhook import JobStatus, JobUpdate, Outcome, StoreUnavailableError
 from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
-from .conftest import PG_SKIP_REASON, PG_URL, SyncFacade
+from .conftest import PG_SKIP_REASON, PG_URL, SQL_KINDS, SyncFacade
 
 
 def free_port() -> int:
@@ -96,7 +96,7 @@ def test_unreachable_postgres_async() -> None:
     store.close()
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "async-sqlite", "postgres", "async-postgres"])
+@pytest.mark.parametrize("kind", SQL_KINDS)
 def test_job_change_and_event_are_one_transaction(make_store: Any, kind: str) -> None:
     """If the event cannot be written, the job change and the delivery id roll back too."""
     store = make_store(kind)
@@ -159,3 +159,79 @@ def test_postgres_outbox_never_skips_an_event_committed_late(make_store: Any) ->
     events = store.events()
     assert [e.job_id for e in events] == [early.id, late.id]
     assert store.events(after=events[0].id) == events[1:]
+
+
+# -- the direct driver path ------------------------------------------------------------
+
+SYNC_KINDS = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)),
+]
+
+
+@pytest.mark.parametrize("kind", SYNC_KINDS)
+def test_hot_operations_run_on_the_driver_directly(
+    make_store: Any, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(kind)
+    assert store._direct.usable
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Connection.execute was used on a hot path")
+
+    monkeypatch.setattr(sa.Connection, "execute", refuse)
+    job = store.create({"prompt": "fox"}, owner_id="u1")
+    assert store.apply(job.id, JobUpdate("running", progress=5), delivery_id="d1").applied
+    assert store.apply(job.id, JobUpdate("running", progress=5), delivery_id="d1").outcome is (
+        Outcome.DUPLICATE
+    )
+    assert store.apply(job.id, JobUpdate("submitted")).outcome is Outcome.STALE
+    assert store.get(job.id).progress == 5.0
+    assert [e.version for e in store.events()] == [2]
+    assert store.stale(updated_before=job.created_at.replace(year=3000)) != []
+    monkeypatch.undo()
+    assert [j.id for j in store.list(owner_id="u1")] == [job.id]
+
+
+@pytest.mark.parametrize("kind", SYNC_KINDS)
+@pytest.mark.parametrize("how", ["listener", "echo"])
+def test_instrumented_engines_see_every_statement(make_store: Any, kind: str, how: str) -> None:
+    """Tracing (cursor listeners) and echo keep working: the store then goes through
+    SQLAlchemy's Connection.execute for every statement."""
+    store = make_store(kind)
+    seen: list[str] = []
+    if how == "listener":
+        sa.event.listen(store.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    else:
+        store.engine.echo = True
+    assert not store._direct.usable
+    job = store.create({})
+    store.apply(job.id, JobUpdate("succeeded"))
+    store.engine.echo = False
+    if how == "listener":
+        assert any(s.startswith(f"INSERT INTO {store.tables.jobs.name}") for s in seen)
+        assert any(f"UPDATE {store.tables.jobs.name}" in s for s in seen)
+    assert store.get(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_a_statement_with_expanding_parameters_is_not_prepared(tmp_path: Any) -> None:
+    from jobhook.stores._direct import Prepared
+
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'p.db'}")
+    jobs = store.tables.jobs
+    with pytest.raises(ValueError, match="expanding"):
+        Prepared(sa.select(jobs).where(jobs.c.status.in_(["a", "b"])), store.engine.dialect)
+    store.close()
+
+
+def test_a_constraint_error_on_the_driver_path_is_the_store_error(tmp_path: Any) -> None:
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'dup.db'}", create_schema=True)
+    store.create({}, job_id="same")
+    from jobhook import JobExistsError
+
+    with pytest.raises(JobExistsError):
+        store.create({}, job_id="same")
+    # The failed transaction was rolled back and its connection is fine to reuse.
+    assert store.create({}, job_id="other").id == "other"
+    assert store.engine.pool.checkedout() == 0
+    store.close()

@@ -77,7 +77,7 @@ def check(store: Any, job_ids: list[str], results: list[tuple[str, str, ApplyRes
         assert max(mine, key=lambda e: e.version).status == job.status
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "sqlite-core", "postgres", "postgres-core"])
 def test_threads_race_on_one_store(make_store: Any, kind: str) -> None:
     store = make_store(kind)
     job_ids = [store.create({"n": n}).id for n in range(JOBS)]

@@ -69,7 +69,7 @@ def dumps(value: JSON, *, field: str = "value") -> str:
     surrogates).
     """
     try:
-        text = json.dumps(value, **_JSON_OPTIONS)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} is not JSON-serialisable: {exc}") from None
     if not storable_text(text) or ("\\u0000" in text and _ESCAPED_NUL.search(text)):
@@ -98,7 +98,15 @@ def loads(text: str | bytes) -> JSON:
     Numbers written with a positive exponent that are whole (``1e+16``) come back as
     ints, as PostgreSQL's JSONB returns them.
     """
+    if isinstance(text, str):
+        return _DECODER.decode(text)
     return json.loads(text, parse_float=_parse_float)
+
+
+# One encoder and one decoder, made once: json.dumps and json.loads build a new one on
+# every call that passes options.
+_ENCODER = json.JSONEncoder(**_JSON_OPTIONS)
+_DECODER = json.JSONDecoder(parse_float=_parse_float)
 
 
 def normalize_json(value: JSON, *, field: str = "value") -> JSON:

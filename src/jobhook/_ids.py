@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -11,6 +12,7 @@ __all__ = ["new_job_id", "utcnow"]
 
 # Crockford's base32, lower case: URL-safe, no ambiguous letters, sorts like the numbers.
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
@@ -32,11 +34,8 @@ def new_job_id() -> str:
             rand = int.from_bytes(os.urandom(10), "big")
         _last_ms, _last_rand = ms, rand
     value = (ms << 80) | (rand & ((1 << 80) - 1))
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 26 base32 digits are 130 bits: put the 128 at the top of 17 bytes and encode.
+    return base64.b32encode((value << 6).to_bytes(17, "big"))[:26].decode().translate(_CROCKFORD)
 
 
 def utcnow() -> datetime:

@@ -67,7 +67,7 @@ def new_job(
     _check_name(kind, "kind")
     _check_name(owner_id, "owner_id", optional=True)
     input = normalize_json(input, field="input")
-    metadata = normalize_json({} if metadata is None else metadata, field="metadata")
+    metadata = {} if metadata is None else normalize_json(metadata, field="metadata")
     if not isinstance(metadata, dict):
         raise ValidationError(f"metadata must be a JSON object, got {metadata!r}")
     return Job(

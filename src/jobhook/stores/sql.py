@@ -15,14 +15,14 @@ back.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Engine, Result
+from sqlalchemy.engine import URL, CursorResult, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from jobhook._convert import dumps, update_from_dict, update_to_dict
@@ -46,6 +46,8 @@ from jobhook.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
+from jobhook.stores._direct import DirectRunner, Rows, Steps
+from jobhook.stores._direct import Rollback as _Rollback
 from jobhook.stores._schema import (
     Tables,
     async_url,
@@ -58,8 +60,6 @@ from jobhook.stores.protocol import StatusFilter, check_limit, status_values
 __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
 
 T = TypeVar("T")
-Step = tuple[sa.Executable, Mapping[str, Any] | None]
-Steps = Generator[Step, Result[Any], T]
 #: What an update's statements depend on: status, the fields it sets, has a sequence.
 Shape = tuple[JobStatus, tuple[str, ...], bool]
 
@@ -67,14 +67,6 @@ Shape = tuple[JobStatus, tuple[str, ...], bool]
 # between that UPDATE and the read that explains its failure (PostgreSQL only: SQLite
 # write transactions are serialised).
 _MAX_APPLY_ROUNDS = 8
-
-
-class _Rollback(Exception):
-    """Raised by steps to end the transaction with a rollback and still return a value."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__()
-        self.value = value
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -98,8 +90,11 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _job_from_row(row: Any) -> Job:
-    m = row._mapping
+def _first(rows: Rows) -> Mapping[str, Any] | None:
+    return rows[0] if rows else None
+
+
+def _job_from_row(m: Mapping[str, Any]) -> Job:
     error = None
     if m["error_code"] is not None:
         error = JobError(m["error_code"], m["error_message"] or "")
@@ -126,8 +121,7 @@ def _job_from_row(row: Any) -> Job:
     )
 
 
-def _event_from_row(row: Any) -> JobEvent:
-    m = row._mapping
+def _event_from_row(m: Mapping[str, Any]) -> JobEvent:
     created_at = _aware(m["created_at"])
     assert created_at is not None
     return JobEvent(
@@ -143,8 +137,7 @@ def _event_from_row(row: Any) -> JobEvent:
     )
 
 
-def _dead_letter_from_row(row: Any) -> DeadLetter:
-    m = row._mapping
+def _dead_letter_from_row(m: Mapping[str, Any]) -> DeadLetter:
     received_at = _aware(m["received_at"])
     assert received_at is not None
     return DeadLetter(
@@ -179,6 +172,20 @@ def _applied(job: Job, delivery_id: str | None, now: datetime, event_id: int) ->
     )
 
 
+def _bound(table: sa.Table, **fixed: Any) -> dict[str, Any]:
+    """VALUES for an INSERT of every column: a bound parameter named after each column,
+    except those in ``fixed`` (a SQL expression, or ``None`` to leave it out). The
+    statement then compiles the same whatever parameters it is given."""
+    values: dict[str, Any] = {}
+    for column in table.c:
+        value = fixed.get(column.name, column)
+        if value is column:
+            values[column.name] = sa.bindparam(column.name, type_=column.type)
+        elif value is not None:
+            values[column.name] = value
+    return values
+
+
 class _Operations:
     """Every store operation as steps, with its statements built once per store."""
 
@@ -193,14 +200,21 @@ class _Operations:
         else:
             raise ValueError(f"SQLJobStore supports SQLite and PostgreSQL, not {dialect!r}")
         self.select_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
-        self.insert_job = sa.insert(jobs)
+        # A new job has no progress, output, error, remote id, sequence or end yet.
+        unset = ("progress", "output", "error_code", "error_message", "remote_id")
+        self.insert_job = sa.insert(jobs).values(
+            _bound(
+                jobs, **dict.fromkeys(unset, sa.null()), sequence=sa.null(), completed_at=sa.null()
+            )
+        )
         # RETURNING tells whether the row was written (rowcount is -1 on some drivers).
         self.insert_delivery = (
             insert(tables.deliveries)
+            .values(_bound(tables.deliveries))
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(tables.deliveries.c.id)
         )
-        self.insert_event = sa.insert(events).returning(events.c.id)
+        self.insert_event = sa.insert(events).values(_bound(events, id=None)).returning(events.c.id)
         self.select_events = (
             sa.select(events)
             .where(events.c.id > sa.bindparam("after"))
@@ -216,7 +230,9 @@ class _Operations:
             # (txid_snapshot_xmin), so every later commit gets a greater id than any
             # already read. SQLite serialises writers, so its rowids already do this.
             self.insert_event = (
-                sa.insert(events).values(id=sa.func.txid_current()).returning(events.c.id)
+                sa.insert(events)
+                .values(_bound(events, id=sa.func.txid_current()))
+                .returning(events.c.id)
             )
             self.select_events = self.select_events.where(
                 events.c.id < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot())
@@ -224,14 +240,16 @@ class _Operations:
         self.select_stale = (
             sa.select(jobs)
             .where(
-                jobs.c.status.in_([s.value for s in JobStatus if not s.terminal]),
+                jobs.c.status.in_(
+                    [sa.literal_column(f"'{s.value}'") for s in JobStatus if not s.terminal]
+                ),
                 jobs.c.updated_at < sa.bindparam("before"),
             )
             .order_by(jobs.c.updated_at, jobs.c.id)
             .limit(sa.bindparam("limit"))
         )
         dl = tables.dead_letters
-        self.insert_dead_letter = sa.insert(dl).returning(*dl.c)
+        self.insert_dead_letter = sa.insert(dl).values(_bound(dl, id=None)).returning(*dl.c)
         self.select_dead_letter = sa.select(dl).where(dl.c.id == sa.bindparam("id"))
         self.mark_replayed = (
             sa.update(dl)
@@ -402,17 +420,10 @@ class _Operations:
             "owner_id": job.owner_id,
             "input": job.input,
             "status": job.status.value,
-            "progress": None,
-            "output": None,
-            "error_code": None,
-            "error_message": None,
-            "remote_id": None,
-            "sequence": None,
             "metadata": job.metadata,
             "version": job.version,
             "created_at": job.created_at,
             "updated_at": job.updated_at,
-            "completed_at": None,
         }
         try:
             yield self.insert_job, row
@@ -422,7 +433,7 @@ class _Operations:
 
     def get(self, job_id: str) -> Steps[Job]:
         check_id(job_id)
-        row = (yield self.select_job, {"id": job_id}).first()
+        row = _first((yield self.select_job, {"id": job_id}))
         if row is None:
             raise JobNotFoundError(job_id)
         return _job_from_row(row)
@@ -447,10 +458,9 @@ class _Operations:
         if kind is not None:
             query = query.where(c.kind == kind)
         if before is not None:
-            anchor = (yield self.select_job, {"id": before}).first()
-            if anchor is None:
+            a = _first((yield self.select_job, {"id": before}))
+            if a is None:
                 raise JobNotFoundError(before)
-            a = anchor._mapping
             query = query.where(
                 sa.or_(
                     c.created_at < a["created_at"],
@@ -475,32 +485,32 @@ class _Operations:
             trip = {**params, "e_delivery_id": delivery_id}
             if delivery_id is not None:
                 trip["d_id"] = delivery_id
-            done = (yield self.one_trip(shape, delivery_id is not None), trip).one()
-            if not done.fresh:
-                seen = (yield self.select_job, {"id": job_id}).first()
-                return ApplyResult(Outcome.DUPLICATE, seen and _job_from_row(seen))
-            if done.event_id is not None:
-                return _applied(_job_from_row(done), delivery_id, now, done.event_id)
+            (done,) = yield self.one_trip(shape, delivery_id is not None), trip
+            if not done["fresh"]:
+                seen = _first((yield self.select_job, {"id": job_id}))
+                return ApplyResult(Outcome.DUPLICATE, _job_from_row(seen) if seen else None)
+            if done["event_id"] is not None:
+                return _applied(_job_from_row(done), delivery_id, now, done["event_id"])
             refused = True
         elif delivery_id is not None:
             inserted = yield (
                 self.insert_delivery,
                 {"id": delivery_id, "job_id": job_id, "received_at": now},
             )
-            if inserted.first() is None:
-                row = (yield self.select_job, {"id": job_id}).first()
-                return ApplyResult(Outcome.DUPLICATE, row and _job_from_row(row))
+            if not inserted:
+                row = _first((yield self.select_job, {"id": job_id}))
+                return ApplyResult(Outcome.DUPLICATE, _job_from_row(row) if row else None)
         statement = self.guarded_update(shape)
         for _ in range(_MAX_APPLY_ROUNDS):
             if not refused:
-                row = (yield statement, params).first()
+                row = _first((yield statement, params))
                 if row is not None:
                     job = _job_from_row(row)
-                    event_id = yield self.insert_event, _event_row(job, delivery_id, now)
-                    return _applied(job, delivery_id, now, event_id.scalar_one())
+                    (event,) = yield self.insert_event, _event_row(job, delivery_id, now)
+                    return _applied(job, delivery_id, now, event["id"])
             refused = False
             # The guard refused: read the row to say why (or that it is missing).
-            row = (yield self.select_job, {"id": job_id}).first()
+            row = _first((yield self.select_job, {"id": job_id}))
             if row is None:
                 # Roll back the delivery id too: a retry after the job exists must apply.
                 raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
@@ -534,20 +544,18 @@ class _Operations:
         if delivery_id is not None:
             check_id(delivery_id, "delivery_id")
         dumps(update.output, field="output")
-        row = (
-            yield (
-                self.insert_dead_letter,
-                {
-                    "job_id": job_id,
-                    "delivery_id": delivery_id,
-                    "update": update_to_dict(update),
-                    "body": bytes(body),
-                    "reason": reason,
-                    "received_at": utcnow(),
-                    "replayed_at": None,
-                },
-            )
-        ).one()
+        (row,) = yield (
+            self.insert_dead_letter,
+            {
+                "job_id": job_id,
+                "delivery_id": delivery_id,
+                "update": update_to_dict(update),
+                "body": bytes(body),
+                "reason": reason,
+                "received_at": utcnow(),
+                "replayed_at": None,
+            },
+        )
         return _dead_letter_from_row(row)
 
     def dead_letters(
@@ -563,7 +571,7 @@ class _Operations:
         return [_dead_letter_from_row(r) for r in (yield query, None)]
 
     def replay_dead_letter(self, dead_letter_id: int) -> Steps[ApplyResult]:
-        row = (yield self.select_dead_letter, {"id": dead_letter_id}).first()
+        row = _first((yield self.select_dead_letter, {"id": dead_letter_id}))
         if row is None:
             raise DeadLetterNotFoundError(dead_letter_id)
         letter = _dead_letter_from_row(row)
@@ -624,6 +632,7 @@ class SQLJobStore:
             self.engine.dispose(close=False)
         self.tables = Tables(table_prefix)
         self._ops = _Operations(self.tables, self.engine.dialect.name)
+        self._direct = DirectRunner(self.engine)
         if create_schema:
             self.create_schema()
 
@@ -642,8 +651,12 @@ class SQLJobStore:
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
 
-    def _run(self, steps: Steps[T], *, write: bool) -> T:
+    def _run(self, steps: Steps[T], *, write: bool, static: bool = True) -> T:
+        """Run ``steps`` in one transaction. ``static``: they only yield statements
+        built once per store, so they may run on the driver directly (`_direct`)."""
         try:
+            if static and self._direct.usable:
+                return self._direct.run(steps, write=write)
             with self.engine.connect() as conn:
                 if write:
                     conn.execution_options(jobhook_write=True)
@@ -686,7 +699,8 @@ class SQLJobStore:
         before: str | None = None,
     ) -> builtins.list[Job]:
         """Jobs newest first, ``limit`` at a time; ``before`` is the previous page's last id."""
-        return self._run(self._ops.list(owner_id, status, kind, limit, before), write=False)
+        steps = self._ops.list(owner_id, status, kind, limit, before)
+        return self._run(steps, write=False, static=False)
 
     def apply(
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
@@ -719,7 +733,8 @@ class SQLJobStore:
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
     ) -> builtins.list[DeadLetter]:
         """Kept deliveries, oldest first (not yet replayed ones unless asked)."""
-        return self._run(self._ops.dead_letters(job_id, include_replayed, limit), write=False)
+        steps = self._ops.dead_letters(job_id, include_replayed, limit)
+        return self._run(steps, write=False, static=False)
 
     def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
         """Apply a kept delivery under its delivery id. Raises `DeadLetterNotFoundError`."""
@@ -731,7 +746,12 @@ class SQLJobStore:
             self.engine.dispose()
 
 
+def _rows(result: CursorResult[Any]) -> Rows:
+    return [dict(row) for row in result.mappings()] if result.returns_rows else []
+
+
 def _drive(conn: sa.Connection, steps: Steps[T]) -> T:
+    """Drive ``steps`` on a `Connection` (the caller owns the transaction)."""
     try:
         statement, params = next(steps)
         while True:
@@ -740,7 +760,7 @@ def _drive(conn: sa.Connection, steps: Steps[T]) -> T:
             except sa_exc.IntegrityError as exc:
                 statement, params = steps.throw(exc)
             else:
-                statement, params = steps.send(result)
+                statement, params = steps.send(_rows(result))
     except StopIteration as stop:
         value: T = stop.value
         return value
@@ -755,7 +775,7 @@ async def _adrive(conn: AsyncConnection, steps: Steps[T]) -> T:
             except sa_exc.IntegrityError as exc:
                 statement, params = steps.throw(exc)
             else:
-                statement, params = steps.send(result)
+                statement, params = steps.send(_rows(result))
     except StopIteration as stop:
         value: T = stop.value
         return value
