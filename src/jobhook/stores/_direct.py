@@ -101,12 +101,13 @@ class Prepared:
 
     def rows(self, cursor: Any, dialect: sa.Dialect) -> Rows:
         """The cursor's rows as mappings, through the result columns' processors."""
-        description = cursor.description
-        if description is None:
-            return []
+        if not self._keys:
+            return []  # neither a SELECT nor RETURNING
         processors = self._processors
         if processors is None:
             # As SQLAlchemy does: a processor may depend on the driver's column type.
+            # (Read the description once: psycopg builds it anew on every access.)
+            description = cursor.description
             processors = self._processors = [
                 (i, process)
                 for i, (type_, column) in enumerate(zip(self._types, description, strict=True))
@@ -131,6 +132,9 @@ class DirectRunner:
         self._sqlite = engine.dialect.name == "sqlite"
         self._prepared: dict[int, tuple[sa.Executable, Prepared]] = {}
         self._supported = (engine.dialect.name, engine.dialect.driver) in DRIVERS
+        dbapi = engine.dialect.loaded_dbapi
+        self._error: type[Exception] = dbapi.Error
+        self._integrity_error: type[Exception] = dbapi.IntegrityError
 
     @property
     def usable(self) -> bool:
@@ -155,13 +159,14 @@ class DirectRunner:
 
     def run(self, steps: Steps[T], *, write: bool) -> T:
         """Drive ``steps`` in one transaction; raise SQLAlchemy's exceptions on failure."""
-        dbapi_error: type[Exception] = self.dialect.loaded_dbapi.Error
+        dbapi_error = self._error
         connection: Any = None
         cursor: Any = None
         sql: str | None = None
+        ended = False  # the transaction was committed or rolled back here
         try:
             connection = self.engine.raw_connection()
-            cursor = connection.cursor()
+            cursor = _cursor(connection)
             if self._sqlite:
                 # Write transactions take the write lock up front (see _schema).
                 sql = "BEGIN IMMEDIATE" if write else "BEGIN"
@@ -171,10 +176,12 @@ class DirectRunner:
             except Rollback as rollback:
                 sql = None
                 connection.rollback()
+                ended = True
                 result: T = rollback.value
                 return result
             sql = None
             connection.commit()
+            ended = True
             return value
         except dbapi_error as exc:
             lost = self._lost(exc, connection, cursor)
@@ -186,12 +193,11 @@ class DirectRunner:
             raise
         finally:
             if connection is not None:
-                connection.close()
+                _check_in(connection, ended)
 
     def _drive(self, cursor: Any, steps: Steps[T]) -> T:
         dialect = self.dialect
-        dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
-        integrity_error: type[Exception] = dialect.loaded_dbapi.IntegrityError
+        dbapi_error, integrity_error = self._error, self._integrity_error
         try:
             statement, params = next(steps)
             while True:
@@ -232,3 +238,23 @@ class DirectRunner:
             connection.rollback()
         except Exception as exc:
             connection.invalidate(exc)
+
+
+def _cursor(connection: Any) -> Any:
+    """The pooled connection's cursor, made once and kept with it (a psycopg cursor
+    costs tens of microseconds to make)."""
+    dbapi_connection = connection.dbapi_connection
+    kept = connection.info.get("jobhook_cursor")
+    if kept is None or kept[0] is not dbapi_connection:
+        kept = connection.info["jobhook_cursor"] = (dbapi_connection, connection.cursor())
+    return kept[1]
+
+
+def _check_in(connection: Any, ended: bool) -> None:
+    """Hand the connection back to the pool. When this transaction already ended, tell
+    the pool so, as `Connection` does, and it skips its reset-on-return rollback."""
+    close_special = getattr(connection, "_close_special", None)
+    if ended and close_special is not None:
+        close_special(transaction_reset=True)
+    else:
+        connection.close()

@@ -166,10 +166,18 @@ def _event_row(job: Job, delivery_id: str | None, now: datetime) -> dict[str, An
 
 
 def _applied(job: Job, delivery_id: str | None, now: datetime, event_id: int) -> ApplyResult:
-    event = _event_row(job, delivery_id, now)
-    return ApplyResult(
-        Outcome.APPLIED, job, JobEvent(**{**event, "id": event_id, "status": job.status})
+    event = JobEvent(
+        id=event_id,
+        job_id=job.id,
+        owner_id=job.owner_id,
+        kind=job.kind,
+        status=job.status,
+        progress=job.progress,
+        version=job.version,
+        delivery_id=delivery_id,
+        created_at=now,
     )
+    return ApplyResult(Outcome.APPLIED, job, event)
 
 
 def _bound(table: sa.Table, **fixed: Any) -> dict[str, Any]:
@@ -475,7 +483,8 @@ class _Operations:
         check_id(job_id)
         if delivery_id is not None:
             check_id(delivery_id, "delivery_id")
-        dumps(update.output, field="output")
+        if update.output is not None:
+            dumps(update.output, field="output")
         now = utcnow()
         values = changes(update)
         shape = self.shape(update, values)
@@ -543,7 +552,8 @@ class _Operations:
         check_id(job_id)
         if delivery_id is not None:
             check_id(delivery_id, "delivery_id")
-        dumps(update.output, field="output")
+        if update.output is not None:
+            dumps(update.output, field="output")
         (row,) = yield (
             self.insert_dead_letter,
             {
