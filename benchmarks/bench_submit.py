@@ -91,8 +91,8 @@ class RawSubmit:
 
 
 def run(db: str, url: str, raw_connect: Callable[[], Any], args: Any) -> list[Target]:
-    n = 30 if args.quick else 300
-    rounds = args.rounds or (2 if args.quick else 15)
+    n = 10 if args.quick else 20
+    rounds = args.rounds or (4 if args.quick else 200)
     prefix = "bench_" if db == "SQLite" else f"bench_{uuid.uuid4().hex[:6]}_"
     store = SQLJobStore(url, table_prefix=prefix, create_schema=True)
     http = httpx.Client(transport=httpx.MockTransport(backend))

@@ -202,6 +202,19 @@ def test_duplicate_delivery_changes_nothing(store: Any) -> None:
     assert len(store.events()) == 1
 
 
+def test_a_delivery_id_is_a_duplicate_whatever_job_it_names(store: Any) -> None:
+    """Delivery ids are unique across jobs: one seen before changes nothing, even when
+    it now names another job, or one that does not exist."""
+    first, second = store.create({}), store.create({})
+    assert store.apply(first.id, JobUpdate("running"), delivery_id="d1").applied
+    again = store.apply(second.id, JobUpdate("running"), delivery_id="d1")
+    assert (again.outcome, again.job) == (Outcome.DUPLICATE, second)
+    unknown = store.apply("nobody", JobUpdate("running"), delivery_id="d1")
+    assert (unknown.outcome, unknown.job) == (Outcome.DUPLICATE, None)
+    assert store.get(second.id).version == 1
+    assert len(store.events()) == 1
+
+
 def test_stale_and_conflict_record_the_delivery(store: Any) -> None:
     job_id = drive_to(store, JobStatus.SUCCEEDED)
     assert store.apply(job_id, JobUpdate("running"), delivery_id="s").outcome is Outcome.STALE

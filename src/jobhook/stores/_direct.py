@@ -157,17 +157,28 @@ class DirectRunner:
             entry = self._prepared[id(statement)] = (statement, Prepared(statement, self.dialect))
         return entry[1]
 
-    def run(self, steps: Steps[T], *, write: bool) -> T:
-        """Drive ``steps`` in one transaction; raise SQLAlchemy's exceptions on failure."""
+    def run(self, steps: Steps[T], *, write: bool, standalone: bool = False) -> T:
+        """Drive ``steps`` in one transaction; raise SQLAlchemy's exceptions on failure.
+
+        ``standalone``: every statement the steps yield is atomic on its own and they
+        need no transaction around them (a single INSERT, or PostgreSQL's one-statement
+        apply). They then run in the driver's autocommit mode: no BEGIN and no COMMIT,
+        which on PostgreSQL are a network round trip each. A `Rollback` the steps
+        raise in this mode must come before they wrote anything.
+        """
         dbapi_error = self._error
         connection: Any = None
         cursor: Any = None
         sql: str | None = None
-        ended = False  # the transaction was committed or rolled back here
+        ended = False  # no transaction is left open on the connection
+        autocommit = False
         try:
             connection = self.engine.raw_connection()
             cursor = _cursor(connection)
-            if self._sqlite:
+            if standalone:
+                if not self._sqlite:  # SQLite's driver is in autocommit mode already
+                    connection.dbapi_connection.autocommit = autocommit = True
+            elif self._sqlite:
                 # Write transactions take the write lock up front (see _schema).
                 sql = "BEGIN IMMEDIATE" if write else "BEGIN"
                 cursor.execute(sql)
@@ -175,12 +186,14 @@ class DirectRunner:
                 value = self._drive(cursor, steps)
             except Rollback as rollback:
                 sql = None
-                connection.rollback()
+                if not standalone:
+                    connection.rollback()
                 ended = True
                 result: T = rollback.value
                 return result
             sql = None
-            connection.commit()
+            if not standalone:
+                connection.commit()
             ended = True
             return value
         except dbapi_error as exc:
@@ -193,6 +206,8 @@ class DirectRunner:
             raise
         finally:
             if connection is not None:
+                if autocommit:
+                    ended = _end_autocommit(connection) and ended
                 _check_in(connection, ended)
 
     def _drive(self, cursor: Any, steps: Steps[T]) -> T:
@@ -258,3 +273,16 @@ def _check_in(connection: Any, ended: bool) -> None:
         close_special(transaction_reset=True)
     else:
         connection.close()
+
+
+def _end_autocommit(connection: Any) -> bool:
+    """Put the connection back in transaction mode, as the pool hands it out; a
+    connection that can't be is invalidated. Returns whether it could."""
+    if not connection.is_valid:
+        return False
+    try:
+        connection.dbapi_connection.autocommit = False
+    except Exception as exc:
+        connection.invalidate(exc)
+        return False
+    return True

@@ -268,6 +268,8 @@ class _Operations:
         self._one_trip: dict[tuple[Any, ...], sa.Select[Any]] | None = None
         if dialect == "postgresql":
             self._one_trip = {}
+        #: apply's statements are each atomic alone (PostgreSQL's one-statement apply).
+        self.apply_stands_alone = self._one_trip is not None
 
     # -- the guarded UPDATE ---------------------------------------------------------
 
@@ -287,10 +289,13 @@ class _Operations:
 
     def one_trip(self, shape: Shape, with_delivery: bool) -> sa.Select[Any]:
         """PostgreSQL: the delivery id INSERT, the guarded UPDATE and the event INSERT as
-        one statement (data-modifying CTEs): an apply is one round trip, not three.
+        one statement (data-modifying CTEs), so an apply is one atomic statement: one
+        round trip, and no transaction needed around it.
 
-        Its one row has ``fresh`` (0 when the delivery id was seen before), ``event_id``
-        and the updated job's columns (all NULL when the guard refused).
+        Its one row has ``found`` (whether the job exists), ``seen`` (whether the
+        delivery id was recorded before), ``fresh`` (whether this statement recorded
+        it: never for a missing job, so nothing is written then), ``event_id`` and the
+        updated job's columns (all NULL when nothing was updated).
         """
         assert self._one_trip is not None
         key = (shape, with_delivery)
@@ -301,18 +306,30 @@ class _Operations:
 
     def _build_one_trip(self, shape: Shape, with_delivery: bool) -> sa.Select[Any]:
         t = self.t
+        jobs, deliveries = t.jobs, t.deliveries
+        job_id = sa.bindparam("b_id", type_=jobs.c.id.type)
+        found = sa.select(jobs.c.id).where(jobs.c.id == job_id).exists()
         guarded = self.guarded_update(shape)
         fresh: Any = sa.literal(1)
+        seen: Any = sa.false()
         if with_delivery:
+            delivery_id = sa.bindparam("d_id", type_=deliveries.c.id.type)
+            # Whether the delivery id was recorded before this statement (for any job).
+            seen = sa.select(deliveries.c.id).where(deliveries.c.id == delivery_id).exists()
+            # The delivery id is recorded only for a job that exists: a delivery for an
+            # unknown job leaves nothing behind, and its retry applies once the job does.
             delivery = (
-                postgresql.insert(t.deliveries)
-                .values(
-                    id=sa.bindparam("d_id"),
-                    job_id=sa.bindparam("b_id"),
-                    received_at=sa.bindparam("b_now"),
+                postgresql.insert(deliveries)
+                .from_select(
+                    ["id", "job_id", "received_at"],
+                    sa.select(
+                        delivery_id,
+                        job_id,
+                        sa.bindparam("b_now", type_=deliveries.c.received_at.type),
+                    ).where(found),
                 )
                 .on_conflict_do_nothing(index_elements=["id"])
-                .returning(t.deliveries.c.id)
+                .returning(deliveries.c.id)
                 .cte("d")
             )
             # A delivery id seen before changes nothing.
@@ -340,9 +357,13 @@ class _Operations:
             .cte("e")
         )
         one = sa.select(sa.literal(1).label("one")).subquery("one")
-        return sa.select(fresh.label("fresh"), event.c.id.label("event_id"), *job.c).select_from(
-            one.outerjoin(job, sa.true()).outerjoin(event, sa.true())
-        )
+        return sa.select(
+            found.label("found"),
+            seen.label("seen"),
+            fresh.label("fresh"),
+            event.c.id.label("event_id"),
+            *job.c,
+        ).select_from(one.outerjoin(job, sa.true()).outerjoin(event, sa.true()))
 
     def _build_update(
         self, status: JobStatus, fields: Collection[str], has_sequence: bool
@@ -489,19 +510,10 @@ class _Operations:
         values = changes(update)
         shape = self.shape(update, values)
         params = self.update_params(job_id, update, values, now)
-        refused = False
         if self._one_trip is not None:
-            trip = {**params, "e_delivery_id": delivery_id}
-            if delivery_id is not None:
-                trip["d_id"] = delivery_id
-            (done,) = yield self.one_trip(shape, delivery_id is not None), trip
-            if not done["fresh"]:
-                seen = _first((yield self.select_job, {"id": job_id}))
-                return ApplyResult(Outcome.DUPLICATE, _job_from_row(seen) if seen else None)
-            if done["event_id"] is not None:
-                return _applied(_job_from_row(done), delivery_id, now, done["event_id"])
-            refused = True
-        elif delivery_id is not None:
+            steps = self._apply_by_statement(job_id, update, delivery_id, now, shape, params)
+            return (yield from steps)
+        if delivery_id is not None:
             inserted = yield (
                 self.insert_delivery,
                 {"id": delivery_id, "job_id": job_id, "received_at": now},
@@ -511,13 +523,11 @@ class _Operations:
                 return ApplyResult(Outcome.DUPLICATE, _job_from_row(row) if row else None)
         statement = self.guarded_update(shape)
         for _ in range(_MAX_APPLY_ROUNDS):
-            if not refused:
-                row = _first((yield statement, params))
-                if row is not None:
-                    job = _job_from_row(row)
-                    (event,) = yield self.insert_event, _event_row(job, delivery_id, now)
-                    return _applied(job, delivery_id, now, event["id"])
-            refused = False
+            row = _first((yield statement, params))
+            if row is not None:
+                job = _job_from_row(row)
+                (event,) = yield self.insert_event, _event_row(job, delivery_id, now)
+                return _applied(job, delivery_id, now, event["id"])
             # The guard refused: read the row to say why (or that it is missing).
             row = _first((yield self.select_job, {"id": job_id}))
             if row is None:
@@ -529,6 +539,42 @@ class _Operations:
                 return ApplyResult(outcome, current)
             # A concurrent transaction changed the row between the two statements; the
             # update applies to what is there now, so run the guarded UPDATE again.
+        raise StoreUnavailableError(f"job {job_id!r} is changing too fast to apply an update")
+
+    def _apply_by_statement(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        delivery_id: str | None,
+        now: datetime,
+        shape: Shape,
+        params: dict[str, Any],
+    ) -> Steps[ApplyResult]:
+        """PostgreSQL's apply: every statement it runs is atomic on its own (see
+        `one_trip`), so it is correct with or without a transaction around it."""
+        with_delivery = delivery_id is not None
+        for _ in range(_MAX_APPLY_ROUNDS):
+            trip = {**params, "e_delivery_id": delivery_id}
+            if with_delivery:
+                trip["d_id"] = delivery_id
+            (done,) = yield self.one_trip(shape, with_delivery), trip
+            if done["event_id"] is not None:
+                return _applied(_job_from_row(done), delivery_id, now, done["event_id"])
+            if not done["found"] and done["seen"]:
+                return ApplyResult(Outcome.DUPLICATE, None)
+            row = _first((yield self.select_job, {"id": job_id})) if done["found"] else None
+            if row is None:
+                # Nothing was written (a delivery id is only recorded for a known job).
+                raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+            current = _job_from_row(row)
+            if not done["fresh"]:
+                return ApplyResult(Outcome.DUPLICATE, current)
+            outcome = judge(current, update)
+            if outcome is not Outcome.APPLIED:
+                return ApplyResult(outcome, current)
+            # A concurrent change came between the guard and the read: apply the update
+            # to what is there now. Its delivery id is already recorded.
+            with_delivery = False
         raise StoreUnavailableError(f"job {job_id!r} is changing too fast to apply an update")
 
     def stale(self, updated_before: datetime, limit: int) -> Steps[builtins.list[Job]]:
@@ -661,12 +707,16 @@ class SQLJobStore:
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
 
-    def _run(self, steps: Steps[T], *, write: bool, static: bool = True) -> T:
+    def _run(
+        self, steps: Steps[T], *, write: bool, static: bool = True, standalone: bool = False
+    ) -> T:
         """Run ``steps`` in one transaction. ``static``: they only yield statements
-        built once per store, so they may run on the driver directly (`_direct`)."""
+        built once per store, so they may run on the driver directly (`_direct`);
+        ``standalone``: each of those statements is atomic alone (see
+        `DirectRunner.run`)."""
         try:
             if static and self._direct.usable:
-                return self._direct.run(steps, write=write)
+                return self._direct.run(steps, write=write, standalone=standalone)
             with self.engine.connect() as conn:
                 if write:
                     conn.execution_options(jobhook_write=True)
@@ -693,11 +743,12 @@ class SQLJobStore:
         metadata: dict[str, JSON] | None = None,
     ) -> Job:
         """Create and commit a ``pending`` job. See `JobStore.create`."""
-        return self._run(self._ops.create(input, kind, owner_id, job_id, metadata), write=True)
+        steps = self._ops.create(input, kind, owner_id, job_id, metadata)
+        return self._run(steps, write=True, standalone=True)
 
     def get(self, job_id: str) -> Job:
         """Return the job. Raises `JobNotFoundError`."""
-        return self._run(self._ops.get(job_id), write=False)
+        return self._run(self._ops.get(job_id), write=False, standalone=True)
 
     def list(
         self,
@@ -716,15 +767,16 @@ class SQLJobStore:
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
         """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
-        return self._run(self._ops.apply(job_id, update, delivery_id), write=True)
+        steps = self._ops.apply(job_id, update, delivery_id)
+        return self._run(steps, write=True, standalone=self._ops.apply_stands_alone)
 
     def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
         """Non-terminal jobs last updated before ``updated_before``, oldest first."""
-        return self._run(self._ops.stale(updated_before, limit), write=False)
+        return self._run(self._ops.stale(updated_before, limit), write=False, standalone=True)
 
     def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
         """Outbox events with an id greater than ``after``, in order."""
-        return self._run(self._ops.events(after, limit), write=False)
+        return self._run(self._ops.events(after, limit), write=False, standalone=True)
 
     def add_dead_letter(
         self,
@@ -737,7 +789,7 @@ class SQLJobStore:
     ) -> DeadLetter:
         """Keep a delivery that named an unknown job."""
         steps = self._ops.add_dead_letter(job_id, update, delivery_id, body, reason)
-        return self._run(steps, write=True)
+        return self._run(steps, write=True, standalone=True)
 
     def dead_letters(
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
