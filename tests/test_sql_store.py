@@ -235,3 +235,36 @@ def test_a_constraint_error_on_the_driver_path_is_the_store_error(tmp_path: Any)
     assert store.create({}, job_id="other").id == "other"
     assert store.engine.pool.checkedout() == 0
     store.close()
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+def test_postgres_single_statement_operations_send_no_begin_or_commit(
+    make_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create, get and apply are one statement each on PostgreSQL, atomic alone: they
+    run in autocommit (no BEGIN, no COMMIT round trips); replaying a dead letter takes
+    several statements and runs in a transaction. Afterwards the pooled connection is
+    back in transaction mode."""
+    import psycopg
+
+    store = make_store("postgres")
+    modes: list[bool] = []
+    execute = psycopg.Cursor.execute
+
+    def spy(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        modes.append(self.connection.autocommit)
+        return execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", spy)
+    job = store.create({})
+    store.get(job.id)
+    store.apply(job.id, JobUpdate("running"), delivery_id="d1")
+    store.apply(job.id, JobUpdate("running"), delivery_id="d1")  # duplicate: two statements
+    assert set(modes) == {True}
+    letter = store.add_dead_letter(job.id, JobUpdate("succeeded"), delivery_id="d2")
+    modes.clear()
+    assert store.replay_dead_letter(letter.id).applied
+    assert set(modes) == {False}
+    monkeypatch.undo()
+    with store.engine.connect() as conn:
+        assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]

@@ -12,6 +12,8 @@ database itself takes on SQLite, so a sync store runs them here instead:
   processors SQLAlchemy uses, so values go in and come out exactly as they do there).
 - `DirectRunner` checks a connection out of the engine's own pool, runs a
   transaction's statements on one cursor, commits, and hands the connection back.
+  Steps whose every statement is atomic alone run in autocommit instead, without
+  ``BEGIN`` and ``COMMIT`` (a round trip each on PostgreSQL).
   Driver errors are wrapped as SQLAlchemy would wrap them (``IntegrityError``,
   ``OperationalError``, ...), and a connection the driver reports lost is invalidated,
   so callers see the same exceptions on both paths.
@@ -124,7 +126,8 @@ class Prepared:
 
 
 class DirectRunner:
-    """Runs steps in one transaction on a pooled DBAPI connection of ``engine``."""
+    """Runs steps on a pooled DBAPI connection of ``engine``: in one transaction, or
+    statement by statement in autocommit when each statement is atomic alone."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
