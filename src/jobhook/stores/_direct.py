@@ -26,6 +26,7 @@ that what users attached to their engine keeps seeing every statement.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -48,6 +49,23 @@ class Rollback(Exception):
     def __init__(self, value: Any) -> None:
         super().__init__()
         self.value = value
+
+
+def drive(steps: Steps[T], execute: Callable[[sa.Executable, Any], Rows]) -> T:
+    """Run ``steps`` to their end, each statement through ``execute``; a constraint
+    violation (SQLAlchemy's ``IntegrityError``) is thrown into the steps."""
+    try:
+        statement, params = next(steps)
+        while True:
+            try:
+                rows = execute(statement, params)
+            except sa_exc.IntegrityError as exc:
+                statement, params = steps.throw(exc)
+            else:
+                statement, params = steps.send(rows)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
 
 
 class Prepared:
@@ -186,7 +204,7 @@ class DirectRunner:
                 sql = "BEGIN IMMEDIATE" if write else "BEGIN"
                 cursor.execute(sql)
             try:
-                value = self._drive(cursor, steps)
+                value = drive(steps, partial(self._execute, cursor))
             except Rollback as rollback:
                 sql = None
                 if not standalone:
@@ -213,28 +231,17 @@ class DirectRunner:
                     ended = _end_autocommit(connection) and ended
                 _check_in(connection, ended)
 
-    def _drive(self, cursor: Any, steps: Steps[T]) -> T:
-        dialect = self.dialect
-        dbapi_error, integrity_error = self._error, self._integrity_error
+    def _execute(self, cursor: Any, statement: sa.Executable, params: Any) -> Rows:
+        prepared = self.prepared(statement)
         try:
-            statement, params = next(steps)
-            while True:
-                prepared = self.prepared(statement)
-                try:
-                    cursor.execute(prepared.sql, prepared.parameters(params))
-                    rows = prepared.rows(cursor, dialect)
-                except integrity_error as exc:
-                    # The step decides what a constraint violation means (a duplicate
-                    # job id is JobExistsError), as it does on the Core path.
-                    wrapped = sa_exc.DBAPIError.instance(
-                        prepared.sql, None, exc, dbapi_error, dialect=dialect
-                    )
-                    statement, params = steps.throw(wrapped)
-                else:
-                    statement, params = steps.send(rows)
-        except StopIteration as stop:
-            value: T = stop.value
-            return value
+            cursor.execute(prepared.sql, prepared.parameters(params))
+            return prepared.rows(cursor, self.dialect)
+        except self._integrity_error as exc:
+            # Wrapped as on the Core path: the step decides what it means (a duplicate
+            # job id is JobExistsError).
+            raise sa_exc.DBAPIError.instance(
+                prepared.sql, None, exc, self._error, dialect=self.dialect
+            ) from exc
 
     def _lost(self, exc: Exception, connection: Any, cursor: Any) -> bool:
         """Roll back after ``exc``; invalidate the connection if the driver lost it."""

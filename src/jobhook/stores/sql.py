@@ -46,7 +46,7 @@ from jobhook.exceptions import (
     StoreUnavailableError,
     ValidationError,
 )
-from jobhook.stores._direct import DirectRunner, Rows, Steps
+from jobhook.stores._direct import DirectRunner, Rows, Steps, drive
 from jobhook.stores._direct import Rollback as _Rollback
 from jobhook.stores._schema import (
     Tables,
@@ -166,18 +166,16 @@ def _event_row(job: Job, delivery_id: str | None, now: datetime) -> dict[str, An
 
 
 def _applied(job: Job, delivery_id: str | None, now: datetime, event_id: int) -> ApplyResult:
-    event = JobEvent(
-        id=event_id,
-        job_id=job.id,
-        owner_id=job.owner_id,
-        kind=job.kind,
-        status=job.status,
-        progress=job.progress,
-        version=job.version,
-        delivery_id=delivery_id,
-        created_at=now,
+    event = _event_row(job, delivery_id, now)
+    return ApplyResult(
+        Outcome.APPLIED, job, JobEvent(**{**event, "id": event_id, "status": job.status})
     )
-    return ApplyResult(Outcome.APPLIED, job, event)
+
+
+def _check_output(update: JobUpdate) -> None:
+    """Refuse an output no store can keep, before anything is written."""
+    if update.output is not None:
+        dumps(update.output, field="output")
 
 
 def _bound(table: sa.Table, **fixed: Any) -> dict[str, Any]:
@@ -209,11 +207,9 @@ class _Operations:
             raise ValueError(f"SQLJobStore supports SQLite and PostgreSQL, not {dialect!r}")
         self.select_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
         # A new job has no progress, output, error, remote id, sequence or end yet.
-        unset = ("progress", "output", "error_code", "error_message", "remote_id")
+        unset = ("progress", "output", "error_code", "error_message", "remote_id", "sequence")
         self.insert_job = sa.insert(jobs).values(
-            _bound(
-                jobs, **dict.fromkeys(unset, sa.null()), sequence=sa.null(), completed_at=sa.null()
-            )
+            _bound(jobs, **dict.fromkeys((*unset, "completed_at"), sa.null()))
         )
         # RETURNING tells whether the row was written (rowcount is -1 on some drivers).
         self.insert_delivery = (
@@ -268,8 +264,11 @@ class _Operations:
         self._one_trip: dict[tuple[Any, ...], sa.Select[Any]] | None = None
         if dialect == "postgresql":
             self._one_trip = {}
-        #: apply's statements are each atomic alone (PostgreSQL's one-statement apply).
-        self.apply_stands_alone = self._one_trip is not None
+
+    @property
+    def apply_stands_alone(self) -> bool:
+        """Whether apply's statements are each atomic alone (PostgreSQL's `one_trip`)."""
+        return self._one_trip is not None
 
     # -- the guarded UPDATE ---------------------------------------------------------
 
@@ -504,8 +503,7 @@ class _Operations:
         check_id(job_id)
         if delivery_id is not None:
             check_id(delivery_id, "delivery_id")
-        if update.output is not None:
-            dumps(update.output, field="output")
+        _check_output(update)
         now = utcnow()
         values = changes(update)
         shape = self.shape(update, values)
@@ -528,15 +526,9 @@ class _Operations:
                 job = _job_from_row(row)
                 (event,) = yield self.insert_event, _event_row(job, delivery_id, now)
                 return _applied(job, delivery_id, now, event["id"])
-            # The guard refused: read the row to say why (or that it is missing).
-            row = _first((yield self.select_job, {"id": job_id}))
-            if row is None:
-                # Roll back the delivery id too: a retry after the job exists must apply.
-                raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
-            current = _job_from_row(row)
-            outcome = judge(current, update)
-            if outcome is not Outcome.APPLIED:
-                return ApplyResult(outcome, current)
+            refused = yield from self._refused(job_id, update)
+            if refused is not None:
+                return refused
             # A concurrent transaction changed the row between the two statements; the
             # update applies to what is there now, so run the guarded UPDATE again.
         raise StoreUnavailableError(f"job {job_id!r} is changing too fast to apply an update")
@@ -560,22 +552,32 @@ class _Operations:
             (done,) = yield self.one_trip(shape, with_delivery), trip
             if done["event_id"] is not None:
                 return _applied(_job_from_row(done), delivery_id, now, done["event_id"])
-            if not done["found"] and done["seen"]:
-                return ApplyResult(Outcome.DUPLICATE, None)
-            row = _first((yield self.select_job, {"id": job_id})) if done["found"] else None
-            if row is None:
+            if not done["found"]:
+                if done["seen"]:
+                    return ApplyResult(Outcome.DUPLICATE, None)
                 # Nothing was written (a delivery id is only recorded for a known job).
                 raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
-            current = _job_from_row(row)
-            if not done["fresh"]:
-                return ApplyResult(Outcome.DUPLICATE, current)
-            outcome = judge(current, update)
-            if outcome is not Outcome.APPLIED:
-                return ApplyResult(outcome, current)
+            refused = yield from self._refused(job_id, update, duplicate=not done["fresh"])
+            if refused is not None:
+                return refused
             # A concurrent change came between the guard and the read: apply the update
             # to what is there now. Its delivery id is already recorded.
             with_delivery = False
         raise StoreUnavailableError(f"job {job_id!r} is changing too fast to apply an update")
+
+    def _refused(
+        self, job_id: str, update: JobUpdate, *, duplicate: bool = False
+    ) -> Steps[ApplyResult | None]:
+        """Nothing was updated: read the job to say why (``duplicate``: its delivery id
+        was seen before). ``None`` when the update applies to the job as it is now: a
+        concurrent change came between the guard and this read."""
+        row = _first((yield self.select_job, {"id": job_id}))
+        if row is None:
+            # Roll back the delivery id too: a retry after the job exists must apply.
+            raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+        current = _job_from_row(row)
+        outcome = Outcome.DUPLICATE if duplicate else judge(current, update)
+        return None if outcome is Outcome.APPLIED else ApplyResult(outcome, current)
 
     def stale(self, updated_before: datetime, limit: int) -> Steps[builtins.list[Job]]:
         check_limit(limit)
@@ -598,8 +600,7 @@ class _Operations:
         check_id(job_id)
         if delivery_id is not None:
             check_id(delivery_id, "delivery_id")
-        if update.output is not None:
-            dumps(update.output, field="output")
+        _check_output(update)
         (row,) = yield (
             self.insert_dead_letter,
             {
@@ -814,18 +815,7 @@ def _rows(result: CursorResult[Any]) -> Rows:
 
 def _drive(conn: sa.Connection, steps: Steps[T]) -> T:
     """Drive ``steps`` on a `Connection` (the caller owns the transaction)."""
-    try:
-        statement, params = next(steps)
-        while True:
-            try:
-                result = conn.execute(statement, params)
-            except sa_exc.IntegrityError as exc:
-                statement, params = steps.throw(exc)
-            else:
-                statement, params = steps.send(_rows(result))
-    except StopIteration as stop:
-        value: T = stop.value
-        return value
+    return drive(steps, lambda statement, params: _rows(conn.execute(statement, params)))
 
 
 async def _adrive(conn: AsyncConnection, steps: Steps[T]) -> T:
