@@ -3,7 +3,8 @@
 ``store`` always has the sync `JobStore` interface; async stores are wrapped in a
 facade that runs each call on a private event loop, so one contract suite covers the
 async twins too. PostgreSQL stores use ``JOBHOOK_TEST_POSTGRES_URL`` and a table prefix
-of their own per test, dropped afterwards.
+of their own per test, dropped afterwards; ``async-postgres`` runs the async store on
+psycopg 3, ``async-postgres-asyncpg`` on asyncpg (the same URL, its driver switched).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
 
 from jobhook import AsyncInMemoryJobStore, InMemoryJobStore
 
@@ -31,6 +33,7 @@ STORE_KINDS = [
     "postgres",
     "postgres-core",
     "async-postgres",
+    "async-postgres-asyncpg",
 ]
 SQL_KINDS = [kind for kind in STORE_KINDS if "memory" not in kind]
 
@@ -88,12 +91,16 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
         url = PG_URL
         prefix = f"t{uuid.uuid4().hex[:10]}_"
     if kind.startswith("async-"):
-        facade = SyncFacade(AsyncSQLJobStore(url, table_prefix=prefix))
+        async_url: str | URL = url
+        if kind.endswith("-asyncpg"):
+            async_url = make_url(url).set(drivername="postgresql+asyncpg")
+        facade = SyncFacade(AsyncSQLJobStore(async_url, table_prefix=prefix))
         facade.create_schema()
 
         def close_async() -> None:
             facade.close()
-            if kind == "async-postgres":
+            if "postgres" in kind:
+                # Dropped through the sync driver (psycopg), whatever the async one was.
                 _drop_tables(url, prefix)
 
         return facade, close_async

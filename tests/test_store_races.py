@@ -108,7 +108,7 @@ def test_threads_race_on_one_store(make_store: Any, kind: str) -> None:
     check(store, job_ids, results)
 
 
-@pytest.mark.parametrize("kind", ["async-sqlite", "async-postgres"])
+@pytest.mark.parametrize("kind", ["async-sqlite", "async-postgres", "async-postgres-asyncpg"])
 def test_tasks_race_on_one_async_store(make_store: Any, kind: str) -> None:
     facade: SyncFacade = make_store(kind)
     store = facade.inner
