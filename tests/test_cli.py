@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -14,8 +15,12 @@ from pathlib import Path
 import pytest
 
 from jobhook import JobStatus, JobUpdate
-from jobhook.cli import main
+from jobhook.cli import build_parser, check_arguments, main
 from jobhook.stores.sql import SQLJobStore
+
+from .conftest import PG_SKIP_REASON, PG_URL
+
+needs_pg = pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
 
 Run = tuple[int, str, str]
 Runner = Callable[..., Run]
@@ -74,10 +79,29 @@ def test_python_dash_m_jobhook_help_lists_every_command() -> None:
     assert "jobhook demo" in result.stdout
 
 
-def test_no_command_is_a_usage_error(run: Runner) -> None:
-    status, _, err = run()
-    assert status == 2
-    assert "usage: jobhook" in err
+def test_no_command_says_where_to_start(run: Runner) -> None:
+    # Bare `jobhook` is a usage mistake (exit 2, stderr, as argparse's own), but the
+    # first one a newcomer makes: it points at the demo instead of "arguments required".
+    for argv in [[], ["-v"]]:
+        status, out, err = run(*argv)
+        assert status == 2
+        assert out == ""
+        assert err.startswith("usage: jobhook")
+        assert "New here? Run `jobhook demo`" in err
+        assert "jobhook --help" in err
+        assert "required" not in err
+
+
+def test_the_help_examples_are_complete_commands(run: Runner) -> None:
+    # Each example line of `jobhook --help` is a command that parses and has every
+    # value its command needs (the reconcile example once lacked --callback-url).
+    _, out, _ = run("--help")
+    examples = [line.strip() for line in out.splitlines() if line.startswith("  jobhook ")]
+    assert len(examples) >= 8
+    for example in examples:
+        command = example.split("  ")[0]  # the description is two spaces away
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        check_arguments(args)
 
 
 def test_each_command_has_help(run: Runner) -> None:
@@ -157,11 +181,16 @@ def test_a_missing_sqlite_file_is_not_created_by_a_read(run: Runner, tmp_path: P
     assert not path.exists()
 
 
-def test_missing_tables_point_to_db_init(run: Runner, tmp_path: Path) -> None:
-    path = tmp_path / "empty.db"
-    path.touch()
-    status, _, err = run("jobs", "list", "--db", f"sqlite:///{path}")
-    assert_one_line_error(status, err, "jobhook db init")
+def test_missing_tables_point_to_db_init_with_the_url(run: Runner, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    (tmp_path / "empty.db").touch()
+    status, _, err = run("jobs", "list", "--db", url)
+    assert_one_line_error(status, err, f"`jobhook db init --db {url}`")
+    status, _, err = run("jobs", "list", "--db", url, "--table-prefix", "app_")
+    assert_one_line_error(status, err, f"`jobhook db init --db {url} --table-prefix app_`")
+    path = tmp_path / "missing.db"
+    status, _, err = run("jobs", "list", "--db", f"sqlite:///{path}", "--table-prefix", "app_")
+    assert_one_line_error(status, err, f"--db sqlite:///{path} --table-prefix app_`")
 
 
 def test_an_unreachable_database_is_one_line(run: Runner) -> None:
@@ -169,8 +198,123 @@ def test_an_unreachable_database_is_one_line(run: Runner) -> None:
     # Port 1 on loopback: nothing listens there, the connection is refused at once.
     url = "postgresql://nobody:secret@127.0.0.1:1/none"
     status, _, err = run("jobs", "list", "--db", url)
-    assert_one_line_error(status, err, "database is unavailable")
+    assert_one_line_error(
+        status,
+        err,
+        "cannot use postgresql://nobody:***@127.0.0.1:1/none",
+        "the PostgreSQL server at 127.0.0.1:1 cannot be reached",
+        "Connection refused",
+    )
     assert "secret" not in err
+    assert "db init" not in err
+
+
+def test_a_file_that_is_not_a_database_is_one_line(run: Runner, tmp_path: Path) -> None:
+    path = tmp_path / "notadb.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    for argv in [["jobs", "list"], ["jobs", "show", "x"], ["db", "init"], ["dead-letters", "list"]]:
+        status, _, err = run(*argv, "--db", f"sqlite:///{path}")
+        assert_one_line_error(
+            status, err, f"cannot use sqlite:///{path}", "is not an SQLite database"
+        )
+        assert "db init" not in err
+    assert path.read_bytes() == b"this is not sqlite" * 100
+
+
+def _raise(exc: BaseException) -> Callable[..., None]:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    return fail
+
+
+def test_an_unmapped_database_error_is_one_line_naming_the_url(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from jobhook import StoreUnavailableError
+    from jobhook.cli import _store_commands
+
+    url = "postgresql://app:hunter2@db.internal:5432/app"
+    monkeypatch.setattr(_store_commands, "open_store", lambda *a, **k: _FakeStore())
+    # A SQLAlchemy error that reached the CLI unmapped, with the statement and a link.
+    error = sa.exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError("disk I/O error"))
+    monkeypatch.setattr(_FakeStore, "list", _raise(error))
+    status, _, err = run("jobs", "list", "--db", url)
+    assert_one_line_error(
+        status, err, "cannot use postgresql://app:***@db.internal:5432/app: disk I/O error"
+    )
+    assert "hunter2" not in err
+    assert "SELECT" not in err
+    assert "sqlalche.me" not in err
+
+    # A driver's error that escaped SQLAlchemy altogether.
+    monkeypatch.setattr(_FakeStore, "list", _raise(sqlite3.DatabaseError("database is locked")))
+    status, _, err = run("jobs", "list", "--db", url)
+    assert_one_line_error(status, err, "db.internal:5432/app: database is locked")
+
+    # The store's own error, which does not name the database: the CLI adds it.
+    unavailable = StoreUnavailableError("the database is busy,\n try again")
+    monkeypatch.setattr(_FakeStore, "list", _raise(unavailable))
+    status, _, err = run("jobs", "list", "--db", url)
+    assert_one_line_error(
+        status, err, "the database is busy, try again (postgresql://app:***@db.internal:5432/app)"
+    )
+
+    # An error that is not the database's keeps its own words.
+    monkeypatch.setattr(_FakeStore, "list", _raise(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        run("jobs", "list", "--db", url)
+
+
+class _FakeStore:
+    def list(self, **kwargs: object) -> list[object]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def _pg(user: str, database: str, password: str = "") -> str:
+    import sqlalchemy as sa
+
+    assert PG_URL is not None
+    url = sa.engine.make_url(PG_URL).set(username=user, password=password or None)
+    return url.set(database=database).render_as_string(hide_password=False)
+
+
+@needs_pg
+def test_postgres_a_missing_database_says_so(run: Runner) -> None:
+    url = _pg("postgres", "no_such_db", password="hunter2")
+    status, _, err = run("jobs", "list", "--db", url)
+    assert_one_line_error(
+        status, err, "cannot use postgresql", '"no_such_db" does not exist', "createdb"
+    )
+    assert "hunter2" not in err
+    assert "tables" not in err
+    assert "db init" not in err
+
+
+@needs_pg
+def test_postgres_a_missing_role_says_so(run: Runner) -> None:
+    url = _pg("nobody", "test")
+    status, _, err = run("jobs", "list", "--db", url)
+    assert_one_line_error(status, err, f"cannot use {url}", 'role "nobody" does not exist')
+    assert "tables" not in err
+    assert "db init" not in err
+
+
+@needs_pg
+def test_postgres_missing_tables_point_to_db_init_with_the_url(run: Runner) -> None:
+    import uuid
+
+    assert PG_URL is not None
+    prefix = f"missing{uuid.uuid4().hex[:8]}_"
+    status, _, err = run("jobs", "list", "--db", PG_URL, "--table-prefix", prefix)
+    assert_one_line_error(status, err, f"`jobhook db init --db {PG_URL} --table-prefix {prefix}`")
 
 
 def test_a_missing_job_is_one_line(run: Runner, db: str, store: SQLJobStore) -> None:
@@ -299,7 +443,10 @@ def test_dead_letters_replay_errors(run: Runner, db: str, store: SQLJobStore) ->
 # --- demo -------------------------------------------------------------------------
 
 
-def test_demo_runs_the_whole_flow_and_checks_it(run: Runner) -> None:
+def test_demo_runs_the_whole_flow_and_checks_it(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough for every cell in full
     status, out, err = run("demo", "--jobs", "4", "--step", "0.01")
     assert status == 0, err
     assert "every job ended as the backend reported" in out
@@ -348,6 +495,51 @@ def test_demo_fails_when_a_job_ends_wrong(run: Runner, monkeypatch: pytest.Monke
 def test_demo_refuses_bad_arguments(run: Runner) -> None:
     status, _, err = run("demo", "--jobs", "0")
     assert_one_line_error(status, err, "--jobs")
+    status, _, err = run("demo", "--timeout", "0")
+    assert_one_line_error(status, err, "--timeout")
+
+
+def test_demo_that_runs_out_of_time_says_so(run: Runner) -> None:
+    # Each job takes ~3 s at this step: the deadline passes with webhooks still coming.
+    status, out, err = run("demo", "--jobs", "2", "--step", "0.5", "--timeout", "0.2")
+    assert status == 1
+    assert err.count("\n") == 1, err
+    assert err.startswith("jobhook: demo: timed out after 0.2 s with 2 of 2 jobs unfinished")
+    assert "this is not lost updates" in err
+    assert "the backend said" not in err  # not reported as jobs that ended wrong
+    assert "every job ended" not in out
+    assert "JOB ID" in out  # where the jobs had got to
+
+
+@pytest.mark.parametrize("chaos", [[], ["--chaos", "--seed", "3", "--jobs", "8"]])
+def test_demo_fits_the_terminal(
+    run: Runner, monkeypatch: pytest.MonkeyPatch, chaos: list[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    status, out, err = run("demo", "--step", "0.01", *chaos)
+    assert status == 0, err
+    too_long = [line for line in out.splitlines() if len(line) > 60]
+    assert not too_long
+    table = out[out.index("JOB ID") :].splitlines()
+    assert any(line.endswith("…") for line in table)  # long cells cut, not wrapped
+    assert "every job ended as the backend reported" in " ".join(out.split())
+
+
+def test_print_table_narrows_the_widest_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from jobhook.cli._common import print_table
+
+    rows = [["01m8ss8w58gfdmfsr9vjz5ve4b", "ok", "https://fake.invalid/a/long/path.png"]]
+    print_table(["ID", "STATUS", "RESULT"], rows, width=30)
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 30
+    assert lines[1].split() == ["01m8ss8w5…", "ok", "https://f…"]  # 10 + 6 + 10 + 2 * 2
+    ascii_only = io.StringIO()  # no encoding: an ASCII terminal gets ~ for the ellipsis
+    print_table(["ID", "STATUS", "RESULT"], rows, out=ascii_only, width=30)
+    assert ascii_only.getvalue().splitlines()[1].split()[0] == "01m8ss8w5~"
+    print_table(["ID", "STATUS", "RESULT"], rows)  # no width: never cut
+    assert "https://fake.invalid/a/long/path.png" in capsys.readouterr().out
 
 
 # --- reconcile --------------------------------------------------------------------
@@ -531,6 +723,11 @@ def test_progress_bars_plain_and_live() -> None:
     assert "a red fox" in lines[-1]
     assert "100%" in lines[-1]
     assert "\x1b[" not in plain.getvalue()
+
+    narrow = io.StringIO()
+    board = ProgressBoard(narrow, {"j1": "a red fox in fresh snow, oil on canvas"}, width=50)
+    board.update([running])
+    assert 40 < len(narrow.getvalue().splitlines()[0]) <= 50
 
     live = io.StringIO()
     board = ProgressBoard(live, {"j1": "a red fox"}, live=True)

@@ -16,11 +16,15 @@ command's own argument parser.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -34,6 +38,8 @@ from typing import Any
 import pytest
 
 import jobhook
+
+from .conftest import PG_SKIP_REASON, PG_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -221,16 +227,28 @@ def test_json_blocks_parse() -> None:
 
 
 SHELL = {"bash", "console", "sh", "shell"}
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_ASSIGNMENT = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$", re.DOTALL)
+# `jobhook …` in running text (not in a fenced block): a command line, or a command's name.
+_INLINE_COMMAND = re.compile(r"`(?P<command>(?:python -m )?jobhook(?: [^`]*)?)`")
 
 
-def _shell_commands(code: str, *, prompts: bool = False) -> list[list[str]]:
+@dataclass(frozen=True)
+class Command:
+    """One shell command line of the docs, with the variables set before it."""
+
+    words: list[str]
+    env: dict[str, str]
+
+
+def _shell_commands(code: str, *, prompts: bool = False) -> list[Command]:
     """The command lines of a shell block, continuations joined, split like a shell.
 
     With ``prompts`` (a ``console`` block), only lines after a ``$ `` prompt are
-    commands; the others are their output.
+    commands; the others are their output. ``NAME=value`` before a command, and
+    ``export NAME=value`` lines, are the environment of the commands they apply to.
     """
     commands = []
+    exported: dict[str, str] = {}
     for line in code.replace("\\\n", " ").splitlines():
         line = line.strip()
         if prompts:
@@ -240,10 +258,17 @@ def _shell_commands(code: str, *, prompts: bool = False) -> list[list[str]]:
         if not line or line.startswith("#"):
             continue
         words = shlex.split(line, comments=True)
-        while words and _ASSIGNMENT.match(words[0]):
+        env = dict(exported)
+        if words[:1] == ["export"]:
+            for word in words[1:]:
+                if match := _ASSIGNMENT.match(word):
+                    exported[match["name"]] = match["value"]
+            continue
+        while words and (match := _ASSIGNMENT.match(words[0])):
+            env[match["name"]] = match["value"]
             words.pop(0)
         if words:
-            commands.append(words)
+            commands.append(Command(words, env))
     return commands
 
 
@@ -255,34 +280,140 @@ def _jobhook_arguments(words: list[str]) -> list[str] | None:
     return None
 
 
-def _parse_exit_code(parser: Any, arguments: list[str]) -> int | str | None:
-    """0 when ``parser`` accepts ``arguments``; argparse's exit code otherwise."""
+def _command_problem(arguments: list[str], env: dict[str, str]) -> str | None:
+    """Why ``jobhook <arguments>`` would not run as written, or None when it would.
+
+    It must parse, and have every value its command needs (`check_arguments`): a
+    command that argparse accepts but that stops at once, such as ``jobhook reconcile``
+    without ``--backend``, is wrong in the docs too. ``env`` is the environment the
+    docs give the command; nothing else is taken from the reader's (the parser reads
+    its defaults from ``JOBHOOK_*`` variables when it is built).
+    """
+    from jobhook.cli import build_parser, check_arguments
+    from jobhook.cli._common import CLIError
+
+    saved = {name: value for name, value in os.environ.items() if name.startswith("JOBHOOK_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(env)
     try:
-        parser.parse_args(arguments)
-    except SystemExit as exc:  # --help exits 0, a usage error 2
-        return exc.code
-    return 0
+        with contextlib.redirect_stderr(io.StringIO()) as usage:
+            try:
+                args = build_parser().parse_args(arguments)
+            except SystemExit as exc:  # --help exits 0, a usage error 2
+                return None if exc.code == 0 else usage.getvalue().strip()
+        try:
+            check_arguments(args)
+        except CLIError as exc:
+            return str(exc)
+        return None
+    finally:
+        for name in env:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
 
 
-def test_cli_commands_in_docs_parse(capsys: pytest.CaptureFixture[str]) -> None:
-    if importlib.util.find_spec("jobhook.cli") is None:
-        pytest.skip("the jobhook CLI does not exist yet")
+def _command_names(arguments: list[str]) -> str | None:
+    """Why ``arguments`` (words without options) do not start with a real command."""
     from jobhook.cli import build_parser
 
+    parser: Any = build_parser()
+    named = []
+    for word in arguments:
+        commands = [
+            action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+        ]
+        if not commands:
+            return None  # a command's own arguments follow (JOB_ID, ID…)
+        if word not in commands[0].choices:
+            return f"no command {' '.join([*named, word])!r}"
+        named.append(word)
+        parser = commands[0].choices[word]
+    return None
+
+
+def _inline_commands(page: Path) -> Iterator[tuple[int, list[str]]]:
+    """``jobhook …`` in the running text of ``page``: (line number, words)."""
+    inside = None
+    for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+        fence = _FENCE.match(line)
+        if fence:
+            if inside is None:
+                inside = fence["fence"]
+            elif line.strip().startswith(inside):
+                inside = None
+            continue
+        if inside is None:
+            for match in _INLINE_COMMAND.finditer(line):
+                yield number, shlex.split(match["command"])
+
+
+def test_cli_commands_in_docs_parse() -> None:
+    if importlib.util.find_spec("jobhook.cli") is None:
+        pytest.skip("the jobhook CLI does not exist yet")
     checked = 0
     for page in PAGES:
         for block in parse_blocks(page):
             if block.lang not in SHELL or block.skip is not None:
                 continue
-            for words in _shell_commands(block.code, prompts=block.lang == "console"):
-                arguments = _jobhook_arguments(words)
+            for command in _shell_commands(block.code, prompts=block.lang == "console"):
+                arguments = _jobhook_arguments(command.words)
                 if arguments is None:
                     continue
-                code = _parse_exit_code(build_parser(), arguments)
-                message = capsys.readouterr().err
-                assert code == 0, f"{block.where}: {shlex.join(words)}\n{message}"
+                problem = _command_problem(arguments, command.env)
+                assert problem is None, f"{block.where}: {shlex.join(command.words)}\n{problem}"
                 checked += 1
     assert checked, "no jobhook command found in the docs"
+
+
+def test_cli_commands_in_running_text_are_complete() -> None:
+    # `jobhook db init` names a command; `jobhook reconcile --every 1m` is a command
+    # line a reader will paste, so it must run as written, like one in a code block.
+    checked = 0
+    for page in PAGES:
+        for number, words in _inline_commands(page):
+            arguments = _jobhook_arguments(words)
+            assert arguments is not None
+            where = f"{page.relative_to(ROOT)}:{number}: {shlex.join(words)}"
+            if any(word.startswith("-") for word in arguments):
+                problem = _command_problem(arguments, {})
+            else:
+                problem = _command_names(arguments)
+            assert problem is None, f"{where}\n{problem}"
+            checked += 1
+    assert checked, "no jobhook command found in the docs' text"
+
+
+@pytest.mark.parametrize(
+    ("command", "problem"),
+    [
+        ("jobhook reconcile --every 1m", "--backend"),  # the tutorial's, once
+        ("jobhook reconcile --backend http://gen --every 1m", "--callback-url"),
+        ("jobhook dead-letters replay", "--all"),
+        ("jobhook jobs list --status done", "invalid choice"),
+        ("jobhook jobz list", "invalid choice"),
+    ],
+)
+def test_the_command_check_refuses_incomplete_commands(command: str, problem: str) -> None:
+    found = _command_problem(shlex.split(command)[1:], {})
+    assert found is not None
+    assert problem in found
+
+
+def test_the_command_check_reads_the_environment_the_docs_give() -> None:
+    block = (
+        "export JOBHOOK_BACKEND_URL=http://gen\n"
+        "JOBHOOK_CALLBACK_URL='https://app/hooks/{job_id}' jobhook reconcile \\\n"
+        "    --every 1m\n"
+        "jobhook reconcile --every 1m\n"
+    )
+    first, second = _shell_commands(block)
+    assert _command_problem(first.words[1:], first.env) is None
+    problem = _command_problem(second.words[1:], second.env)
+    assert problem is not None
+    assert "--callback-url" in problem
+    assert _command_names(["dead-letters", "replay", "ID…"]) is None
+    assert "no command 'jobs lst'" in (_command_names(["jobs", "lst"]) or "")
 
 
 def test_parser_finds_blocks_and_skips(tmp_path: Path) -> None:
@@ -350,3 +481,70 @@ def test_reference_entries_name_real_objects() -> None:
         for attribute in parts[split:]:
             assert hasattr(obj, attribute), f"{dotted} is in the API reference but does not exist"
             obj = getattr(obj, attribute)
+
+
+def _paragraph(page: Path, start: str) -> str:
+    text = " ".join(page.read_text(encoding="utf-8").split())
+    begin = text.index(start)
+    return text[begin : text.index(" ## ", begin)]
+
+
+def test_the_outbox_wait_is_documented_as_server_wide() -> None:
+    # It once said "the same database": PostgreSQL's snapshot xmin spans the cluster.
+    said = _paragraph(DOCS / "stores.md", "The price:")
+    assert "same database" not in said
+    assert "whole server" in said
+    assert "idle-in-transaction session in another" in said
+    assert "No event is skipped" in said
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+def test_the_outbox_waits_for_a_transaction_in_another_database() -> None:
+    """What the stores page says, measured: a transaction holding an id in *another*
+    database of the server holds ``events()`` back; one that only read does not."""
+    import time
+    import uuid
+
+    import sqlalchemy as sa
+
+    from jobhook import JobUpdate, SQLJobStore
+
+    assert PG_URL is not None
+    url = sa.engine.make_url(PG_URL)
+    other = sa.create_engine(url.set(database="postgres"))
+    try:
+        other.connect().close()
+    except sa.exc.OperationalError as exc:
+        other.dispose()
+        pytest.skip(f"no second database on the server to hold a transaction in: {exc}")
+    store = SQLJobStore(PG_URL, table_prefix=f"d{uuid.uuid4().hex[:8]}_", create_schema=True)
+
+    def events_appear() -> bool:
+        # Other sessions on a shared server may hold ids for a moment too: wait a little.
+        deadline = time.monotonic() + 10
+        while not store.events() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return bool(store.events())
+
+    try:
+        with other.connect() as conn:
+            conn.execute(sa.text("SELECT txid_current()"))  # holds an id, never writes here
+            job = store.create({"prompt": "a fox"})
+            store.apply(job.id, JobUpdate("running"))
+            time.sleep(0.2)
+            assert store.events() == []  # delayed, by a session in another database
+            conn.rollback()
+        assert events_appear()  # then handed out: nothing skipped
+        [first] = store.events()
+        with other.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))  # an open transaction that only read
+            store.apply(job.id, JobUpdate("succeeded"))
+            deadline = time.monotonic() + 10
+            while len(store.events()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [e.id for e in store.events()][1:] != []  # not held back by a read
+            assert store.events()[0].id == first.id
+    finally:
+        store.metadata.drop_all(store.engine)
+        store.close()
+        other.dispose()

@@ -109,7 +109,7 @@ def add_backend_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "--every", type=parse_duration, metavar="DURATION", help="run again and again, this often"
     )
     reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
-    reconcile.set_defaults(run=run_reconcile)
+    reconcile.set_defaults(run=run_reconcile, check=check_reconcile)
 
     fake = commands.add_parser(
         "fake-backend",
@@ -137,7 +137,7 @@ def add_backend_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     fake.add_argument(
         "--chaos", action="store_true", help="duplicate, reorder and drop some webhooks"
     )
-    fake.set_defaults(run=run_fake_backend)
+    fake.set_defaults(run=run_fake_backend, check=check_fake_backend)
 
 
 def _headers(lines: list[str]) -> dict[str, str]:
@@ -150,11 +150,8 @@ def _headers(lines: list[str]) -> dict[str, str]:
     return headers
 
 
-def run_reconcile(args: argparse.Namespace) -> int:
-    """One reconcile pass (or one every ``--every``); exit 1 when a job could not be settled."""
-    from jobhook._client import GeneratorClient
-    from jobhook.reconcile import Reconciler
-
+def check_reconcile(args: argparse.Namespace) -> None:
+    """``--backend`` and ``--callback-url`` are required (from the options or the environment)."""
     if not args.backend:
         raise CLIError("name the generator backend: --backend URL (or $JOBHOOK_BACKEND_URL)")
     if not args.callback_url:
@@ -162,6 +159,14 @@ def run_reconcile(args: argparse.Namespace) -> int:
             "name your webhook URL for resubmits: --callback-url "
             "'https://app.example/webhooks/jobhook/{job_id}' (or $JOBHOOK_CALLBACK_URL)"
         )
+    _headers(args.header)
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    """One reconcile pass (or one every ``--every``); exit 1 when a job could not be settled."""
+    from jobhook._client import GeneratorClient
+    from jobhook.reconcile import Reconciler
+
     store = open_store(db_url(args), table_prefix=args.table_prefix)
     try:
         try:
@@ -233,6 +238,12 @@ def _fake_script() -> Any:
     return script
 
 
+def check_fake_backend(args: argparse.Namespace) -> None:
+    """``--duration`` must not be negative."""
+    if args.duration < 0:
+        raise CLIError("--duration must not be negative")
+
+
 def run_fake_backend(args: argparse.Namespace) -> int:
     """Serve the stub backend until interrupted; print each submit and callback."""
     from jobhook._signing import parse_secrets
@@ -245,8 +256,6 @@ def run_fake_backend(args: argparse.Namespace) -> int:
         parse_secrets(secret)
     except ValidationError as exc:
         raise CLIError(f"--secret: {exc}") from None
-    if args.duration < 0:
-        raise CLIError("--duration must not be negative")
     chaos = Chaos(duplicate=0.2, reorder=0.2, drop=0.1, delay=0.5) if args.chaos else None
     fake = FakeGenerator(
         secret,

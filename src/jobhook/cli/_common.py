@@ -16,7 +16,9 @@ from jobhook._models import Job
 __all__ = [
     "DEFAULT_DB_URL",
     "CLIError",
+    "cut",
     "db_url",
+    "ellipsis",
     "format_progress",
     "format_time",
     "one_line",
@@ -78,15 +80,16 @@ def open_store(url_text: str, *, table_prefix: str = "jobhook_", create: bool = 
         )
     path = _sqlite_file(url)
     if path is not None and not create and not path.exists():
-        raise CLIError(
-            f"no database file at {str(path)!r}; create it with `jobhook db init --db {url_text}`"
-        )
+        init = f"jobhook db init --db {url_text}"
+        if table_prefix != "jobhook_":
+            init += f" --table-prefix {table_prefix}"
+        raise CLIError(f"no database file at {str(path)!r}; create it with `{init}`")
     try:
         store = SQLJobStore(url, table_prefix=table_prefix)
     except ModuleNotFoundError as exc:
         raise CLIError(
-            f"the database driver {exc.name!r} is not installed; for PostgreSQL run "
-            "`pip install 'jobhook[postgres]'`"
+            f"the database driver {exc.name!r} is not installed; for PostgreSQL install "
+            "jobhook's postgres extra (`pip install -e '.[postgres]'` in a clone of jobhook)"
         ) from None
     except (sa_exc.ArgumentError, ValueError) as exc:
         raise CLIError(f"cannot use {_safe(url)}: {one_line(exc)}") from None
@@ -119,16 +122,56 @@ def format_progress(job: Job) -> str:
 
 
 def print_table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], *, out: IO[str] | None = None
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    out: IO[str] | None = None,
+    width: int | None = None,
 ) -> None:
-    """Left-aligned columns under a header row, two spaces apart."""
+    """Left-aligned columns under a header row, two spaces apart.
+
+    With ``width``, the widest columns are narrowed until every line fits, and cells
+    cut short end with an ellipsis (never below a few characters: a very narrow
+    terminal gets lines that wrap rather than columns that say nothing).
+    """
     out = out or sys.stdout
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    if width is not None:
+        widths = _narrowed(widths, width - 2 * (len(widths) - 1))
+    mark = ellipsis(out)
     for row in [headers, *rows]:
-        line = "  ".join(cell.ljust(w) for w, cell in zip(widths, row, strict=True))
-        print(line.rstrip(), file=out)
+        cells = [cut(cell, w, mark).ljust(w) for w, cell in zip(widths, row, strict=True)]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+_NARROWEST = 6
+
+
+def _narrowed(widths: list[int], room: int) -> list[int]:
+    """``widths`` with the widest narrowed, one character at a time, to fit ``room``."""
+    widths = list(widths)
+    while sum(widths) > room:
+        widest = max(range(len(widths)), key=lambda i: (widths[i], i))
+        if widths[widest] <= _NARROWEST:
+            break
+        widths[widest] -= 1
+    return widths
+
+
+def cut(text: str, width: int, mark: str = "…") -> str:
+    """``text``, cut to ``width`` characters with ``mark`` at the end when too long."""
+    return text if len(text) <= width else text[: max(width - len(mark), 0)] + mark
+
+
+def ellipsis(out: IO[str]) -> str:
+    """``…``, or ``~`` where ``out`` cannot write it (a terminal without Unicode)."""
+    try:
+        "…".encode(getattr(out, "encoding", None) or "ascii")
+    except (LookupError, UnicodeEncodeError):
+        return "~"
+    return "…"
 
 
 def print_json(value: Any, *, out: IO[str] | None = None) -> None:

@@ -34,25 +34,42 @@ def bar(progress: float | None, width: int = 24) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+#: Columns around the label and the bar: "  ✓ " + " [" + "] " + "100%" + "  " + status.
+_FIXED_WIDTH = 4 + 2 + 2 + 4 + 2 + max(len(s.value) for s in JobStatus)
+_BAR_WIDTH, _NARROWEST_BAR, _NARROWEST_LABEL = 24, 10, 8
+
+
 class ProgressBoard:
-    """Draws one bar per job.
+    """Draws one bar per job, each line at most ``width`` columns wide.
 
     ``live`` (default: whether ``out`` is a terminal tall enough for every bar)
     redraws every bar in place with ANSI cursor movement; otherwise a line is written
     when a job's status changes or its progress crosses a quarter, so logs and pipes
-    stay readable.
+    stay readable. ``width`` defaults to the terminal's (``shutil.get_terminal_size``):
+    a line that wrapped would break the redrawing. The bar narrows first, then the label.
     """
 
-    def __init__(self, out: IO[str], labels: dict[str, str], *, live: bool | None = None) -> None:
+    def __init__(
+        self,
+        out: IO[str],
+        labels: dict[str, str],
+        *,
+        live: bool | None = None,
+        width: int | None = None,
+    ) -> None:
         self.out = out
         self.labels = labels
+        size = shutil.get_terminal_size()
         if live is None:
             # Redrawing in place needs every bar on screen at once.
-            live = out.isatty() and len(labels) < shutil.get_terminal_size().lines - 1
+            live = out.isatty() and len(labels) < size.lines - 1
         self.live = live
         self._drawn = 0
         self._seen: dict[str, tuple[JobStatus, int]] = {}
-        self._label_width = min(32, max((len(t) for t in labels.values()), default=8))
+        room = (width or size.columns) - _FIXED_WIDTH
+        label_width = min(32, max((len(t) for t in labels.values()), default=8))
+        self._bar_width = max(_NARROWEST_BAR, min(_BAR_WIDTH, room - label_width))
+        self._label_width = max(_NARROWEST_LABEL, min(label_width, room - self._bar_width))
         self._marks, self._ellipsis = _MARKS, "…"
         try:
             "".join(_MARKS.values()).encode(getattr(out, "encoding", None) or "ascii")
@@ -66,7 +83,8 @@ class ProgressBoard:
         percent = "    " if job.progress is None else f"{job.progress:3.0f}%"
         mark = self._marks[job.status]
         return (
-            f"  {mark} {label.ljust(self._label_width)} {bar(job.progress)} {percent}  {job.status}"
+            f"  {mark} {label.ljust(self._label_width)} {bar(job.progress, self._bar_width)} "
+            f"{percent}  {job.status}"
         )
 
     def update(self, jobs: Sequence[Job]) -> None:

@@ -99,7 +99,7 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     add_db_options(replay)
     replay.add_argument("ids", metavar="ID", type=int, nargs="*", help="dead letter ids")
     replay.add_argument("--all", action="store_true", help="replay every pending dead letter")
-    replay.set_defaults(run=dead_letters_replay)
+    replay.set_defaults(run=dead_letters_replay, check=check_replay)
 
 
 def _positive_int(text: str) -> int:
@@ -235,10 +235,14 @@ def _dead_letter_dict(letter: DeadLetter) -> dict[str, object]:
     return data
 
 
-def dead_letters_replay(args: argparse.Namespace) -> int:
-    """Apply dead letters; exit 1 when any still names a job that does not exist."""
+def check_replay(args: argparse.Namespace) -> None:
+    """Dead letter ids, or ``--all``."""
     if not args.ids and not args.all:
         raise CLIError("name the dead letters to replay (their ids), or pass --all")
+
+
+def dead_letters_replay(args: argparse.Namespace) -> int:
+    """Apply dead letters; exit 1 when any still names a job that does not exist."""
     store = open_store(db_url(args), table_prefix=args.table_prefix)
     missing = 0
     try:
