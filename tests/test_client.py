@@ -663,15 +663,25 @@ def test_the_callback_url_carries_the_job_token(
 ) -> None:
     secret = new_webhook_secret()
     httpx_mock.add_response(status_code=202)
-    job = make_client(token_secret=secret).submit({}, job_id="a/b c")
+    job = make_client(token_secret=secret).submit({}, job_id="a.b~c_d-1")
     request = httpx_mock.get_request()
     assert request is not None
     url = httpx.URL(body_of(request)["callback_url"])
-    assert url.path == "/webhooks/jobhook/a/b c"
-    assert url.raw_path.startswith(b"/webhooks/jobhook/a%2Fb%20c?")
+    assert url.raw_path.startswith(b"/webhooks/jobhook/a.b~c_d-1?")
     token = url.params["token"]
     assert token == callback_token(secret, job.id)
     verify_callback_token(secret, job.id, token)
+
+
+@pytest.mark.parametrize("job_id", ["a/b", "a b", "..", ".", "café-1", "x" * 256, ""])
+def test_a_job_id_no_callback_url_can_carry_is_refused_before_anything_is_sent(
+    httpx_mock: HTTPXMock, make_client: MakeClient, store: InMemoryJobStore, job_id: str
+) -> None:
+    client = make_client(token_secret=new_webhook_secret())
+    with pytest.raises(ValidationError, match="job id is 1 to 255 characters"):
+        client.submit({}, job_id=job_id)
+    assert httpx_mock.get_requests() == []
+    assert store.list() == []
 
 
 def test_resubmit_sends_a_pending_job_again_under_its_id(

@@ -78,7 +78,7 @@ def test_a_signed_delivery_applies_and_names_the_outcome(store: Any) -> None:
 
 
 def test_the_payload_job_id_is_enough_without_one_in_the_route(store: Any) -> None:
-    job = store.create({}, job_id="!odd/job id")
+    job = store.create({}, job_id="odd.job~id_1")
     answer = post(make_handler(store), {"job_id": job.id, "status": "succeeded"})
     assert answer.json()["outcome"] == "applied"
     assert store.get(job.id).status is JobStatus.SUCCEEDED
@@ -768,3 +768,157 @@ def test_a_str_body_is_taken_as_its_utf8_bytes() -> None:
     text = json.dumps({"job_id": job.id, "status": "succeeded", "output": "Zoë"})
     headers = sign_webhook(SECRET, text.encode(), timestamp=NOW)
     assert make_handler(store).handle(headers, text).status == 200
+
+
+# -- delivery ids: exactly the id that was verified, and one for every delivery --------
+
+
+@pytest.mark.parametrize(
+    "mutated",
+    ["msg_1\xa0", " msg_1", "msg_1\x85", "msg_1 ", "\tmsg_1", "msg_1\x00", "msg_\u20021"],
+)
+def test_a_replay_with_a_mutated_webhook_id_is_refused_not_applied_again(
+    store: Any, mutated: str
+) -> None:
+    job = store.create({})
+    handler = make_handler(store)
+    headers, raw = signed({"job_id": job.id, "status": "running"}, msg_id="msg_1")
+    assert handler.handle(headers, raw).json()["outcome"] == "applied"
+    replay = {**headers, "webhook-id": mutated}
+    answer = handler.handle(replay, raw)
+    assert answer.status == 401
+    assert "webhook-id" in answer.json()["error"]
+    assert handler.handle(headers, raw).json()["outcome"] == "duplicate"
+    assert [e.delivery_id for e in store.events()] == ["msg_1"]
+
+
+def test_an_unsigned_handler_refuses_a_malformed_webhook_id_the_same_way(store: Any) -> None:
+    job = store.create({})
+    handler = make_handler(store, secret=None, token_secret=TOKEN_SECRET)
+    token = callback_token(TOKEN_SECRET, job.id)
+    body = json.dumps({"status": "running"}).encode()
+    answer = handler.handle({"webhook-id": " msg_1"}, body, job_id=job.id, token=token)
+    assert answer.status == 400
+    assert "webhook-id" in answer.json()["error"]
+    assert store.events() == []
+
+
+def _token_only(store: Any, **options: Any) -> Callable[..., WebhookResponse]:
+    handler = make_handler(store, secret=None, token_secret=TOKEN_SECRET, **options)
+
+    def deliver(job_id: str, data: Any, headers: dict[str, str] | None = None) -> WebhookResponse:
+        body = data if isinstance(data, bytes) else json.dumps(data).encode()
+        token = callback_token(TOKEN_SECRET, job_id)
+        return handler.handle(headers or {}, body, job_id=job_id, token=token)
+
+    return deliver
+
+
+def test_without_a_webhook_id_a_retry_of_the_same_delivery_is_a_duplicate(store: Any) -> None:
+    # Cog and RunPod send no webhook-id: the delivery id comes from job id and body.
+    job = store.create({})
+    deliver = _token_only(store)
+    processing = {"status": "running", "progress": 10}
+    assert deliver(job.id, processing).json()["outcome"] == "applied"
+    assert deliver(job.id, processing).json()["outcome"] == "duplicate"
+    assert deliver(job.id, {"status": "running", "progress": 20}).json()["outcome"] == "applied"
+    [first, second] = store.events()
+    assert first.delivery_id is not None
+    assert first.delivery_id.startswith("sha256:")
+    assert first.delivery_id != second.delivery_id
+
+
+def test_without_a_webhook_id_retries_of_a_404_keep_one_dead_letter(store: Any) -> None:
+    deliver = _token_only(store)
+    for _ in range(3):
+        assert deliver("not-yet", {"status": "succeeded"}).status == 404
+    [letter] = store.dead_letters()
+    assert letter.delivery_id is not None
+    store.create({}, job_id="not-yet")
+    assert store.replay_dead_letter(letter.id).applied
+    assert deliver("not-yet", {"status": "succeeded"}).json()["outcome"] == "duplicate"
+
+
+def test_delivery_ids_header_requires_the_header() -> None:
+    store = InMemoryJobStore()
+    job = store.create({})
+    deliver = _token_only(store, delivery_ids="header")
+    answer = deliver(job.id, {"status": "running"})
+    assert answer.status == 400
+    assert "webhook-id" in answer.json()["error"]
+    assert deliver(job.id, {"status": "running"}, {"webhook-id": "d-1"}).status == 200
+    assert [e.delivery_id for e in store.events()] == ["d-1"]
+
+
+def test_delivery_ids_content_ignores_a_sender_that_renames_each_attempt() -> None:
+    store = InMemoryJobStore()
+    job = store.create({})
+    deliver = _token_only(store, delivery_ids="content")
+    body = {"status": "running", "progress": 5}
+    assert deliver(job.id, body, {"webhook-id": "attempt-1"}).json()["outcome"] == "applied"
+    assert deliver(job.id, body, {"webhook-id": "attempt-2"}).json()["outcome"] == "duplicate"
+
+
+def test_delivery_ids_may_be_the_apps_own_rule() -> None:
+    store = InMemoryJobStore()
+    job = store.create({})
+    seen: list[tuple[Any, ...]] = []
+
+    def from_header(headers: Any, body: bytes, job_id: str) -> str:
+        seen.append((headers.get("x-request-id"), body, job_id))
+        return f"req-{headers['x-request-id']}"
+
+    deliver = _token_only(store, delivery_ids=from_header)
+    assert deliver(job.id, {"status": "running"}, {"X-Request-Id": "7"}).status == 200
+    assert deliver(job.id, {"status": "running"}, {"X-Request-Id": "7"}).json()["outcome"] == (
+        "duplicate"
+    )
+    assert seen[0] == ("7", b'{"status": "running"}', job.id)
+    assert [e.delivery_id for e in store.events()] == ["req-7"]
+
+
+def test_a_malformed_id_from_the_apps_rule_is_its_bug_and_answers_503() -> None:
+    store = InMemoryJobStore()
+    job = store.create({})
+    deliver = _token_only(store, delivery_ids=lambda headers, body, job_id: "has space")
+    assert deliver(job.id, {"status": "running"}).status == 503
+    assert store.events() == []
+
+
+def test_delivery_ids_must_be_a_known_source() -> None:
+    with pytest.raises(ValidationError, match="delivery_ids"):
+        WebhookHandler(InMemoryJobStore(), secret=SECRET, delivery_ids="body")  # type: ignore[arg-type]
+
+
+# -- values no store can hold: 400 everywhere, nothing written -------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"status": "running", "sequence": 2**63},
+        {"status": "running", "sequence": 2**64 + 1},
+        {"status": "running", "remote_id": "r" * 256},
+        {"status": "failed", "error": {"code": "c" * 256, "message": "m"}},
+        {"status": "running", "remote_id": ""},
+    ],
+    ids=["sequence-2**63", "sequence-2**64", "remote_id-256", "error.code-256", "remote_id-empty"],
+)
+def test_values_a_column_cannot_hold_answer_400_in_every_store(store: Any, payload: Any) -> None:
+    job = store.create({})
+    before = state(store, job.id)
+    answer = post(make_handler(store), {"job_id": job.id, **payload})
+    assert answer.status == 400, answer.json()
+    assert answer.json()["outcome"] == "rejected"
+    assert state(store, job.id) == before
+
+
+def test_the_largest_values_every_store_holds_apply(store: Any) -> None:
+    job = store.create({})
+    handler = make_handler(store)
+    running = {"job_id": job.id, "status": "running", "sequence": 2**63 - 1, "remote_id": "r" * 255}
+    assert post(handler, running).json()["outcome"] == "applied"
+    failed = {"job_id": job.id, "status": "failed", "error": {"code": "c" * 255}}
+    assert post(handler, failed).json()["outcome"] == "applied"
+    got = store.get(job.id)
+    assert (got.sequence, got.remote_id, got.error.code) == (2**63 - 1, "r" * 255, "c" * 255)

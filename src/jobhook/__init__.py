@@ -1,7 +1,16 @@
-"""jobhook: create the job first, submit it by id, apply signed webhooks exactly once."""
+"""jobhook: create the job first, submit it by id, apply signed webhooks exactly once.
+
+The SQL stores (SQLAlchemy) and the HTTP halves (httpx: the clients, the sender, the
+reconciler) load on first use (PEP 562), so an app that only verifies and applies
+webhooks does not import them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from jobhook.__about__ import __version__
-from jobhook._client import AsyncGeneratorClient, GeneratorClient
 from jobhook._models import (
     ApplyResult,
     DeadLetter,
@@ -28,10 +37,25 @@ from jobhook.exceptions import (
     SubmitError,
     ValidationError,
 )
-from jobhook.reconcile import AsyncReconciler, Reconciler, ReconcileReport
-from jobhook.sender import CallbackSender
 from jobhook.stores import AsyncInMemoryJobStore, AsyncJobStore, InMemoryJobStore, JobStore
-from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
+
+if TYPE_CHECKING:
+    from jobhook._client import AsyncGeneratorClient, GeneratorClient
+    from jobhook.reconcile import AsyncReconciler, Reconciler, ReconcileReport
+    from jobhook.sender import CallbackSender
+    from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
+
+#: Public names whose modules load on first use, and where they live.
+_LAZY = {
+    "AsyncGeneratorClient": "jobhook._client",
+    "GeneratorClient": "jobhook._client",
+    "AsyncReconciler": "jobhook.reconcile",
+    "Reconciler": "jobhook.reconcile",
+    "ReconcileReport": "jobhook.reconcile",
+    "CallbackSender": "jobhook.sender",
+    "AsyncSQLJobStore": "jobhook.stores.sql",
+    "SQLJobStore": "jobhook.stores.sql",
+}
 
 __all__ = [
     "ApplyResult",
@@ -72,3 +96,16 @@ __all__ = [
     "sign_webhook",
     "verify_webhook",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jobhook' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

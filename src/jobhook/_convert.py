@@ -14,7 +14,16 @@ from cattrs.preconf.json import make_converter
 from jobhook._models import JSON, DeadLetter, Job, JobError, JobEvent, JobStatus, JobUpdate
 from jobhook.exceptions import ValidationError
 
-__all__ = ["converter", "dumps", "job_from_dict", "job_to_dict", "loads", "normalize_json"]
+__all__ = [
+    "MAX_DEPTH",
+    "check_shape",
+    "converter",
+    "dumps",
+    "job_from_dict",
+    "job_to_dict",
+    "loads",
+    "normalize_json",
+]
 
 converter = make_converter()
 
@@ -61,16 +70,47 @@ def storable_text(value: str) -> bool:
     return True
 
 
+#: How deep JSON values may nest (objects and arrays), in bodies and in stores alike.
+MAX_DEPTH = 100
+
+
+def check_shape(value: JSON, *, field: str = "value") -> None:
+    """Refuse what JSON would change or cannot hold on every store alike: an object key
+    that is not a string (``{1: "a", "1": "b"}`` would lose a value) and nesting deeper
+    than `MAX_DEPTH`. Raises `ValidationError` naming ``field``."""
+    if not isinstance(value, (dict, list, tuple)):
+        return
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValidationError(f"{field} is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ValidationError(
+                        f"{field} has an object key that is not a string ({key!r:.40}); "
+                        "JSON would turn it into one"
+                    )
+                if isinstance(child, (dict, list, tuple)):
+                    stack.append((child, depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(
+                (child, depth + 1) for child in item if isinstance(child, (dict, list, tuple))
+            )
+
+
 def dumps(value: JSON, *, field: str = "value") -> str:
     """Serialise a JSON value the one way every store does.
 
     Raises `ValidationError` naming ``field`` for anything JSON cannot hold (sets,
-    objects, NaN, infinities) and for strings no store can keep (NUL characters, lone
-    surrogates).
+    objects, NaN, infinities, keys that are not strings, nesting deeper than
+    `MAX_DEPTH`) and for strings no store can keep (NUL characters, lone surrogates).
     """
+    check_shape(value, field=field)
     try:
         text = _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"{field} is not JSON-serialisable: {exc}") from None
     if not storable_text(text) or ("\\u0000" in text and _ESCAPED_NUL.search(text)):
         raise ValidationError(
@@ -98,9 +138,12 @@ def loads(text: str | bytes) -> JSON:
     Numbers written with a positive exponent that are whole (``1e+16``) come back as
     ints, as PostgreSQL's JSONB returns them.
     """
-    if isinstance(text, str):
-        return _DECODER.decode(text)
-    return json.loads(text, parse_float=_parse_float)
+    try:
+        if isinstance(text, str):
+            return _DECODER.decode(text)
+        return json.loads(text, parse_float=_parse_float)
+    except RecursionError:
+        raise ValidationError(f"JSON nested more than {MAX_DEPTH} levels deep") from None
 
 
 # One encoder and one decoder, made once: json.dumps and json.loads build a new one on

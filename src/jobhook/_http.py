@@ -13,6 +13,7 @@ import email.utils
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from datetime import timezone
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ __all__ = [
     "backend_message",
     "drive",
     "exchange",
+    "redact_url",
     "request_of",
     "retry_after_seconds",
 ]
@@ -279,6 +281,25 @@ def exchange(
         )
         yield Sleep(delay)
     return Exchange(response, error, attempt, may_have_arrived)
+
+
+def redact_url(url: str | httpx.URL) -> str:
+    """``url`` as it may be logged: every query value and any password replaced by
+    ``***``.
+
+    A callback URL's ``?token=`` is the credential of a token-only handler, and
+    backends' URLs may carry keys: no jobhook logger prints them.
+    """
+    parts = urllib.parse.urlsplit(str(url))
+    query = "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _ in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    netloc = parts.netloc
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def request_of(error: httpx.HTTPError | None) -> httpx.Request | None:

@@ -23,11 +23,20 @@ from typing import Any
 import attrs
 
 from jobhook._convert import normalize_json, storable_text
-from jobhook._ids import new_job_id
+from jobhook._ids import check_new_job_id, new_job_id
 from jobhook._models import JSON, Job, JobStatus, JobUpdate, Outcome
 from jobhook.exceptions import ValidationError
 
-__all__ = ["allowed_from", "changes", "check_id", "decide", "judge", "new_job", "transition"]
+__all__ = [
+    "allowed_from",
+    "changes",
+    "check_id",
+    "check_reason",
+    "decide",
+    "judge",
+    "new_job",
+    "transition",
+]
 
 
 def _check_name(value: object, field: str, *, optional: bool = False) -> None:
@@ -47,6 +56,13 @@ def check_id(value: object, field: str = "job_id") -> str:
     return value
 
 
+def check_reason(value: object) -> str:
+    """Refuse a dead letter's ``reason`` no store can keep (as `check_id` does)."""
+    _check_name(value, "reason")
+    assert isinstance(value, str)
+    return value
+
+
 def new_job(
     input: JSON,
     *,
@@ -58,12 +74,11 @@ def new_job(
 ) -> Job:
     """A new ``pending`` job, as every store creates it.
 
-    Raises `ValidationError` for a bad id, kind or owner, and for an input or metadata
+    Raises `ValidationError` for an id outside the job-id alphabet (see `jobhook._ids`),
+    a bad kind or owner, and for an input or metadata
     JSON cannot hold (the same way in every store, before anything is written).
     """
-    if job_id is None:
-        job_id = new_job_id()
-    _check_name(job_id, "job_id")
+    job_id = new_job_id() if job_id is None else check_new_job_id(job_id)
     _check_name(kind, "kind")
     _check_name(owner_id, "owner_id", optional=True)
     input = normalize_json(input, field="input")

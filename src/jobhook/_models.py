@@ -82,11 +82,27 @@ def _check_progress(_: object, attribute: attrs.Attribute[Any], value: float | N
         raise ValidationError(f"progress must be a number from 0 to 100, got {value!r}")
 
 
+#: The largest ``sequence`` every store keeps (a signed 64-bit column).
+MAX_SEQUENCE = 2**63 - 1
+#: The longest ``remote_id`` and ``JobError.code`` every store keeps (VARCHAR(255)).
+MAX_NAME = 255
+
+
 def _check_sequence(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"sequence must be a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQUENCE:
+        raise ValidationError(f"sequence must be an integer from 0 to 2**63-1, got {value!r:.80}")
+
+
+def _to_status(value: object) -> JobStatus:
+    if isinstance(value, JobStatus):
+        return value
+    try:
+        return JobStatus(value)
+    except ValueError:
+        names = ", ".join(s.value for s in JobStatus)
+        raise ValidationError(f"status must be one of {names}; got {value!r:.80}") from None
 
 
 def _to_float(value: Any) -> Any:
@@ -118,16 +134,26 @@ def _check_str(_: object, attribute: attrs.Attribute[Any], value: object) -> Non
         )
 
 
-def _check_optional_str(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+def _check_name(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_str(_, attribute, value)
+    assert isinstance(value, str)
+    if not value or len(value) > MAX_NAME:
+        raise ValidationError(
+            f"{attribute.name} must be 1 to {MAX_NAME} characters, got {len(value)}"
+        )
+
+
+def _check_optional_name(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
-        _check_str(_, attribute, value)
+        _check_name(_, attribute, value)
 
 
 @attrs.frozen
 class JobError:
-    """Why a job failed: a short machine-readable ``code`` and a human ``message``."""
+    """Why a job failed: a short machine-readable ``code`` (1 to 255 characters) and a
+    human ``message``."""
 
-    code: str = attrs.field(validator=_check_str)
+    code: str = attrs.field(validator=_check_name)
     message: str = attrs.field(default="", validator=_check_str)
 
 
@@ -137,17 +163,18 @@ class JobUpdate:
 
     ``progress`` is from 0 to 100; ``sequence`` orders ``running`` updates where the
     backend numbers them. Fields left ``None`` keep the job's current value.
-    Raises `ValidationError` for a progress outside 0..100 (or NaN) or a negative
-    sequence.
+    Raises `ValidationError` for an unknown status, a progress outside 0..100 (or
+    NaN), a sequence outside 0..2**63-1, or a ``remote_id`` that is empty or longer
+    than 255 characters: what no store can keep is refused before anything is written.
     """
 
-    status: JobStatus = attrs.field(converter=JobStatus)
+    status: JobStatus = attrs.field(converter=_to_status)
     progress: float | None = attrs.field(
         default=None, converter=_to_float, validator=_check_progress
     )
     output: JSON = None
     error: JobError | None = None
-    remote_id: str | None = attrs.field(default=None, validator=_check_optional_str)
+    remote_id: str | None = attrs.field(default=None, validator=_check_optional_name)
     sequence: int | None = attrs.field(default=None, validator=_check_sequence)
 
 

@@ -17,7 +17,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
-from jobhook._convert import converter
+from jobhook._convert import MAX_DEPTH, converter
 from jobhook._models import JSON, JobError, JobStatus, JobUpdate
 from jobhook.exceptions import PayloadError, ValidationError
 
@@ -143,7 +143,6 @@ def parse_body(body: bytes) -> JSON:
     return data
 
 
-MAX_DEPTH = 100
 # Escapes that may decode to text no store can keep: NUL (PostgreSQL refuses it) and
 # surrogates (valid only in pairs). Raw control characters are already refused by JSON.
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")

@@ -21,19 +21,22 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from jobhook._ids import DELIVERY_ID_RULE, is_delivery_id
 from jobhook.exceptions import SignatureError, ValidationError
 
 __all__ = [
     "Headers",
     "Secrets",
     "callback_token",
+    "delivery_id_header",
     "new_webhook_secret",
     "parse_secrets",
     "parse_token_secrets",
     "sign_webhook",
+    "verified_delivery_id",
     "verify_callback_token",
     "verify_webhook",
 ]
@@ -56,9 +59,6 @@ _SECRET_SHAPE = (
 )
 # Integer Unix seconds only: int() would also take " 12", "+12", "1_2" and non-ASCII digits.
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
-# Delivery ids are stored (VARCHAR 255) and signed as UTF-8; frameworks decode header
-# bytes as Latin-1, so only ASCII ids survive the trip unchanged.
-_MSG_ID = re.compile(r"[\x21-\x7e]{1,255}")
 _TOKEN_CONTEXT = b"jobhook-callback-token:"
 
 
@@ -132,10 +132,8 @@ def sign_webhook(
     key = parse_secrets(secret)[0]
     if msg_id is None:
         msg_id = f"msg_{uuid.uuid4().hex}"
-    if not isinstance(msg_id, str) or not _MSG_ID.fullmatch(msg_id):
-        raise ValidationError(
-            f"msg_id must be 1 to 255 visible ASCII characters, got {msg_id!r:.80}"
-        )
+    if not is_delivery_id(msg_id):
+        raise ValidationError(f"msg_id: {DELIVERY_ID_RULE}, got {msg_id!r:.80}")
     if timestamp is None:
         timestamp = int(time.time())
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
@@ -154,7 +152,7 @@ def _lowered(headers: Headers) -> dict[str, object]:
     return {k.lower(): v for k, v in headers.items() if isinstance(k, str)}
 
 
-def _header(headers: dict[str, object], name: str) -> str:
+def _header(headers: Mapping[str, object], name: str) -> str:
     value = headers.get(name)
     if value is None:
         raise SignatureError(f"missing {name} header")
@@ -210,13 +208,41 @@ def verify_webhook(
     signature version, a timestamp outside the tolerance or no matching signature;
     `ValidationError` for a malformed secret.
     """
-    keys = parse_secrets(secret_or_secrets)
-    lowered = _lowered(headers)
-    msg_id = _header(lowered, "webhook-id")
-    stamp = _header(lowered, "webhook-timestamp")
-    signatures = _signatures(_header(lowered, "webhook-signature"))
-    if not _MSG_ID.fullmatch(msg_id):
-        raise SignatureError("malformed webhook-id header: expected 1 to 255 ASCII characters")
+    verified_delivery_id(
+        parse_secrets(secret_or_secrets), _lowered(headers), body, tolerance=tolerance, now=now
+    )
+
+
+def delivery_id_header(headers: Mapping[str, object]) -> str | None:
+    """The ``webhook-id`` of lower-cased ``headers`` exactly as sent, or ``None``.
+
+    Raises `SignatureError` for one that is not a well-formed delivery id. Nothing is
+    stripped: the id that is signed, checked and recorded is the one that came.
+    """
+    value = headers.get("webhook-id")
+    if value is None:
+        return None
+    if not is_delivery_id(value):
+        raise SignatureError(f"malformed webhook-id header: {DELIVERY_ID_RULE}")
+    assert isinstance(value, str)
+    return value
+
+
+def verified_delivery_id(
+    keys: tuple[bytes, ...],
+    headers: Mapping[str, object],
+    body: bytes | str,
+    *,
+    tolerance: float | None,
+    now: float | None,
+) -> str:
+    """`verify_webhook` for decoded keys and lower-cased headers; returns the
+    ``webhook-id`` that the matching signature covers."""
+    msg_id = delivery_id_header(headers)
+    if msg_id is None:
+        raise SignatureError("missing webhook-id header")
+    stamp = _header(headers, "webhook-timestamp")
+    signatures = _signatures(_header(headers, "webhook-signature"))
     if not _TIMESTAMP.fullmatch(stamp):
         raise SignatureError("malformed webhook-timestamp header: expected Unix seconds")
     if tolerance is not None:
@@ -235,6 +261,7 @@ def verify_webhook(
             matched |= hmac.compare_digest(expected, candidate)
     if not matched:
         raise SignatureError("no matching signature")
+    return msg_id
 
 
 def parse_token_secrets(token_secret: Secrets) -> tuple[bytes, ...]:

@@ -9,34 +9,43 @@ table of answers is in the `WebhookHandler` docstring.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
 
 import attrs
 
-from jobhook._models import ApplyResult, DeadLetter, Job, JobEvent, JobUpdate, Outcome
+from jobhook._ids import check_delivery_id
+from jobhook._models import ApplyResult, Job, JobEvent, JobUpdate, Outcome
 from jobhook._payloads import PayloadFormat, payload_parser
 from jobhook._signing import (
     Headers,
     Secrets,
+    delivery_id_header,
     parse_secrets,
     parse_token_secrets,
+    verified_delivery_id,
     verify_callback_token,
-    verify_webhook,
 )
 from jobhook.exceptions import PayloadError, SignatureError, StoreUnavailableError, ValidationError
 
-__all__ = ["Listener", "WebhookHandler", "WebhookResponse"]
+__all__ = ["DeliveryIds", "Listener", "WebhookHandler", "WebhookResponse", "content_delivery_id"]
 
 logger = logging.getLogger("jobhook")
 
 #: Called once per applied update, after commit: ``listener(event, job)``. For
 #: `WebhookHandler.ahandle` it may be a coroutine function.
 Listener = Callable[[JobEvent, Job], Any]
+
+#: Where a delivery's id (its dedupe key) comes from; see `WebhookHandler`. A callable
+#: gets the lower-cased headers, the raw body and the job id, and returns the id.
+DeliveryIds = (
+    Literal["auto", "header", "content"] | Callable[[Mapping[str, object], bytes, str], str]
+)
 
 _JSON_HEADERS = {"content-type": "application/json"}
 _MAX_ID = 255
@@ -62,7 +71,7 @@ class _Delivery:
 
     job_id: str
     update: JobUpdate
-    delivery_id: str | None
+    delivery_id: str
     body: bytes
 
 
@@ -98,11 +107,13 @@ def _job_id(
     return effective, None
 
 
-def _is_kept(letters: Sequence[DeadLetter], delivery: _Delivery) -> bool:
-    # A sender retrying a 404 must not pile up one dead letter per attempt.
-    return delivery.delivery_id is not None and any(
-        letter.delivery_id == delivery.delivery_id for letter in letters
-    )
+def content_delivery_id(job_id: str, body: bytes) -> str:
+    """The delivery id of a delivery that brings none: ``sha256:`` and the hex SHA-256
+    of the job id and the raw body. A sender's retry of the same delivery gets the same
+    id (and is dropped as a duplicate); a delivery that says anything new gets another.
+    """
+    digest = hashlib.sha256(job_id.encode("utf-8", "surrogatepass") + b"\n" + body)
+    return "sha256:" + digest.hexdigest()
 
 
 class WebhookHandler:
@@ -127,6 +138,16 @@ class WebhookHandler:
     is deliberately unsigned). With both, both are required. Building a handler with
     neither raises `ValidationError` unless ``allow_unsigned=True``.
 
+    Every delivery has one delivery id, its dedupe key, chosen by ``delivery_ids``:
+    ``"auto"`` (the default) takes the ``webhook-id`` header exactly as sent (with
+    ``secret``, the id the signature covers) and, when a sender sends none (token-only
+    backends such as Cog or RunPod), `content_delivery_id` of the job id and the body,
+    so that a retry of the same delivery is a duplicate; ``"header"`` requires the
+    header (400 without it); ``"content"`` always derives the id from the content; a
+    callable ``(headers, body, job_id) -> str`` is the app's own rule. A ``webhook-id``
+    that is not 1 to 255 visible ASCII characters is refused (401 when signed, else
+    400), never stripped or repaired.
+
     ``handle`` and ``ahandle`` never raise for any headers or body and never answer
     500. The handler holds no mutable state: it is as thread-safe as its store.
     Secrets never appear in its repr or in logs.
@@ -144,6 +165,7 @@ class WebhookHandler:
         listeners: Iterable[Listener] = (),
         allow_unsigned: bool = False,
         payload_format: PayloadFormat = "jobhook",
+        delivery_ids: DeliveryIds = "auto",
     ) -> None:
         if secret is None and token_secret is None and not allow_unsigned:
             raise ValidationError(
@@ -159,6 +181,11 @@ class WebhookHandler:
             raise ValidationError(f"max_body_bytes must be an integer, got {max_body_bytes!r}")
         if max_body_bytes < 1:
             raise ValidationError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        if not callable(delivery_ids) and delivery_ids not in ("auto", "header", "content"):
+            raise ValidationError(
+                "delivery_ids must be 'auto', 'header', 'content' or a callable, "
+                f"got {delivery_ids!r}"
+            )
         if payload_format == "replicate" and secret is not None and token_secret is None:
             raise ValidationError(
                 "replicate payloads name no job id, so the job id in the callback URL must "
@@ -174,6 +201,7 @@ class WebhookHandler:
         self._parse = payload_parser(payload_format)
         self._format_name = payload_format if isinstance(payload_format, str) else "custom"
         self._async_store = inspect.iscoroutinefunction(getattr(store, "apply", None))
+        self._delivery_ids = delivery_ids
 
     @property
     def max_body_bytes(self) -> int:
@@ -207,11 +235,17 @@ class WebhookHandler:
         if job_id is not None and not isinstance(job_id, str):
             # A route converter (``<int:job_id>``) would otherwise reach the token HMAC.
             return self._reject(400, "the job id in the URL must be a string", None, None)
-        lowered = {k.lower(): v for k, v in headers.items() if isinstance(k, str)}
+        lowered: dict[str, object] = {
+            k.lower(): v for k, v in headers.items() if isinstance(k, str)
+        }
+        # Logged with refusals: what the header says, shown with repr and never trusted.
         header_id = lowered.get("webhook-id")
+        if not isinstance(header_id, str):
+            header_id = None
+        signed_id: str | None = None
         try:
             if self._keys:
-                verify_webhook(
+                signed_id = verified_delivery_id(
                     self._keys, lowered, body, tolerance=self._tolerance, now=self._clock()
                 )
             if self._token_keys:
@@ -230,9 +264,32 @@ class WebhookHandler:
         if error is not None:
             return self._reject(400, error, job_id, header_id)
         assert effective is not None
-        if header_id is not None and not _valid_id(header_id):
-            return self._reject(400, f"a webhook-id is 1 to {_MAX_ID} characters", job_id, None)
-        return _Delivery(effective, parsed.update, header_id, body)
+        try:
+            delivery_id = self._delivery_id(lowered, signed_id, effective, body)
+        except SignatureError as exc:
+            return self._reject(400, str(exc), job_id, None)
+        return _Delivery(effective, parsed.update, delivery_id, body)
+
+    def _delivery_id(
+        self, headers: Mapping[str, object], signed_id: str | None, job_id: str, body: bytes
+    ) -> str:
+        """The delivery's dedupe key: exactly the id that was verified, when signed.
+
+        Raises `SignatureError` for a malformed ``webhook-id`` or, with
+        ``delivery_ids="header"``, a missing one.
+        """
+        source = self._delivery_ids
+        if callable(source):
+            # The app's own rule; a malformed answer is its bug (503), not the sender's.
+            return check_delivery_id(source(headers, body, job_id), "delivery_ids()")
+        if source == "content":
+            return content_delivery_id(job_id, body)
+        header = signed_id if signed_id is not None else delivery_id_header(headers)
+        if header is not None:
+            return header
+        if source == "header":
+            raise SignatureError("missing webhook-id header (the handler dedupes by it)")
+        return content_delivery_id(job_id, body)
 
     def _respond(self, delivery: _Delivery, result: ApplyResult) -> WebhookResponse:
         """The answer for the store's ``result`` (pure, apart from the log line)."""
@@ -326,9 +383,8 @@ class WebhookHandler:
         result: ApplyResult = store.apply(
             delivery.job_id, delivery.update, delivery_id=delivery.delivery_id
         )
-        if result.outcome is Outcome.NOT_FOUND and not _is_kept(
-            store.dead_letters(job_id=delivery.job_id), delivery
-        ):
+        if result.outcome is Outcome.NOT_FOUND:
+            # Kept once per delivery id: a sender retrying its 404 adds nothing.
             store.add_dead_letter(
                 delivery.job_id,
                 delivery.update,
@@ -392,9 +448,7 @@ class WebhookHandler:
         result: ApplyResult = await store.apply(
             delivery.job_id, delivery.update, delivery_id=delivery.delivery_id
         )
-        if result.outcome is Outcome.NOT_FOUND and not _is_kept(
-            await store.dead_letters(job_id=delivery.job_id), delivery
-        ):
+        if result.outcome is Outcome.NOT_FOUND:
             await store.add_dead_letter(
                 delivery.job_id,
                 delivery.update,

@@ -26,6 +26,7 @@ from jobhook._http import (
     asyncio_sleep,
     drive,
     exchange,
+    redact_url,
 )
 from jobhook._signing import parse_secrets, sign_webhook
 from jobhook.exceptions import ValidationError
@@ -114,8 +115,9 @@ class _BaseSender:
 
 def _report(end: Exchange, msg_id: str, url: str) -> DeliveryReport:
     response = end.response
+    shown = redact_url(url)  # a callback URL's ?token= is a credential
     if response is not None and response.is_success:
-        log.info("callback %s to %s delivered (HTTP %d)", msg_id, url, response.status_code)
+        log.info("callback %s to %s delivered (HTTP %d)", msg_id, shown, response.status_code)
         return DeliveryReport(True, end.attempts, response.status_code, None, msg_id)
     if response is not None:
         error = f"HTTP {response.status_code}: {response.text.strip()[:200]}"
@@ -124,7 +126,11 @@ def _report(end: Exchange, msg_id: str, url: str) -> DeliveryReport:
         error = f"{type(end.error).__name__}: {end.error}"
         status = None
     log.warning(
-        "callback %s to %s not delivered after %d attempt(s): %s", msg_id, url, end.attempts, error
+        "callback %s to %s not delivered after %d attempt(s): %s",
+        msg_id,
+        shown,
+        end.attempts,
+        error.replace(url, shown),
     )
     return DeliveryReport(False, end.attempts, status, error, msg_id)
 

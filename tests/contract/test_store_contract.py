@@ -408,7 +408,8 @@ def test_dead_letters_oldest_first_and_limited(store: Any) -> None:
 def test_unstorable_text_is_refused_everywhere(store: Any, call: Any) -> None:
     # PostgreSQL cannot store NUL or lone surrogates in text or JSONB: no store accepts them.
     store.create({}, job_id="j")
-    with pytest.raises(ValidationError, match="NUL"):
+    # Ids have stricter alphabets of their own, which refuse NUL as well.
+    with pytest.raises(ValidationError, match="NUL|job id is|delivery id is"):
         call(store)
     assert [j.id for j in store.list()] == ["j"]
     assert store.events() == []

@@ -249,7 +249,10 @@ class DirectRunner:
             return False
         lost = self.dialect.is_disconnect(exc, connection.dbapi_connection, cursor)  # type: ignore[arg-type]
         if lost:
-            connection.invalidate(exc)
+            # As `Connection` does on a disconnect: invalidate the whole pool, since
+            # its other connections are most likely just as gone (a database restart),
+            # so that one disconnect costs one failure, not one per pooled connection.
+            self.engine.pool._invalidate(connection, exc)
         else:
             self._abandon(connection)
         return bool(lost)

@@ -103,6 +103,17 @@ class Tables:
             sa.Column("received_at", _TIMESTAMP, nullable=False),
             sa.Column("replayed_at", _TIMESTAMP, nullable=True),
         )
+        # One letter per delivery id: a sender retrying a 404 adds nothing (NULLs, for
+        # letters kept without an id, do not collide).
+        sa.Index(f"ux_{prefix}dead_letters_delivery", self.dead_letters.c.delivery_id, unique=True)
+
+    def create(self, conn: sa.Connection) -> None:
+        """Create what does not exist yet: tables, and indexes added to existing tables
+        since they were made (idempotent)."""
+        self.metadata.create_all(conn, checkfirst=True)
+        for table in self.metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
 
 
 def sync_url(url: str | URL) -> URL:

@@ -9,8 +9,8 @@ from datetime import datetime
 import attrs
 
 from jobhook._convert import normalize_json
-from jobhook._ids import utcnow
-from jobhook._lifecycle import check_id, decide, new_job
+from jobhook._ids import check_delivery_id, utcnow
+from jobhook._lifecycle import check_id, check_reason, decide, new_job
 from jobhook._models import (
     JSON,
     ApplyResult,
@@ -58,6 +58,7 @@ class InMemoryJobStore:
         self._deliveries: set[str] = set()
         self._events: list[JobEvent] = []
         self._dead_letters: list[DeadLetter] = []
+        self._letters_by_delivery: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<InMemoryJobStore jobs={len(self._jobs)}>"
@@ -123,7 +124,7 @@ class InMemoryJobStore:
     ) -> ApplyResult:
         check_id(job_id)
         if delivery_id is not None:
-            check_id(delivery_id, "delivery_id")
+            check_delivery_id(delivery_id)
         output = normalize_json(update.output, field="output")
         if output is not update.output:
             update = attrs.evolve(update, output=output)
@@ -182,9 +183,16 @@ class InMemoryJobStore:
     ) -> DeadLetter:
         check_id(job_id)
         if delivery_id is not None:
-            check_id(delivery_id, "delivery_id")
+            check_delivery_id(delivery_id)
+        check_reason(reason)
         update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
         with self._lock:
+            if delivery_id is not None:
+                kept = self._letters_by_delivery.get(delivery_id)
+                if kept is not None:
+                    # One letter per delivery: a sender retrying a 404 adds nothing.
+                    return self._dead_letters[kept - 1]
+                self._letters_by_delivery[delivery_id] = len(self._dead_letters) + 1
             letter = DeadLetter(
                 id=len(self._dead_letters) + 1,
                 job_id=job_id,

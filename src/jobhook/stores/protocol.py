@@ -33,8 +33,10 @@ class JobStore(Protocol):
     ) -> Job:
         """Create and commit a ``pending`` job and return it.
 
-        Raises `JobExistsError` for a taken ``job_id`` and `ValidationError` for an
-        input or metadata that JSON cannot hold. Nothing is written on error.
+        Raises `JobExistsError` for a taken ``job_id``, and `ValidationError` for a
+        ``job_id`` outside the job-id alphabet (1 to 255 of ``A-Z a-z 0-9 - . _ ~``,
+        not ``.`` or ``..``: it must survive a URL path) or an input or metadata that
+        JSON cannot hold. Nothing is written on error.
         """
         ...
 
@@ -83,7 +85,12 @@ class JobStore(Protocol):
         body: bytes = b"",
         reason: str = "not_found",
     ) -> DeadLetter:
-        """Keep a delivery that named an unknown job."""
+        """Keep a delivery that named an unknown job, once per ``delivery_id``.
+
+        Atomic and idempotent: when a letter with this ``delivery_id`` is kept already
+        (a sender retrying its 404), that letter is returned and nothing is written.
+        Letters without a delivery id are each kept.
+        """
         ...
 
     def dead_letters(

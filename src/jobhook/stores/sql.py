@@ -26,8 +26,8 @@ from sqlalchemy.engine import URL, CursorResult, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from jobhook._convert import dumps, update_from_dict, update_to_dict
-from jobhook._ids import utcnow
-from jobhook._lifecycle import allowed_from, changes, check_id, judge, new_job
+from jobhook._ids import check_delivery_id, utcnow
+from jobhook._lifecycle import allowed_from, changes, check_id, check_reason, judge, new_job
 from jobhook._models import (
     JSON,
     ApplyResult,
@@ -42,6 +42,7 @@ from jobhook._models import (
 from jobhook.exceptions import (
     DeadLetterNotFoundError,
     JobExistsError,
+    JobhookError,
     JobNotFoundError,
     StoreUnavailableError,
     ValidationError,
@@ -253,7 +254,15 @@ class _Operations:
             .limit(sa.bindparam("limit"))
         )
         dl = tables.dead_letters
-        self.insert_dead_letter = sa.insert(dl).values(_bound(dl, id=None)).returning(*dl.c)
+        self.insert_dead_letter = (
+            insert(dl)
+            .values(_bound(dl, id=None))
+            .on_conflict_do_nothing(index_elements=["delivery_id"])
+            .returning(*dl.c)
+        )
+        self.select_dead_letter_of = sa.select(dl).where(
+            dl.c.delivery_id == sa.bindparam("delivery_id")
+        )
         self.select_dead_letter = sa.select(dl).where(dl.c.id == sa.bindparam("id"))
         self.mark_replayed = (
             sa.update(dl)
@@ -502,7 +511,7 @@ class _Operations:
         # Refuse what no store can keep before anything is written.
         check_id(job_id)
         if delivery_id is not None:
-            check_id(delivery_id, "delivery_id")
+            check_delivery_id(delivery_id)
         _check_output(update)
         now = utcnow()
         values = changes(update)
@@ -599,9 +608,10 @@ class _Operations:
     ) -> Steps[DeadLetter]:
         check_id(job_id)
         if delivery_id is not None:
-            check_id(delivery_id, "delivery_id")
+            check_delivery_id(delivery_id)
+        check_reason(reason)
         _check_output(update)
-        (row,) = yield (
+        rows = yield (
             self.insert_dead_letter,
             {
                 "job_id": job_id,
@@ -613,7 +623,10 @@ class _Operations:
                 "replayed_at": None,
             },
         )
-        return _dead_letter_from_row(row)
+        if not rows:
+            # This delivery is kept already (the unique key on delivery_id said so).
+            rows = yield self.select_dead_letter_of, {"delivery_id": delivery_id}
+        return _dead_letter_from_row(rows[0])
 
     def dead_letters(
         self, job_id: str | None, include_replayed: bool, limit: int
@@ -638,26 +651,44 @@ class _Operations:
         return result
 
 
-_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+def _missing_tables(exc: sa_exc.DBAPIError) -> bool:
+    # SQLite says "no such table"; PostgreSQL raises UndefinedTable (SQLSTATE 42P01).
+    return "no such table" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "42P01"
 
 
-def _unavailable(exc: Exception) -> StoreUnavailableError:
-    text = str(getattr(exc, "orig", exc))
-    if "no such table" in text or "does not exist" in text:
+def _store_error(exc: Exception, url: URL) -> JobhookError:
+    """The one mapping of a database failure onto jobhook's errors (sync and async).
+
+    A value the database refused is a `ValidationError`; everything else (lost or
+    refused connections, timeouts, missing tables, a file that is not a database) is
+    a `StoreUnavailableError` whose message says what is wrong and where.
+    """
+    where = url.render_as_string(hide_password=True)
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    if isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)):
+        return ValidationError(f"the database refused a value: {text}")
+    if isinstance(exc, sa_exc.DBAPIError) and _missing_tables(exc):
         return StoreUnavailableError(
-            "the jobhook tables are missing: call store.create_schema() "
-            f"or run `jobhook db init` ({text.strip()})"
+            f"the jobhook tables are missing in {where}: call store.create_schema() "
+            f"or run `jobhook db init --db {where}` ({text})"
         )
-    return StoreUnavailableError(f"the database is unavailable: {text.strip()}")
+    return StoreUnavailableError(f"the database {where} is unavailable: {text}")
 
 
-def _is_unavailable(exc: Exception) -> bool:
-    if isinstance(exc, _UNAVAILABLE):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    # PostgreSQL: a missing table is a ProgrammingError (UndefinedTable).
-    return isinstance(exc, sa_exc.ProgrammingError) and "does not exist" in str(exc.orig)
+#: What `_store_error` maps: driver errors, pool timeouts, and OSError (which some
+#: async drivers raise unwrapped when a connection is refused).
+_DATABASE_ERRORS = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError)
+
+
+def _engine(create: Callable[..., T], url: URL, extra: str) -> T:
+    """``create(url, …)``, with a missing driver named along with the extra to install."""
+    try:
+        return create(url, **engine_options(url))
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"{url.drivername} URLs need the {exc.name!r} driver: pip install 'jobhook[{extra}]'",
+            name=exc.name,
+        ) from exc
 
 
 class SQLJobStore:
@@ -681,7 +712,8 @@ class SQLJobStore:
             self._owns_engine = False
         else:
             url = sync_url(url_or_engine)
-            self.engine = sa.create_engine(url, **engine_options(url))
+            extra = "postgres" if url.get_backend_name() == "postgresql" else "all"
+            self.engine = _engine(sa.create_engine, url, extra)
             self._owns_engine = True
         install_sqlite_pragmas(self.engine)
         if not self._owns_engine:
@@ -704,9 +736,10 @@ class SQLJobStore:
     def create_schema(self) -> None:
         """Create the tables and indexes that do not exist yet (idempotent)."""
         try:
-            self.tables.metadata.create_all(self.engine, checkfirst=True)
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc) from exc
+            with self.engine.begin() as conn:
+                self.tables.create(conn)
+        except _DATABASE_ERRORS as exc:
+            raise _store_error(exc, self.engine.url) from exc
 
     def _run(
         self, steps: Steps[T], *, write: bool, static: bool = True, standalone: bool = False
@@ -727,12 +760,8 @@ class SQLJobStore:
                 except _Rollback as rollback:
                     result: T = rollback.value
                     return result
-        except sa_exc.DBAPIError as exc:
-            if _is_unavailable(exc):
-                raise _unavailable(exc) from exc
-            raise
-        except sa_exc.TimeoutError as exc:
-            raise _unavailable(exc) from exc
+        except _DATABASE_ERRORS as exc:
+            raise _store_error(exc, self.engine.url) from exc
 
     def create(
         self,
@@ -848,7 +877,7 @@ class AsyncSQLJobStore:
             self._owns_engine = False
         else:
             url = async_url(url_or_engine)
-            self.engine = create_async_engine(url, **engine_options(url))
+            self.engine = _engine(create_async_engine, url, "async")
             self._owns_engine = True
         install_sqlite_pragmas(self.engine.sync_engine)
         self.tables = Tables(table_prefix)
@@ -866,9 +895,9 @@ class AsyncSQLJobStore:
         """Create the tables and indexes that do not exist yet (idempotent)."""
         try:
             async with self.engine.begin() as conn:
-                await conn.run_sync(self.tables.metadata.create_all, checkfirst=True)
-        except _UNAVAILABLE as exc:
-            raise _unavailable(exc) from exc
+                await conn.run_sync(self.tables.create)
+        except _DATABASE_ERRORS as exc:
+            raise _store_error(exc, self.engine.url) from exc
 
     async def _run(self, steps: Steps[T], *, write: bool) -> T:
         try:
@@ -881,12 +910,8 @@ class AsyncSQLJobStore:
                 except _Rollback as rollback:
                     result: T = rollback.value
                     return result
-        except sa_exc.DBAPIError as exc:
-            if _is_unavailable(exc):
-                raise _unavailable(exc) from exc
-            raise
-        except (sa_exc.TimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        except _DATABASE_ERRORS as exc:
+            raise _store_error(exc, self.engine.url) from exc
 
     async def create(
         self,
