@@ -67,6 +67,7 @@ OK, MISSING, BAD, UNAUTHORIZED = (frozenset({s}) for s in (200, 404, 400, 401))
 RANK = {s.value: s.rank for s in JobStatus}
 TERMINAL = {s.value for s in JobStatus if s.terminal}
 ID_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+WINDOW = 300  # jobs in play at any one time (see Generator.target)
 
 
 def clock() -> float:
@@ -229,6 +230,7 @@ class Generator:
         self.pool: list[Case] = []
         self.serial = 0
         self.index = 0
+        self.count = 1
 
     # -- building blocks ---------------------------------------------------------------
 
@@ -237,7 +239,16 @@ class Generator:
         return f"msg_{self.serial}_{self.rng.getrandbits(32):08x}"
 
     def target(self) -> str:
-        return self.rng.choice(self.ghosts if self.rng.random() < 0.12 else self.known)
+        """An unknown job now and then; else mostly one of the jobs in a window that
+        slides over them during the run, so that jobs keep going from pending through
+        running to their end (terminal jobs only answer stale and conflict)."""
+        rng = self.rng
+        if rng.random() < 0.12:
+            return rng.choice(self.ghosts)
+        if rng.random() < 0.1 or len(self.known) <= WINDOW:
+            return rng.choice(self.known)
+        start = (len(self.known) - WINDOW) * self.index // max(1, self.count - 1)
+        return self.known[start + rng.randrange(WINDOW)]
 
     def expect_for(self, target: str) -> frozenset[int]:
         return OK if target in self.known_set else MISSING
@@ -338,6 +349,7 @@ class Generator:
 
     def cases(self, count: int) -> Iterator[Case]:
         rng = self.rng
+        self.count = count
         makers: list[Callable[[], Case]] = [
             self.valid,
             self.replay,
@@ -1094,11 +1106,11 @@ def run(
 ) -> Report:
     """Drive ``cases`` generated deliveries through a fresh ``store`` in ``mode``.
 
-    ``jobs`` are created first (default: max(300, cases / 50)); ``reference`` is another
+    ``jobs`` are created first (default: max(300, cases / 20)); ``reference`` is another
     store's answers for the same seed, which these must equal; SQLite files go under
     ``tmpdir`` (default: the system's temporary directory).
     """
-    jobs = jobs if jobs is not None else max(300, cases // 50)
+    jobs = jobs if jobs is not None else max(WINDOW, cases // 20)
     known = [f"job-{n:05d}" if n % 7 else f"J~{n}.x_y" for n in range(jobs)]
     ghosts = [f"ghost-{n:04d}" for n in range(max(20, jobs // 10))]
     report = Report(store, mode, seed, cases, jobs)
@@ -1259,7 +1271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="sync,async", help="comma-separated: sync, async")
     parser.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
     parser.add_argument(
-        "--jobs", type=int, default=None, help="jobs created first (default: max(300, cases/50))"
+        "--jobs", type=int, default=None, help="jobs created first (default: max(300, cases/20))"
     )
     parser.add_argument("--postgres-url", default=os.environ.get("JOBHOOK_TEST_POSTGRES_URL"))
     parser.add_argument("--tmpdir", default=None, help="where SQLite files go (e.g. /dev/shm)")
