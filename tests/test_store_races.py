@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from jobhook import ApplyResult, JobError, JobStatus, JobUpdate, Outcome
+from jobhook import (
+    ApplyResult,
+    JobError,
+    JobStatus,
+    JobUpdate,
+    Outcome,
+    WebhookHandler,
+    sign_webhook,
+)
 
 from .conftest import SyncFacade
 
@@ -130,3 +138,56 @@ def test_tasks_race_on_one_async_store(make_store: Any, kind: str) -> None:
     results = facade.runner.run(main())
     assert len(results) == len(stream)
     check(facade, job_ids, results)
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def _retries_of_one_404(rounds: int = WORKERS) -> list[tuple[dict[str, str], bytes]]:
+    body = b'{"job_id": "not-yet", "status": "succeeded"}'
+    # The sender re-signs each attempt (fresh timestamp), under the same webhook-id.
+    return [
+        (sign_webhook(SECRET, body, msg_id="msg_404", timestamp=1_700_000_000 + n), body)
+        for n in range(rounds)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "sqlite-core", "postgres", "postgres-core"])
+def test_concurrent_retries_of_one_404_keep_one_dead_letter(make_store: Any, kind: str) -> None:
+    store = make_store(kind)
+    handler = WebhookHandler(store, secret=SECRET, clock=lambda: 1_700_000_000.0)
+    barrier = threading.Barrier(WORKERS)
+    statuses: list[int] = []
+
+    def retry(headers: dict[str, str], body: bytes) -> None:
+        barrier.wait()
+        statuses.append(handler.handle(headers, body).status)
+
+    threads = [threading.Thread(target=retry, args=d) for d in _retries_of_one_404()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [404] * WORKERS
+    [letter] = store.dead_letters()
+    assert letter.delivery_id == "msg_404"
+
+
+@pytest.mark.parametrize(
+    "kind", ["async-memory", "async-sqlite", "async-postgres", "async-postgres-asyncpg"]
+)
+def test_concurrent_async_retries_of_one_404_keep_one_dead_letter(
+    make_store: Any, kind: str
+) -> None:
+    facade: SyncFacade = make_store(kind)
+    handler = WebhookHandler(facade.inner, secret=SECRET, clock=lambda: 1_700_000_000.0)
+
+    async def main() -> list[int]:
+        answers = await asyncio.gather(
+            *(handler.ahandle(headers, body) for headers, body in _retries_of_one_404())
+        )
+        return [a.status for a in answers]
+
+    assert facade.runner.run(main()) == [404] * WORKERS
+    [letter] = facade.dead_letters()
+    assert letter.delivery_id == "msg_404"

@@ -105,10 +105,51 @@ def test_metadata_must_be_a_json_object(store: Any) -> None:
     assert store.list() == []
 
 
-@pytest.mark.parametrize("bad_id", ["", 42, "x" * 256])
+@pytest.mark.parametrize(
+    "bad_id",
+    ["", 42, "x" * 256, "a/b", ".", "..", "a b", "café-1", "a?b", "a#b", "a%2Fb", "a\\b"],
+)
 def test_bad_job_id_is_refused(store: Any, bad_id: Any) -> None:
+    # A job id must survive a callback URL's path: the one alphabet, in every store.
     with pytest.raises(ValidationError, match="job_id"):
         store.create({}, job_id=bad_id)
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("good_id", ["a", "A-z_0.9~", "x" * 255, "...", "a..b", ".hidden"])
+def test_url_path_safe_job_ids_are_kept(store: Any, good_id: str) -> None:
+    assert store.create({}, job_id=good_id).id == good_id
+    assert store.get(good_id).id == good_id
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({1: "a", "1": "b"}, "not a string"),
+        ({"k": [{2: 0}]}, "not a string"),
+        ({None: 1}, "not a string"),
+        ("deep", "nested more than"),
+    ],
+)
+def test_json_that_would_change_or_overflow_is_refused_everywhere(
+    store: Any, value: Any, message: str
+) -> None:
+    if value == "deep":
+        value = []
+        for _ in range(1_000):
+            value = [value]
+    with pytest.raises(ValidationError, match=message):
+        store.create(value)
+    with pytest.raises(ValidationError, match=message):
+        store.create({}, metadata={"m": value})
+    job = store.create({})
+    with pytest.raises(ValidationError, match=message):
+        store.apply(job.id, JobUpdate("succeeded", output=value))
+    with pytest.raises(ValidationError, match=message):
+        store.add_dead_letter("gone", JobUpdate("succeeded", output=value))
+    assert [j.version for j in store.list()] == [1]
+    assert store.events() == []
+    assert store.dead_letters() == []
 
 
 def test_json_round_trip_is_the_same_everywhere(store: Any) -> None:
@@ -409,7 +450,7 @@ def test_unstorable_text_is_refused_everywhere(store: Any, call: Any) -> None:
     # PostgreSQL cannot store NUL or lone surrogates in text or JSONB: no store accepts them.
     store.create({}, job_id="j")
     # Ids have stricter alphabets of their own, which refuse NUL as well.
-    with pytest.raises(ValidationError, match="NUL|job id is|delivery id is"):
+    with pytest.raises(ValidationError, match=r"NUL|job id is|delivery id is"):
         call(store)
     assert [j.id for j in store.list()] == ["j"]
     assert store.events() == []
@@ -429,3 +470,39 @@ def test_nul_in_output_or_error_is_refused(store: Any) -> None:
     # A backslash followed by "u0000" is ordinary text, not a NUL.
     assert store.apply(job.id, JobUpdate("succeeded", output={"text": "\\u0000"})).applied
     assert store.get(job.id).output == {"text": "\\u0000"}
+
+
+def test_one_dead_letter_per_delivery_id(store: Any) -> None:
+    first = store.add_dead_letter("gone", JobUpdate("running"), delivery_id="d-1", body=b"1")
+    again = store.add_dead_letter("gone", JobUpdate("succeeded"), delivery_id="d-1", body=b"2")
+    assert again == first
+    assert [d.id for d in store.dead_letters()] == [first.id]
+    # Letters without a delivery id are each kept.
+    store.add_dead_letter("gone", JobUpdate("running"))
+    store.add_dead_letter("gone", JobUpdate("running"))
+    assert len(store.dead_letters()) == 3
+
+
+def test_past_a_hundred_letters_for_a_job_a_retry_still_adds_nothing(store: Any) -> None:
+    for n in range(101):
+        store.add_dead_letter("gone", JobUpdate("running"), delivery_id=f"d-{n}")
+    store.add_dead_letter("gone", JobUpdate("running"), delivery_id="d-0")
+    store.add_dead_letter("gone", JobUpdate("running"), delivery_id="d-100")
+    assert len(store.dead_letters(job_id="gone", limit=1000)) == 101
+
+
+def test_a_replayed_letter_still_absorbs_retries(store: Any) -> None:
+    letter = store.add_dead_letter("late", JobUpdate("succeeded"), delivery_id="d-1")
+    store.create({}, job_id="late")
+    assert store.replay_dead_letter(letter.id).applied
+    again = store.add_dead_letter("late", JobUpdate("succeeded"), delivery_id="d-1")
+    assert again.id == letter.id
+    assert again.replayed_at is not None
+    assert store.dead_letters(include_replayed=True) == [again]
+
+
+@pytest.mark.parametrize("reason", ["", "r" * 256, "a\x00b"])
+def test_a_dead_letter_reason_no_column_holds_is_refused(store: Any, reason: str) -> None:
+    with pytest.raises(ValidationError, match="reason"):
+        store.add_dead_letter("gone", JobUpdate("running"), reason=reason)
+    assert store.dead_letters() == []
