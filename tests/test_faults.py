@@ -31,7 +31,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from jobhook import JobStatus, JobUpdate, Outcome, WebhookHandler
+from jobhook import JobStatus, JobUpdate, Outcome, StoreUnavailableError, WebhookHandler
 from jobhook.sender import AsyncCallbackSender, CallbackSender
 from jobhook.stores._schema import engine_options, sync_url
 from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
@@ -456,3 +456,40 @@ def test_a_crash_between_update_and_event_leaves_nothing_half_done(
         if kind == "postgres":
             store.metadata.drop_all(store.engine)
         store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", ["driver", "core"])
+def test_a_database_restart_costs_one_failure_not_one_per_pooled_connection(
+    pg_tables: tuple[str, str], path: str
+) -> None:
+    url, prefix = pg_tables
+    name = f"jobhook-blip-{uuid.uuid4().hex[:8]}"
+    store = app_store(url, prefix, application_name=name)
+    if path == "core":
+        sa.event.listen(store.engine, "before_cursor_execute", lambda *args: None)
+    job = store.create({})
+    # Fill the pool: five connections, all checked in.
+    held = [store.engine.raw_connection() for _ in range(5)]
+    for connection in held:
+        connection.close()
+    admin = sa.create_engine(sync_url(url))
+    with admin.connect() as conn:
+        killed = conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        ).all()
+    admin.dispose()
+    assert len(killed) == 5
+    failures = 0
+    for _ in range(8):
+        try:
+            store.get(job.id)
+        except StoreUnavailableError:
+            failures += 1
+    store.close()
+    store.engine.dispose()
+    assert failures == 1

@@ -217,3 +217,20 @@ async def test_the_async_sender_retries_and_reports(secret: str, anyio_backend: 
     assert report.attempts == 2
     assert len(set(calls)) == 1
     assert [e.status for e in store.events()] == [JobStatus.RUNNING]
+
+
+@pytest.mark.parametrize("answers", [(), (503, 503, 503)], ids=["delivered", "not delivered"])
+def test_no_log_line_shows_the_callback_token(
+    secret: str, answers: tuple[int, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    # For a token-only handler the ?token= is the credential: it never reaches a log.
+    caplog.set_level("DEBUG", logger="jobhook")
+    sender = make_sender(secret, Receiver(*answers), max_attempts=3)
+    url = "https://user:pw-secret@app.example/webhooks/jobhook/j-1?token=tok-secret-123&x=1"
+    report = sender.send(url, {"job_id": "j-1", "status": "running"})
+    assert report.delivered is (not answers)
+    assert caplog.records
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "tok-secret-123" not in text
+    assert "pw-secret" not in text
+    assert "https://user:***@app.example/webhooks/jobhook/j-1?token=***&x=***" in text

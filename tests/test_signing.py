@@ -17,6 +17,7 @@ from jobhook._signing import (
     callback_token,
     new_webhook_secret,
     parse_secrets,
+    verified_delivery_id,
     verify_callback_token,
 )
 
@@ -278,3 +279,23 @@ def test_missing_or_garbled_tokens_fail(token: str | None) -> None:
 def test_empty_token_secrets_are_refused(secret: Any) -> None:
     with pytest.raises(ValidationError):
         callback_token(secret, "job-1")
+
+
+@pytest.mark.parametrize(
+    "msg_id", [" " + MSG_ID, MSG_ID + "\xa0", MSG_ID + "\x85", MSG_ID + "\t", MSG_ID + " "]
+)
+def test_a_webhook_id_is_verified_exactly_as_sent_never_stripped(msg_id: str) -> None:
+    # Even re-signed over the padded id, the id is refused: only ids that cannot be
+    # read two ways are accepted, so the id recorded is the id verified.
+    headers = {**vector_headers(), "webhook-id": msg_id}
+    with pytest.raises(SignatureError, match="malformed webhook-id"):
+        verify_webhook(SECRET, headers, BODY, now=TIMESTAMP)
+    with pytest.raises(ValidationError, match="msg_id"):
+        sign_webhook(SECRET, BODY, msg_id=msg_id)
+
+
+def test_verified_delivery_id_returns_the_id_the_signature_covers() -> None:
+    keys = parse_secrets(SECRET)
+    assert verified_delivery_id(keys, vector_headers(), BODY, tolerance=300, now=TIMESTAMP) == (
+        MSG_ID
+    )
