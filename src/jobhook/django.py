@@ -12,23 +12,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+try:
+    from django.core.handlers.wsgi import WSGIRequest
+    from django.http import HttpRequest, HttpResponse
+    from django.views.decorators.csrf import csrf_exempt
+    from django.views.decorators.http import require_POST
+except ModuleNotFoundError as exc:  # Django, or one of its own dependencies, is missing
+    raise ModuleNotFoundError(
+        "jobhook.django needs Django: pip install 'jobhook[django]'", name=exc.name
+    ) from exc
 
+from jobhook._body import read_limited
 from jobhook._webhook import WebhookHandler, WebhookResponse
 
 __all__ = ["webhook_view"]
 
 
 def _body(request: HttpRequest, limit: int) -> bytes:
-    length = request.META.get("CONTENT_LENGTH")
-    if length and length.isdigit() and int(length) > limit:
-        # Enough to be refused (413) without buffering an oversized body.
-        head: bytes = request.read(limit + 1)
-        return head
-    body: bytes = request.body
-    return body
+    # Never `request.body`: it refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE with
+    # Django's HTML 400, while the handler's own limit (and its JSON 413) should decide.
+    read: Callable[[int], bytes] = request.read
+    if (
+        isinstance(request, WSGIRequest)
+        and not request.META.get("CONTENT_LENGTH")
+        and request.environ.get("wsgi.input_terminated")
+    ):
+        # A chunked delivery: WSGIRequest caps a stream without Content-Length at 0
+        # bytes, but a server that sets wsgi.input_terminated (gunicorn) ends its
+        # input at the end of the body, so it is safe to read, bounded, directly.
+        read = request.environ["wsgi.input"].read
+    return read_limited(read, limit)
 
 
 def _response(answer: WebhookResponse) -> HttpResponse:
@@ -39,7 +52,10 @@ def _response(answer: WebhookResponse) -> HttpResponse:
 
 
 def webhook_view(handler: WebhookHandler) -> Callable[..., Any]:
-    """A view passing the raw body, the route's ``job_id`` and ``?token=``."""
+    """A view passing the raw body, the route's ``job_id`` and ``?token=``.
+
+    It reads at most ``handler.max_body_bytes + 1`` bytes of the body, chunked or not.
+    """
     view: Callable[..., Any]
     if handler.async_store:
 

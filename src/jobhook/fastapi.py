@@ -12,31 +12,29 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
-from starlette.responses import Response
+try:
+    from starlette.requests import Request
+    from starlette.responses import Response
+except ModuleNotFoundError as exc:  # Starlette, or one of its own dependencies, is missing
+    raise ModuleNotFoundError(
+        "jobhook.fastapi needs FastAPI or Starlette: pip install 'jobhook[fastapi]'",
+        name=exc.name,
+    ) from exc
 
+from jobhook._body import aread_limited
 from jobhook._webhook import WebhookHandler
 
 __all__ = ["webhook_endpoint"]
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    # Stop one byte past the limit: enough for a 413 without buffering the rest.
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            break
-    return b"".join(chunks)
-
-
 def webhook_endpoint(handler: WebhookHandler) -> Callable[[Request], Awaitable[Response]]:
-    """An endpoint passing the raw body, the ``job_id`` path parameter and ``?token=``."""
+    """An endpoint passing the raw body, the ``job_id`` path parameter and ``?token=``.
+
+    It stops reading the body once past ``handler.max_body_bytes``, chunked or not.
+    """
 
     async def jobhook_webhook(request: Request) -> Response:
-        body = await _read_body(request, handler.max_body_bytes)
+        body = await aread_limited(request.stream(), handler.max_body_bytes)
         answer = await handler.ahandle(
             request.headers,
             body,

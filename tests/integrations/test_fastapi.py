@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,3 +141,55 @@ def test_a_sync_sql_store_works_behind_the_async_endpoint(tmp_path: Any, client_
     assert response.json()["outcome"] == "applied"
     assert jobs.get(job.id).progress == 40.0
     jobs.close()
+
+
+@pytest.mark.parametrize("build", [fastapi_app, starlette_app], ids=["fastapi", "starlette"])
+def test_a_huge_chunked_body_is_413_and_the_rest_is_never_pulled(
+    build: Callable[[WebhookHandler], Any],
+) -> None:
+    app = build(handler_for(InMemoryJobStore()))
+    step, size, pulled = 64 * 1024, 50 * 1024 * 1024, 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        # A 50 MB chunked body, as an ASGI server passes it: one message per chunk.
+        nonlocal pulled
+        if pulled >= size:
+            await asyncio.Event().wait()
+        pulled += step
+        return {"type": "http.request", "body": b"x" * step, "more_body": pulled < size}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/webhooks/jobhook/job-1",
+        "raw_path": b"/webhooks/jobhook/job-1",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"transfer-encoding", b"chunked")],
+        "server": ("testserver", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    # The server picks the chunk sizes: the endpoint stops at the first one past the limit.
+    assert pulled <= MAX_BODY + step
+    assert sent[0]["status"] == 413
+
+
+def test_without_starlette_the_import_error_names_the_extra() -> None:
+    script = Path(__file__).parent / "apps" / "blocked_import.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "starlette", "jobhook.fastapi"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.splitlines() == [
+        "starlette",
+        "jobhook.fastapi needs FastAPI or Starlette: pip install 'jobhook[fastapi]'",
+    ]
