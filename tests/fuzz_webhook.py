@@ -1036,6 +1036,7 @@ class Report:
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     first_cases: dict[str, Case] = field(default_factory=dict)
+    kinds: dict[str, Counter[str]] = field(default_factory=dict)
     reproducers: dict[str, str] = field(default_factory=dict)
     answers: list[Answer] = field(default_factory=list)
 
@@ -1052,6 +1053,9 @@ class Report:
         self.failures.setdefault(name, []).append((index, detail))
         if case is not None:
             self.first_cases.setdefault(name, case)
+            # The category without its generated value: "auth-token='x…" -> "auth-token".
+            kind = case.kind.split("=")[0].split(" ")[0]
+            self.kinds.setdefault(name, Counter())[kind] += 1
 
     def summary(self) -> str:
         lines = [
@@ -1065,6 +1069,8 @@ class Report:
             lines.append(f"  FAILED {name}: {len(found)}x; first at case {index}: {detail[:400]}")
             case = self.first_cases.get(name)
             if case is not None:
+                kinds = self.kinds[name].most_common(8)
+                lines.append("    by case kind: " + ", ".join(f"{k} {n}" for k, n in kinds))
                 lines.append(f"    case: {describe(case)}")
             if name in self.reproducers:
                 lines.append("    reproducer:\n" + _indent(self.reproducers[name], 6))
