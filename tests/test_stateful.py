@@ -2,7 +2,8 @@
 
 A hypothesis state machine creates jobs (some with ids already taken), applies updates
 (duplicated delivery ids, out of order, conflicting terminal statuses, unknown jobs),
-keeps and replays dead letters, and reads jobs, lists and the outbox. After every step
+keeps and replays dead letters, and reads jobs (by id and by remote id), lists and the
+outbox. After every step
 the store and the model must agree on every job and every event.
 
 The model below is written from the lifecycle rules as the design states them, not
@@ -307,6 +308,18 @@ class StoreMachine(RuleBasedStateMachine):
         letter = self.store.add_dead_letter(
             job_id, update, delivery_id=delivery_id, body=b'{"raw": true}'
         )
+        kept = [
+            n
+            for n, m in enumerate(self.model.letters)
+            if delivery_id is not None and m.delivery_id == delivery_id
+        ]
+        if kept:
+            # One letter per delivery id: the letter kept first comes back, unchanged.
+            first = self.model.letters[kept[0]]
+            assert letter.id == self.letter_ids[kept[0]]
+            assert (letter.job_id, letter.update) == (first.job_id, first.update)
+            assert (letter.replayed_at is not None) is first.replayed
+            return
         assert (letter.job_id, letter.delivery_id, letter.update) == (job_id, delivery_id, update)
         assert letter.body == b'{"raw": true}'
         assert letter.replayed_at is None
@@ -335,6 +348,16 @@ class StoreMachine(RuleBasedStateMachine):
                 self.store.get(job_id)
             return
         same_job(self.store.get(job_id), self.model.jobs[job_id])
+
+    @rule(remote_id=st.sampled_from(["r-1", "r-2", "r-3"]))  # no update carries r-3
+    def get_by_remote_id(self, remote_id: str) -> None:
+        # The newest job carrying it now, when several do.
+        holders = [i for i in self.model.order if self.model.jobs[i].remote_id == remote_id]
+        if not holders:
+            with pytest.raises(JobNotFoundError):
+                self.store.get_by_remote_id(remote_id)
+            return
+        same_job(self.store.get_by_remote_id(remote_id), self.model.jobs[holders[-1]])
 
     @rule(
         data=st.data(),
