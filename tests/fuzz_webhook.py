@@ -875,7 +875,7 @@ class Session:
         """The whole outbox. On PostgreSQL, readers see no event newer than the oldest
         transaction still open in the database (other sessions' too), so wait a little
         for up to ``expected`` events."""
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (10 if self.store == "postgres" else 0)
         events: list[Any] = []
         after = 0
         while True:
@@ -1074,6 +1074,12 @@ class Report:
                 lines.append(f"    case: {describe(case)}")
             if name in self.reproducers:
                 lines.append("    reproducer:\n" + _indent(self.reproducers[name], 6))
+            elif case is not None:
+                lines.append(
+                    "    (not reproduced alone on a fresh store: it needs the cases before it; "
+                    f"run --seed {self.seed} --cases {self.cases} --jobs {self.jobs} "
+                    f"--stores {self.store} --modes {self.mode})"
+                )
         return "\n".join(lines)
 
 
