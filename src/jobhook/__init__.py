@@ -41,6 +41,7 @@ from jobhook.stores import AsyncInMemoryJobStore, AsyncJobStore, InMemoryJobStor
 
 if TYPE_CHECKING:
     from jobhook._client import AsyncGeneratorClient, GeneratorClient
+    from jobhook._http import RetryPolicy
     from jobhook.reconcile import AsyncReconciler, Reconciler, ReconcileReport
     from jobhook.sender import CallbackSender
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
@@ -53,6 +54,7 @@ _LAZY = {
     "Reconciler": "jobhook.reconcile",
     "ReconcileReport": "jobhook.reconcile",
     "CallbackSender": "jobhook.sender",
+    "RetryPolicy": "jobhook._http",
     "AsyncSQLJobStore": "jobhook.stores.sql",
     "SQLJobStore": "jobhook.stores.sql",
 }
@@ -85,6 +87,7 @@ __all__ = [
     "PayloadError",
     "ReconcileReport",
     "Reconciler",
+    "RetryPolicy",
     "SQLJobStore",
     "SignatureError",
     "StoreUnavailableError",

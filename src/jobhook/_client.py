@@ -18,10 +18,8 @@ from urllib.parse import quote
 
 import httpx
 
-from jobhook._convert import dumps
 from jobhook._http import (
     MESSAGE_LIMIT,
-    RETRY_STATUSES,
     Exchange,
     RetryPolicy,
     Send,
@@ -36,8 +34,9 @@ from jobhook._http import (
     request_of,
 )
 from jobhook._models import JSON, Job, JobError, JobStatus, JobUpdate
-from jobhook._payloads import PayloadFormat, payload_parser
+from jobhook._payloads import ParsedPayload, PayloadFormat
 from jobhook._signing import callback_token
+from jobhook.backends import Backend, Jobhook, Request, SubmitAnswer
 from jobhook.exceptions import (
     BackendError,
     JobhookError,
@@ -56,10 +55,6 @@ T = TypeVar("T")
 
 
 # --- the client's rules -----------------------------------------------------------
-
-
-def _is_submit_retry(status: int) -> bool:
-    return status in RETRY_STATUSES
 
 
 def _read_json_object(response: httpx.Response) -> dict[str, Any] | None:
@@ -83,65 +78,40 @@ def _changes_nothing(job: Job, update: JobUpdate) -> bool:
     )
 
 
-def _check_template(name: str, value: str | None) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ValidationError(f"{name} must be a string, got {value!r}")
-    return value
+def _send(request: Request) -> Send:
+    return Send(request.method, request.url, request.headers, request.content)
 
 
 class _ClientCore:
-    """Everything both clients do, as steps: no I/O here."""
+    """Everything both clients do, as steps: no I/O here. What goes on the wire is
+    the backend profile's business; when to retry and what an ending means is ours."""
 
     def __init__(
         self,
-        base_url: str,
+        backend: Backend,
         *,
         callback_url: str,
-        submit_path: str,
-        status_path: str | None,
-        cancel_path: str | None,
-        headers: Mapping[str, str] | None,
         timeout: float,
         token_secret: str | bytes | None,
-        payload_format: PayloadFormat,
         policy: RetryPolicy,
     ) -> None:
-        url = httpx.URL(base_url) if isinstance(base_url, str) else None
-        if url is None or url.scheme not in ("http", "https") or not url.host:
-            raise ValidationError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
+        if not isinstance(backend, Backend):
+            raise ValidationError(
+                f"backend must be a jobhook.backends profile or a base URL, got {backend!r}"
+            )
         if not isinstance(callback_url, str) or "{job_id}" not in callback_url:
             raise ValidationError(
                 f"callback_url must be a template containing {{job_id}}, got {callback_url!r}"
             )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValidationError(f"timeout must be a positive number, got {timeout!r}")
-        self.base_url = base_url.rstrip("/")
+        if not isinstance(policy, RetryPolicy):
+            raise ValidationError(f"retry must be a RetryPolicy, got {policy!r}")
+        self.backend = backend
         self.callback_url = callback_url
-        self.submit_path = _check_template("submit_path", submit_path) or "/"
-        self.status_path = _check_template("status_path", status_path)
-        self.cancel_path = _check_template("cancel_path", cancel_path)
-        self.headers = dict(headers or {})
         self.timeout = float(timeout)
         self.token_secret = token_secret
-        # The same parser the webhook handler uses, so a polled answer means the same.
-        self.parse_payload = payload_parser(payload_format)
         self.policy = policy
-
-    # -- requests --
-
-    def url_for(self, path: str, job: Job | None = None) -> str:
-        """``path`` (a template with ``{job_id}`` / ``{remote_id}``) under ``base_url``."""
-        if job is not None:
-            path = path.replace("{job_id}", quote(job.id, safe=""))
-            if "{remote_id}" in path:
-                if job.remote_id is None:
-                    raise ValidationError(
-                        f"job {job.id!r} has no remote_id yet, which {path!r} needs"
-                    )
-                path = path.replace("{remote_id}", quote(job.remote_id, safe=""))
-        if path.startswith(("http://", "https://")):
-            return path
-        return f"{self.base_url}/{path.lstrip('/')}"
 
     def callback_url_for(self, job_id: str) -> str:
         """The URL the backend calls back for ``job_id``, with its token when configured."""
@@ -150,22 +120,6 @@ class _ClientCore:
             return url
         token = callback_token(self.token_secret, job_id)
         return str(httpx.URL(url).copy_merge_params({"token": token}))
-
-    def submit_request(self, job: Job) -> Send:
-        """The submit request: the job's id, callback URL, kind and input."""
-        body = {
-            "job_id": job.id,
-            "callback_url": self.callback_url_for(job.id),
-            "kind": job.kind,
-            "input": job.input,
-        }
-        headers = {
-            **self.headers,
-            "content-type": "application/json",
-            "idempotency-key": job.id,
-        }
-        content = dumps(body, field="input").encode()
-        return Send("POST", self.url_for(self.submit_path), headers, content)
 
     # -- operations --
 
@@ -188,23 +142,46 @@ class _ClientCore:
 
     def resubmit(self, job_id: str) -> Steps[Job]:
         """Submit a stored ``pending`` job again under its id; other jobs are left as
-        they are (the backend has seen them)."""
+        they are (the backend has seen them). With a backend whose submits are not
+        idempotent nothing is sent: the job is returned as it is."""
         job: Job = yield StoreCall("get", (job_id,))
         if job.status is not JobStatus.PENDING:
+            return job
+        if not self.backend.idempotent_submit:
+            log.warning(
+                "job %s: not resubmitted: %s would take a second submit as a second job",
+                job.id,
+                self.backend.name,
+            )
             return job
         # An earlier submit of this job may have arrived: only a definite refusal of
         # this one may fail it; an unreachable backend leaves it pending.
         return (yield from self._send_submit(job, sent_before=True))
 
     def _send_submit(self, job: Job, *, sent_before: bool = False) -> Steps[Job]:
-        """POST the stored job, retrying; judge how it ended and record that.
+        """Send the stored job, retrying as the backend allows; judge how it ended and
+        record that.
 
         ``sent_before``: an earlier request for this job may have reached the backend,
         so running out of retries is never a definite refusal.
         """
-        request = self.submit_request(job)
+        backend = self.backend
+        try:
+            request = _send(backend.submit_request(job, self.callback_url_for(job.id)))
+        except ValidationError as exc:
+            # The job cannot be put on this backend's wire at all: a definite refusal.
+            error = JobError("submit_invalid", str(exc)[:MESSAGE_LIMIT])
+            result = yield StoreCall("apply", (job.id, JobUpdate(JobStatus.FAILED, error=error)))
+            raise SubmitError(
+                f"job {job.id!r} cannot be submitted to {backend.name}: {exc}",
+                job=result.job or job,
+            ) from None
         end: Exchange = yield from exchange(
-            lambda: request, self.policy, retry_status=_is_submit_retry, label=f"submit {job.id}"
+            lambda: request,
+            self.policy,
+            retry_status=backend.transient,
+            label=f"submit {job.id}",
+            resend_if_maybe_sent=backend.idempotent_submit,
         )
         response = end.response
         if response is not None and response.is_success:
@@ -217,7 +194,7 @@ class _ClientCore:
             status = response.status_code
             # A retryable refusal (429, 503, ...) that ran out of attempts is definite
             # only if no earlier attempt may have arrived; other 5xx may have stored it.
-            if status in RETRY_STATUSES:
+            if backend.transient(status):
                 ambiguous = sent_before or end.may_have_arrived
             else:
                 ambiguous = status >= 500
@@ -253,16 +230,22 @@ class _ClientCore:
         )
 
     def _accepted(self, job: Job, response: httpx.Response) -> Steps[Job]:
-        answer = _read_json_object(response) or {}
-        answered_id = answer.get("job_id")
-        if answered_id is not None and str(answered_id) != job.id:
+        try:
+            answer = self.backend.read_submit(job, response.status_code, response.content)
+        except PayloadError as exc:
+            # Accepted, but the answer is unreadable: the job is submitted, untracked.
+            log.warning(
+                "job %s: %s accepted it with an unusable answer: %s", job.id, self.backend.name, exc
+            )
+            answer = SubmitAnswer()
+        if answer.other_job_id is not None:
             log.error(
                 "job %s: backend answered with job_id %r; its webhooks would name a job "
                 "that does not exist",
                 job.id,
-                answered_id,
+                answer.other_job_id,
             )
-            message = f"backend answered job {job.id!r} with job_id {answered_id!r}"
+            message = f"backend answered job {job.id!r} with job_id {answer.other_job_id!r}"
             update = JobUpdate(
                 JobStatus.FAILED, error=JobError("job_id_mismatch", message[:MESSAGE_LIMIT])
             )
@@ -270,26 +253,25 @@ class _ClientCore:
             raise JobIdMismatchError(
                 message,
                 job=result.job or job,
-                remote_job_id=answered_id,
+                remote_job_id=answer.other_job_id,
                 request=response.request,
                 response=response,
             )
-        remote_id = answer.get("remote_id")
-        if remote_id is None and answer.get("id") not in (None, job.id):
-            remote_id = answer["id"]
-        if remote_id is not None and not isinstance(remote_id, str):
-            remote_id = str(remote_id)
+        remote_id = answer.remote_id
         result = yield StoreCall(
             "apply", (job.id, JobUpdate(JobStatus.SUBMITTED, remote_id=remote_id))
         )
         # "stale" is the normal race: the backend's webhook moved the job on first.
         log.info("job %s: submitted (remote_id=%s); outcome=%s", job.id, remote_id, result.outcome)
-        return result.job or job
+        job = result.job or job
+        if answer.update is not None:
+            job = yield from self._apply(job, answer.update, "submit")
+        return job
 
-    def _call_backend(self, job: Job, path: str, method: str, what: str) -> Steps[httpx.Response]:
-        request = Send(method, self.url_for(path, job), self.headers)
+    def _call_backend(self, job: Job, request: Request, what: str) -> Steps[httpx.Response]:
+        send = _send(request)
         end: Exchange = yield from exchange(
-            lambda: request, self.policy, retry_status=_is_submit_retry, label=f"{what} {job.id}"
+            lambda: send, self.policy, retry_status=self.backend.transient, label=f"{what} {job.id}"
         )
         response = end.response
         if response is None:
@@ -306,15 +288,18 @@ class _ClientCore:
             )
         return response
 
-    def _parse(self, job: Job, response: httpx.Response, what: str) -> JobUpdate:
-        try:
-            parsed = self.parse_payload(response.content)
-        except PayloadError as exc:
-            raise BackendError(
-                f"{what} of job {job.id!r}: unusable answer: {exc}",
-                request=response.request,
-                response=response,
-            ) from None
+    def _unusable(
+        self, job: Job, response: httpx.Response, what: str, exc: Exception
+    ) -> BackendError:
+        return BackendError(
+            f"{what} of job {job.id!r}: unusable answer: {exc}",
+            request=response.request,
+            response=response,
+        )
+
+    def _checked(
+        self, job: Job, response: httpx.Response, parsed: ParsedPayload, what: str
+    ) -> JobUpdate:
         if parsed.job_id is not None and parsed.job_id not in (job.id, job.remote_id):
             raise BackendError(
                 f"{what} of job {job.id!r}: the backend answered about job {parsed.job_id!r}",
@@ -332,25 +317,46 @@ class _ClientCore:
 
     def refresh(self, job_id: str) -> Steps[Job]:
         """Ask the status endpoint about the job and apply the answer."""
-        if self.status_path is None:
-            raise ValidationError("refresh() needs the client's status_path")
         job: Job = yield StoreCall("get", (job_id,))
-        response = yield from self._call_backend(job, self.status_path, "GET", "refresh")
-        update = self._parse(job, response, "refresh")
+        request = self.backend.status_request(job)
+        if request is None:
+            raise ValidationError(self._no_status(job))
+        response = yield from self._call_backend(job, request, "refresh")
+        try:
+            answer = self.backend.read_status(job, response.content)
+            if isinstance(answer, Request):
+                # The status says done; the output is behind another request (fal).
+                response = yield from self._call_backend(job, answer, "refresh")
+                answer = self.backend.read_result(job, response.content)
+        except PayloadError as exc:
+            raise self._unusable(job, response, "refresh", exc) from None
+        update = self._checked(job, response, answer, "refresh")
         return (yield from self._apply(job, update, "refresh"))
+
+    def _no_status(self, job: Job) -> str:
+        if isinstance(self.backend, Jobhook) and self.backend.status_path is None:
+            return "refresh() needs the client's status_path"
+        if job.remote_id is None and self.backend.name != "cog":
+            return f"job {job.id!r} has no remote_id yet, which {self.backend.name}'s status needs"
+        return f"{self.backend.name} has no status endpoint"
 
     def cancel(self, job_id: str) -> Steps[Job]:
         """Ask the backend to cancel the job; apply ``canceled`` once it confirms."""
-        if self.cancel_path is None:
-            raise ValidationError("cancel() needs the client's cancel_path")
         job: Job = yield StoreCall("get", (job_id,))
         if job.terminal:
             return job
-        response = yield from self._call_backend(job, self.cancel_path, "POST", "cancel")
-        if response.content.strip():
-            update = self._parse(job, response, "cancel")
-        else:
-            update = JobUpdate(JobStatus.CANCELED)
+        request = self.backend.cancel_request(job)
+        if request is None:
+            if isinstance(self.backend, Jobhook) and self.backend.cancel_path is None:
+                raise ValidationError("cancel() needs the client's cancel_path")
+            raise ValidationError(f"{self.backend.name} cannot cancel job {job.id!r} (yet)")
+        response = yield from self._call_backend(job, request, "cancel")
+        try:
+            update = self.backend.read_cancel(job, response.content)
+        except PayloadError as exc:
+            raise self._unusable(job, response, "cancel", exc) from None
+        if update is None:
+            return job  # requested; the webhook or a poll will say how it ended
         return (yield from self._apply(job, update, "cancel"))
 
     def wait(self, job_id: str, *, timeout: float, poll_interval: float) -> Steps[Job]:
@@ -372,10 +378,8 @@ class _ClientCore:
             yield Sleep(min(poll_interval, remaining))
 
     def can_refresh(self, job: Job) -> bool:
-        """True when a status endpoint is configured that can name this job."""
-        return self.status_path is not None and (
-            "{remote_id}" not in self.status_path or job.remote_id is not None
-        )
+        """True when the backend has a status request for this job now."""
+        return self.backend.status_request(job) is not None
 
 
 def _check_wait(timeout: float, poll_interval: float) -> None:
@@ -386,103 +390,186 @@ def _check_wait(timeout: float, poll_interval: float) -> None:
 # --- the two shells ---------------------------------------------------------------
 
 
+def resolve_backend(
+    backend: Backend | str,
+    *,
+    submit_path: str | None,
+    status_path: str | None,
+    cancel_path: str | None,
+    headers: Mapping[str, str] | None,
+    payload_format: PayloadFormat | None,
+) -> Backend:
+    """The backend profile a client was given: a profile as it is, or a base URL (the
+    0.1 form) with its keywords, which means jobhook's own contract."""
+    if isinstance(backend, str):
+        return Jobhook(
+            backend,
+            submit_path="/jobs" if submit_path is None else submit_path,
+            status_path=status_path,
+            cancel_path=cancel_path,
+            headers=headers,
+            payload_format="jobhook" if payload_format is None else payload_format,
+        )
+    given = {
+        "submit_path": submit_path,
+        "status_path": status_path,
+        "cancel_path": cancel_path,
+        "headers": headers,
+        "payload_format": payload_format,
+    }
+    stray = [name for name, value in given.items() if value is not None]
+    if stray:
+        raise ValidationError(
+            f"{', '.join(stray)} describe jobhook's own contract: pass them to "
+            "backends.Jobhook(base_url, ...) instead of giving them with a backend profile"
+        )
+    return backend
+
+
+def resolve_retry(
+    retry: RetryPolicy | None,
+    *,
+    max_attempts: int | None,
+    backoff: float | None,
+    max_backoff: float | None,
+    rng: random.Random | None,
+) -> RetryPolicy:
+    """``retry``, or a `RetryPolicy` from the 0.1 keywords; not both."""
+    legacy = {"max_attempts": max_attempts, "backoff": backoff, "max_backoff": max_backoff}
+    if retry is not None:
+        if any(v is not None for v in legacy.values()) or rng is not None:
+            raise ValidationError(
+                "give either retry=RetryPolicy(...) or max_attempts/backoff/max_backoff/rng"
+            )
+        return retry
+    default = RetryPolicy()
+    return RetryPolicy(
+        max_attempts=default.max_attempts if max_attempts is None else max_attempts,
+        backoff=default.backoff if backoff is None else backoff,
+        max_backoff=default.max_backoff if max_backoff is None else max_backoff,
+        rng=rng or random.Random(),
+    )
+
+
 class _BaseGeneratorClient:
     """What both clients share: configuration and the core that holds the rules."""
 
     def __init__(
         self,
-        base_url: str,
+        backend: Backend | str,
         *,
         callback_url: str,
-        submit_path: str,
+        token_secret: str | bytes | None,
+        retry: RetryPolicy | None,
+        timeout: float,
+        submit_path: str | None,
         status_path: str | None,
         cancel_path: str | None,
         headers: Mapping[str, str] | None,
-        timeout: float,
-        max_attempts: int,
-        token_secret: str | bytes | None,
-        payload_format: PayloadFormat,
-        backoff: float,
-        max_backoff: float,
+        payload_format: PayloadFormat | None,
+        max_attempts: int | None,
+        backoff: float | None,
+        max_backoff: float | None,
         rng: random.Random | None,
     ) -> None:
-        policy = RetryPolicy(
-            max_attempts=max_attempts,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            rng=rng or random.Random(),
-        )
-        self._core = _ClientCore(
-            base_url,
-            callback_url=callback_url,
+        profile = resolve_backend(
+            backend,
             submit_path=submit_path,
             status_path=status_path,
             cancel_path=cancel_path,
             headers=headers,
+            payload_format=payload_format,
+        )
+        policy = resolve_retry(
+            retry, max_attempts=max_attempts, backoff=backoff, max_backoff=max_backoff, rng=rng
+        )
+        self._core = _ClientCore(
+            profile,
+            callback_url=callback_url,
             timeout=timeout,
             token_secret=token_secret,
-            payload_format=payload_format,
             policy=policy,
         )
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} base_url={self._core.base_url!r}>"
+        return f"<{type(self).__name__} backend={self._core.backend!r}>"
+
+    @property
+    def backend(self) -> Backend:
+        """The backend profile this client talks to."""
+        return self._core.backend
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every request this client sends."""
+        return self._core.policy
 
     def callback_url_for(self, job_id: str) -> str:
         """The callback URL sent for ``job_id`` (with ``?token=`` when ``token_secret``)."""
         return self._core.callback_url_for(job_id)
 
     def can_refresh(self, job: Job) -> bool:
-        """True when `refresh` can ask about ``job``: a ``status_path`` is configured and,
-        if it needs ``{remote_id}``, the job has one."""
+        """True when `refresh` can ask about ``job`` now: the backend has a status
+        endpoint and the job has the ids it needs (a remote id, for hosted APIs)."""
         return self._core.can_refresh(job)
+
+    @property
+    def can_resubmit(self) -> bool:
+        """True when a ``pending`` job may be submitted again (the backend takes a
+        repeated submit as the same job); the reconciler checks this."""
+        return self._core.backend.idempotent_submit
 
 
 class GeneratorClient(_BaseGeneratorClient):
     """Submits jobs to a generator backend, creating each in ``store`` first.
 
+    ``backend`` is a profile from `jobhook.backends` (``backends.Cog(url)``,
+    ``backends.Replicate(token, model=…)``, …) or a base URL, which means jobhook's own
+    contract (`backends.Jobhook`) with the 0.1 keywords ``submit_path``,
+    ``status_path``, ``cancel_path``, ``headers`` and ``payload_format``.
     ``callback_url`` is a template with ``{job_id}``; with ``token_secret`` each URL
-    carries the job's token. ``status_path`` and ``cancel_path`` are templates with
-    ``{job_id}`` (or ``{remote_id}``) that enable `refresh` and `cancel`; their answers
-    are read with the webhook's ``payload_format``. Transient
-    failures are retried ``max_attempts`` times in all, with jittered exponential
-    backoff from ``backoff`` seconds up to ``max_backoff``, obeying ``Retry-After``.
-    ``sleep`` and ``rng`` replace `time.sleep` and the jitter source (for tests).
-    An ``http_client`` passed in is used as is and left open by `close`.
-    Thread-safe when the store is (every store jobhook ships is).
+    carries the job's token. ``retry`` (a `RetryPolicy`, or the 0.1 keywords
+    ``max_attempts``, ``backoff``, ``max_backoff``, ``rng``) says how transient
+    failures are retried: a request that was surely not taken may always be sent
+    again, one that may have arrived only where the backend takes a repeat as the same
+    job (`Backend.idempotent_submit`). ``timeout`` is per request; ``sleep`` replaces
+    `time.sleep` (for tests). An ``http_client`` passed in is used as is and left open
+    by `close`. Thread-safe when the store is (every store jobhook ships is).
     """
 
     def __init__(
         self,
         store: JobStore,
-        base_url: str,
+        backend: Backend | str,
         *,
         callback_url: str,
-        submit_path: str = "/jobs",
+        token_secret: str | bytes | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        http_client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        submit_path: str | None = None,
         status_path: str | None = None,
         cancel_path: str | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
-        max_attempts: int = 3,
-        token_secret: str | bytes | None = None,
-        http_client: httpx.Client | None = None,
-        payload_format: PayloadFormat = "jobhook",
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
+        payload_format: PayloadFormat | None = None,
+        max_attempts: int | None = None,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(
-            base_url,
+            backend,
             callback_url=callback_url,
+            token_secret=token_secret,
+            retry=retry,
+            timeout=timeout,
             submit_path=submit_path,
             status_path=status_path,
             cancel_path=cancel_path,
             headers=headers,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            token_secret=token_secret,
             payload_format=payload_format,
+            max_attempts=max_attempts,
             backoff=backoff,
             max_backoff=max_backoff,
             rng=rng,
@@ -570,34 +657,36 @@ class AsyncGeneratorClient(_BaseGeneratorClient):
     def __init__(
         self,
         store: AsyncJobStore,
-        base_url: str,
+        backend: Backend | str,
         *,
         callback_url: str,
-        submit_path: str = "/jobs",
+        token_secret: str | bytes | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        http_client: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio_sleep,
+        submit_path: str | None = None,
         status_path: str | None = None,
         cancel_path: str | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
-        max_attempts: int = 3,
-        token_secret: str | bytes | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        payload_format: PayloadFormat = "jobhook",
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        sleep: Callable[[float], Awaitable[None]] = asyncio_sleep,
+        payload_format: PayloadFormat | None = None,
+        max_attempts: int | None = None,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(
-            base_url,
+            backend,
             callback_url=callback_url,
+            token_secret=token_secret,
+            retry=retry,
+            timeout=timeout,
             submit_path=submit_path,
             status_path=status_path,
             cancel_path=cancel_path,
             headers=headers,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            token_secret=token_secret,
             payload_format=payload_format,
+            max_attempts=max_attempts,
             backoff=backoff,
             max_backoff=max_backoff,
             rng=rng,

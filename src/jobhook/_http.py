@@ -235,12 +235,16 @@ def exchange(
     *,
     retry_status: Callable[[int], bool],
     label: str,
+    resend_if_maybe_sent: bool = True,
 ) -> Steps[Exchange]:
     """Steps that send a request, retrying transient failures under ``policy``.
 
     Connect errors and errors after sending (timeouts, dropped connections) are
     retried; transport errors that mean the request cannot be sent at all (a bad URL)
-    end at once. ``make_request`` runs per attempt, so each attempt can be re-signed.
+    end at once. With ``resend_if_maybe_sent=False`` (a backend that would take a
+    repeat as a second job) an attempt that may have arrived ends the exchange: only
+    requests that were surely not taken are sent again. ``make_request`` runs per
+    attempt, so each attempt can be re-signed.
     """
     may_have_arrived = False
     response: httpx.Response | None = None
@@ -264,6 +268,9 @@ def exchange(
             may_have_arrived = True
             reason = type(error).__name__
         else:
+            break
+        if may_have_arrived and not resend_if_maybe_sent:
+            log.warning("%s: %s; it may have arrived, so it is not sent again", label, reason)
             break
         if attempt >= policy.max_attempts:
             break

@@ -215,6 +215,8 @@ _REPLICATE_STATUS = {
     "succeeded": JobStatus.SUCCEEDED,
     "failed": JobStatus.FAILED,
     "canceled": JobStatus.CANCELED,
+    # Replicate: the prediction was stopped before it ran (a deadline, say).
+    "aborted": JobStatus.FAILED,
 }
 
 
@@ -259,27 +261,44 @@ def progress_from_logs(logs: str | None) -> float | None:
     return None
 
 
-def parse_replicate(data: JSON) -> ParsedPayload:
-    """A Replicate prediction: ``id`` becomes ``remote_id``, ``starting``/``processing``
-    mean running, progress comes from ``logs``, a failure's ``error`` string becomes
-    ``JobError("prediction_failed", error)``. The payload names no job id."""
-    prediction: _Prediction = _structure(data, _Prediction)
+def _prediction_update(prediction: _Prediction, remote_id: str | None) -> JobUpdate:
     status = _REPLICATE_STATUS[prediction.status]
     error = None
     if status is JobStatus.FAILED:
         message = prediction.error
         if message is not None and not isinstance(message, str):
             message = json.dumps(message)
-        error = JobError("prediction_failed", message or "")
+        if prediction.status == "aborted":
+            error = JobError("aborted", message or "the prediction was aborted before it ran")
+        else:
+            error = JobError("prediction_failed", message or "")
     progress = progress_from_logs(prediction.logs) if status is JobStatus.RUNNING else None
-    update = JobUpdate(
-        status=status,
-        progress=progress,
-        output=prediction.output,
-        error=error,
-        remote_id=prediction.id,
-    )
-    return ParsedPayload(update)
+    try:
+        return JobUpdate(
+            status=status,
+            progress=progress,
+            output=prediction.output,
+            error=error,
+            remote_id=remote_id,
+        )
+    except ValidationError as exc:
+        _raise_payload_error(exc)
+
+
+def parse_replicate(data: JSON) -> ParsedPayload:
+    """A Replicate prediction: ``id`` becomes ``remote_id``, ``starting``/``processing``
+    mean running, progress comes from ``logs``, a failure's ``error`` string becomes
+    ``JobError("prediction_failed", error)`` (``aborted``: ``JobError("aborted")``).
+    The payload names no job id."""
+    prediction: _Prediction = _structure(data, _Prediction)
+    return ParsedPayload(_prediction_update(prediction, prediction.id))
+
+
+def parse_cog(data: JSON) -> ParsedPayload:
+    """A Cog prediction (the shape of Replicate's), whose ``id`` is the job id jobhook
+    chose (``PUT /predictions/{job_id}``): it names the job, and there is no remote id."""
+    prediction: _Prediction = _structure(data, _Prediction)
+    return ParsedPayload(_prediction_update(prediction, None), prediction.id)
 
 
 def _custom(function: Callable[[JSON], CustomResult]) -> Callable[[JSON], ParsedPayload]:

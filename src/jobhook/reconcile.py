@@ -7,8 +7,10 @@ looks at the jobs that have not changed for ``stale_after`` and, for each one:
 1. polls the backend's status endpoint (`GeneratorClient.refresh`) when the client has
    one, and applies the answer exactly as a webhook would be applied;
 2. resubmits a ``pending`` job the backend never saw (its status endpoint answers 404,
-   or there is none to ask) under the job's own id, which the backend must treat as
-   the same job, so a resubmit is always safe;
+   or there is none to ask) under the job's own id, where the backend treats that as
+   the same job (`GeneratorClient.can_resubmit`: jobhook's contract, Cog). With a
+   backend that would take it as a second job (Replicate, fal, RunPod, OpenAI) a
+   pending job is never submitted again: it is polled by remote id, or times out;
 3. fails a job older than ``give_up_after`` that is still not finished with
    ``code="timed_out"``.
 
@@ -192,7 +194,13 @@ class _ReconcilerCore:
 
     def _ask_backend(self, job: Job, run: _Run, *, expired: bool) -> _Steps[tuple[Job, bool]]:
         """Poll the job, or resubmit it; return it and whether this run is done with it."""
-        resubmittable = job.status is JobStatus.PENDING and not expired
+        # Only where the backend takes a repeated submit as the same job: otherwise a
+        # pending job (its submit may have arrived) is polled by remote id or times out.
+        resubmittable = (
+            job.status is JobStatus.PENDING
+            and not expired
+            and getattr(self.client, "can_resubmit", True)
+        )
         if not self.client.can_refresh(job):
             if resubmittable:
                 # Nothing to ask: a resubmit under the same id is safe either way.
