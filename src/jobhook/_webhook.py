@@ -15,13 +15,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from jobhook._ids import check_delivery_id
 from jobhook._models import ApplyResult, Job, JobEvent, JobUpdate, Outcome
-from jobhook._payloads import PayloadFormat, payload_parser
+from jobhook._payloads import ParsedPayload, PayloadFormat, payload_parser
 from jobhook._signing import (
     Headers,
     Secrets,
@@ -32,6 +32,9 @@ from jobhook._signing import (
     verify_callback_token,
 )
 from jobhook.exceptions import PayloadError, SignatureError, StoreUnavailableError, ValidationError
+
+if TYPE_CHECKING:
+    from jobhook.backends import Backend
 
 __all__ = ["DeliveryIds", "Listener", "WebhookHandler", "WebhookResponse", "content_delivery_id"]
 
@@ -48,6 +51,7 @@ DeliveryIds = (
 )
 
 _JSON_HEADERS = {"content-type": "application/json"}
+_MAX_BODY = 1_048_576
 _MAX_ID = 255
 
 
@@ -107,6 +111,51 @@ def _job_id(
     return effective, None
 
 
+def _callback_rules(
+    backend: Backend | None,
+    *,
+    secret: Secrets | None,
+    token_secret: Secrets | None,
+    payload_format: PayloadFormat | None,
+) -> tuple[
+    Callable[[bytes], ParsedPayload],
+    str,
+    Callable[[Mapping[str, object], bytes, float], str] | None,
+    int,
+]:
+    """How callbacks are parsed and authenticated: from the backend profile, or from
+    ``payload_format`` (the parser, its name, a custom verifier, the default size)."""
+    if backend is None:
+        fmt: PayloadFormat = "jobhook" if payload_format is None else payload_format
+        if fmt == "replicate" and secret is not None and token_secret is None:
+            raise ValidationError(
+                "replicate payloads name no job id, so the job id in the callback URL must "
+                "be authenticated: set token_secret= and build callback URLs with it"
+            )
+        return payload_parser(fmt), fmt if isinstance(fmt, str) else "custom", None, _MAX_BODY
+    if payload_format is not None:
+        raise ValidationError(
+            f"the {backend.name} profile decides how callbacks are parsed: "
+            "give payload_format= or backend=, not both"
+        )
+    auth = backend.callback_auth
+    if auth == "token" and (secret is not None or token_secret is None):
+        raise ValidationError(
+            f"{backend.name} does not sign its callbacks: build the handler with "
+            "token_secret= (and no secret=), and the client with the same token_secret"
+        )
+    if auth != "token" and token_secret is None and backend.name in ("replicate", "fal"):
+        raise ValidationError(
+            f"{backend.name}'s callbacks name no job id, so the job id in the callback URL "
+            "must be authenticated: set token_secret= (and the client's token_secret)"
+        )
+    if auth == "standard-webhooks" and secret is None and token_secret is None:
+        raise ValidationError(f"{backend.name} signs its callbacks: give its secret as secret=")
+    verify = backend.verify_callback if auth == "custom" else None
+    size = getattr(backend, "max_callback_bytes", _MAX_BODY)
+    return backend.parse_callback, backend.name, verify, size
+
+
 def content_delivery_id(job_id: str, body: bytes) -> str:
     """The delivery id of a delivery that brings none: ``sha256:`` and the hex SHA-256
     of the job id and the raw body. A sender's retry of the same delivery gets the same
@@ -130,6 +179,12 @@ class WebhookHandler:
     | 200 | ``applied`` (listeners then run, once), ``duplicate``, ``stale``, ``conflict`` |
     | 404 | ``not_found``: the delivery is kept as a dead letter for a later replay |
     | 503 | the store failed (unavailable or any unexpected error); nothing was written |
+
+    ``backend`` (a profile from `jobhook.backends`) supplies how callbacks are parsed
+    and authenticated and the default ``max_body_bytes`` (Cog's inline outputs are
+    large): give its signing secret as ``secret`` where it signs (Replicate, OpenAI),
+    ``token_secret`` where it does not (Cog, RunPod); fal's signatures are checked by
+    the profile. Without ``backend``, ``payload_format`` says how bodies are read.
 
     With ``secret`` (``whsec_…``, or several for rotation) every delivery must carry a
     valid Standard Webhooks signature. With ``token_secret`` every delivery must carry
@@ -161,12 +216,18 @@ class WebhookHandler:
         token_secret: Secrets | None = None,
         tolerance: float | None = 300,
         clock: Callable[[], float] = time.time,
-        max_body_bytes: int = 1_048_576,
+        max_body_bytes: int | None = None,
         listeners: Iterable[Listener] = (),
         allow_unsigned: bool = False,
-        payload_format: PayloadFormat = "jobhook",
+        payload_format: PayloadFormat | None = None,
         delivery_ids: DeliveryIds = "auto",
+        backend: Backend | None = None,
     ) -> None:
+        parse, format_name, self._verify_custom, default_max = _callback_rules(
+            backend, secret=secret, token_secret=token_secret, payload_format=payload_format
+        )
+        if max_body_bytes is None:
+            max_body_bytes = default_max
         if secret is None and token_secret is None and not allow_unsigned:
             raise ValidationError(
                 "WebhookHandler needs secret= (Standard Webhooks, 'whsec_…') or "
@@ -186,11 +247,6 @@ class WebhookHandler:
                 "delivery_ids must be 'auto', 'header', 'content' or a callable, "
                 f"got {delivery_ids!r}"
             )
-        if payload_format == "replicate" and secret is not None and token_secret is None:
-            raise ValidationError(
-                "replicate payloads name no job id, so the job id in the callback URL must "
-                "be authenticated: set token_secret= and build callback URLs with it"
-            )
         self.store = store
         self._keys = parse_secrets(secret) if secret is not None else ()
         self._token_keys = parse_token_secrets(token_secret) if token_secret is not None else ()
@@ -198,8 +254,8 @@ class WebhookHandler:
         self._clock = clock
         self._max_body_bytes = max_body_bytes
         self._listeners = tuple(listeners)
-        self._parse = payload_parser(payload_format)
-        self._format_name = payload_format if isinstance(payload_format, str) else "custom"
+        self._parse = parse
+        self._format_name = format_name
         self._async_store = inspect.iscoroutinefunction(getattr(store, "apply", None))
         self._delivery_ids = delivery_ids
 
@@ -244,6 +300,8 @@ class WebhookHandler:
             header_id = None
         signed_id: str | None = None
         try:
+            if self._verify_custom is not None:
+                signed_id = self._verify_custom(lowered, body, self._clock())
             if self._keys:
                 signed_id = verified_delivery_id(
                     self._keys, lowered, body, tolerance=self._tolerance, now=self._clock()
