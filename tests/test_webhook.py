@@ -922,3 +922,27 @@ def test_the_largest_values_every_store_holds_apply(store: Any) -> None:
     assert post(handler, failed).json()["outcome"] == "applied"
     got = store.get(job.id)
     assert (got.sequence, got.remote_id, got.error.code) == (2**63 - 1, "r" * 255, "c" * 255)
+
+
+# -- v1a (ED25519) keys and Svix header names ----------------------------------------
+
+
+def test_a_handler_with_a_public_key_applies_v1a_deliveries_and_records_their_id() -> None:
+    from jobhook._signing import new_webhook_keypair
+
+    secret_key, public_key = new_webhook_keypair()
+    store = InMemoryJobStore()
+    job = store.create({})
+    handler = WebhookHandler(store, secret=public_key, clock=clock)
+    body = json.dumps({"job_id": job.id, "status": "running", "progress": 5}).encode()
+    headers = sign_webhook(secret_key, body, msg_id="msg_v1a", timestamp=NOW)
+    assert handler.handle(headers, body).json()["outcome"] == "applied"
+    assert handler.handle(headers, body).json()["outcome"] == "duplicate"
+    forged = sign_webhook(new_webhook_keypair()[0], body, msg_id="msg_forged", timestamp=NOW)
+    assert handler.handle(forged, body).status == 401
+    # Svix's header names: the delivery id is the verified svix-id.
+    body = json.dumps({"job_id": job.id, "status": "running", "progress": 9}).encode()
+    signed_ = sign_webhook(secret_key, body, msg_id="msg_svix", timestamp=NOW)
+    svix = {name.replace("webhook-", "svix-"): value for name, value in signed_.items()}
+    assert handler.handle(svix, body).json()["outcome"] == "applied"
+    assert [e.delivery_id for e in store.events()] == ["msg_v1a", "msg_svix"]
