@@ -1,0 +1,327 @@
+"""Real generator backends on loopback: a Cog model server and RunPod's local API server.
+
+Each server is a subprocess started once per test module on 127.0.0.1 and a free port, its
+output written to a file that is shown under a failing test's report. ``receiver`` is a
+small HTTP server in this process that the backends' webhooks reach: it records every
+request and answers ``200 {}`` unless a test routes a path to a responder of its own.
+
+The tests skip (with the reason) only when ``cog`` or ``runpod`` is not installed; CI
+installs both through the ``test`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+import pytest
+
+HERE = Path(__file__).parent
+COG_MODEL = HERE / "cog_model" / "predict.py"
+RUNPOD_HANDLER = HERE / "runpod_worker" / "handler.py"
+STARTUP_TIMEOUT = 30.0
+
+
+# --- the webhook receiver ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Request:
+    """One request as the receiver saw it; header names are lower-cased."""
+
+    method: str
+    target: str  # path and query, exactly as requested
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic() when it arrived
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+#: What a route answers: status, headers, body.
+Answer = tuple[int, dict[str, str], bytes]
+Responder = Callable[[Request], Answer]
+
+
+class Receiver:
+    """Records every request on a loopback port; answers ``200 {}`` unless routed.
+
+    ``route(prefix, responder)`` makes requests whose path starts with ``prefix`` answered
+    by ``responder`` (the longest prefix wins). Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._requests: list[Request] = []
+        self._routes: dict[str, Responder] = {}
+        self._changed = threading.Condition()
+        receiver = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                receiver._serve(self)
+
+            do_PUT = do_GET = do_POST
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="backends-receiver",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def route(self, prefix: str, responder: Responder) -> None:
+        with self._changed:
+            self._routes[prefix] = responder
+
+    def requests(self, prefix: str = "/") -> list[Request]:
+        """The requests so far whose path starts with ``prefix``, in arrival order."""
+        with self._changed:
+            return [r for r in self._requests if r.path.startswith(prefix)]
+
+    def wait_for(
+        self,
+        prefix: str,
+        until: Callable[[list[Request]], bool] = bool,
+        *,
+        timeout: float = 10.0,
+    ) -> list[Request]:
+        """Wait until the requests under ``prefix`` satisfy ``until``; return them."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                seen = [r for r in self._requests if r.path.startswith(prefix)]
+                if until(seen):
+                    return seen
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"waited {timeout} s for requests under {prefix}, got {seen!r}")
+                self._changed.wait(left)
+
+    def _serve(self, http: BaseHTTPRequestHandler) -> None:
+        length = int(http.headers.get("content-length") or 0)
+        body = http.rfile.read(length) if length > 0 else b""
+        request = Request(
+            method=http.command,
+            target=http.path,
+            headers={name.lower(): value for name, value in http.headers.items()},
+            body=body,
+            at=time.monotonic(),
+        )
+        with self._changed:
+            matches = [p for p in self._routes if request.path.startswith(p)]
+            responder = self._routes[max(matches, key=len)] if matches else None
+        if responder is None:
+            status, headers, answer = 200, {"content-type": "application/json"}, b"{}"
+        else:
+            status, headers, answer = responder(request)
+        # Recorded before answering, so a sender that got its answer finds it recorded.
+        with self._changed:
+            self._requests.append(request)
+            self._changed.notify_all()
+        http.send_response(status)
+        for name, value in headers.items():
+            http.send_header(name, value)
+        http.send_header("content-length", str(len(answer)))
+        http.end_headers()
+        http.wfile.write(answer)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+# --- backend server processes --------------------------------------------------------------
+
+
+@attrs.define
+class ServerProcess:
+    """A backend server running as a subprocess (in a session of its own) and its log."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self, limit: int = 30_000) -> str:
+        text = self.log.read_text(errors="replace")
+        return text if len(text) <= limit else "…" + text[-limit:]
+
+    def stop(self) -> None:
+        # The server runs in its own session, so this reaches its workers too (coglet's
+        # Python worker, RunPod's ping process), and nothing else.
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _start(name: str, command: list[str], *, cwd: Path, env: dict[str, str]) -> ServerProcess:
+    port = _free_port()
+    log = cwd / f"{name}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [arg.replace("{port}", str(port)) for arg in command],
+            cwd=cwd,
+            env={key: value.replace("{port}", str(port)) for key, value in env.items()},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return ServerProcess(name, f"http://127.0.0.1:{port}", process, log)
+
+
+def _wait_ready(server: ServerProcess, path: str, ready: Callable[[httpx.Response], bool]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(
+                f"the {server.name} server exited with {server.process.returncode}:\n"
+                f"{server.output()}"
+            )
+        try:
+            if ready(httpx.get(server.url + path, timeout=1.0)):
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    pytest.fail(
+        f"the {server.name} server was not ready in {STARTUP_TIMEOUT} s:\n{server.output()}"
+    )
+
+
+def _needs(module: str) -> None:
+    if find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (pip install 'jobhook[test]')")
+
+
+def _base_env() -> dict[str, str]:
+    # The venv's bin first: coglet spawns its worker as `python` from PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COG_", "RUNPOD_"))}
+    return {**env, "PATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+def _cog_ready(answer: httpx.Response) -> bool:
+    status = answer.json().get("status") if answer.status_code == 200 else None
+    if status in {"SETUP_FAILED", "DEFUNCT"}:
+        pytest.fail(f"the Cog model did not set up: {answer.text}")
+    return status == "READY"
+
+
+@pytest.fixture(scope="module")
+def cog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``python -m cog.server.http`` (coglet) serving ``cog_model/predict.py``, one slot."""
+    _needs("cog")
+    cwd = tmp_path_factory.mktemp("cog")
+    (cwd / "predict.py").write_bytes(COG_MODEL.read_bytes())
+    server = _start(
+        "cog",
+        [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+        cwd=cwd,
+        env={**_base_env(), "PORT": "{port}", "COG_PREDICT_TYPE_STUB": "predict.py:Runner"},
+    )
+    _wait_ready(server, "/health-check", _cog_ready)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cog(cog_server: ServerProcess) -> ServerProcess:
+    """``cog_server`` once its one slot is free (the last test's prediction has ended)."""
+    deadline = time.monotonic() + 10
+    while httpx.get(cog_server.url + "/health-check").json()["status"] != "READY":
+        if time.monotonic() > deadline:
+            pytest.fail(f"the Cog server stayed busy:\n{cog_server.output()}")
+        time.sleep(0.05)
+    return cog_server
+
+
+@pytest.fixture(scope="module")
+def runpod_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """RunPod's local test API (``--rp_serve_api``) over ``runpod_worker/handler.py``."""
+    _needs("runpod")
+    cwd = tmp_path_factory.mktemp("runpod")
+    server = _start(
+        "runpod",
+        [
+            *(sys.executable, str(RUNPOD_HANDLER), "--rp_serve_api"),
+            *("--rp_api_host", "127.0.0.1", "--rp_api_port", "{port}"),
+        ],
+        cwd=cwd,
+        env=_base_env(),
+    )
+    # Any answer from the app (its OpenAPI document) means uvicorn is serving.
+    _wait_ready(server, "/openapi.json", lambda answer: answer.status_code == 200)
+    yield server
+    server.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Show the servers' output and the received requests under a failing test."""
+    report = yield
+    if report.failed:
+        shown: set[int] = set()
+        for value in getattr(item, "funcargs", {}).values():
+            if id(value) in shown:
+                continue
+            shown.add(id(value))
+            if isinstance(value, ServerProcess):
+                report.sections.append(
+                    (f"{value.name} server output ({value.log})", value.output())
+                )
+            elif isinstance(value, Receiver):
+                lines = [f"{r.method} {r.target} {r.body[:300]!r}" for r in value.requests()]
+                report.sections.append(("requests the receiver got", "\n".join(lines)))
+    return report
