@@ -598,3 +598,130 @@ def test_runpod_local_server_routes_and_its_bare_output_webhook() -> None:
     store.create({}, job_id="j-2")
     handler = WebhookHandler(store, backend=profile, token_secret=TOKENS)
     assert deliver(handler, "j-2", {"output": {"text": "hi"}}).json()["status"] == "succeeded"
+
+
+# -- OpenAI ----------------------------------------------------------------------------
+
+OPENAI_SECRET = "whsec_b3BlbmFpLXByb2plY3Qtd2ViaG9vay1zZWNyZXQ="
+OPENAI = backends.OpenAI("sk-test", model="gpt-image-test")
+
+
+def response(status: str, **extra: Any) -> dict[str, Any]:
+    return {"id": "resp_1", "object": "response", "status": status, "output": [], **extra}
+
+
+def openai_fake(*get: Answer) -> Backend:
+    return Backend(
+        {
+            ("POST", "/v1/responses"): [httpx.Response(200, json=response("queued"))],
+            ("GET", "/v1/responses/resp_1"): list(get)
+            or [httpx.Response(200, json=response("in_progress"))],
+            ("POST", "/v1/responses/resp_1/cancel"): [
+                httpx.Response(200, json=response("cancelled"))
+            ],
+        }
+    )
+
+
+def event(kind: str, remote_id: str = "resp_1") -> bytes:
+    return json.dumps(
+        {
+            "id": "evt_1",
+            "object": "event",
+            "type": kind,
+            "created_at": NOW,
+            "data": {"id": remote_id},
+        }
+    ).encode()
+
+
+def openai_handler(store: Any, client: GeneratorClient) -> WebhookHandler:
+    return WebhookHandler(
+        store, backend=OPENAI, secret=OPENAI_SECRET, client=client, clock=lambda: NOW
+    )
+
+
+def post_event(handler: WebhookHandler, body: bytes, msg_id: str = "msg_1") -> Any:
+    # One project-wide URL: no job id in the route, no token.
+    return handler.handle(sign_webhook(OPENAI_SECRET, body, msg_id=msg_id, timestamp=NOW), body)
+
+
+def test_openai_submits_a_background_response_and_records_its_id() -> None:
+    store = InMemoryJobStore()
+    fake = openai_fake()
+    job = client_for(store, OPENAI, fake).submit("a fox, in watercolour", job_id="j-1")
+    [request] = fake.requests
+    body = json.loads(request.content)
+    assert body == {
+        "model": "gpt-image-test",
+        "input": "a fox, in watercolour",
+        "background": True,
+        "metadata": {"jobhook_job_id": "j-1"},
+    }
+    assert request.headers["authorization"] == "Bearer sk-test"
+    assert job.remote_id == "resp_1"
+
+
+@pytest.mark.parametrize(
+    ("status", "extra", "expected", "code"),
+    [
+        ("queued", {}, JobStatus.SUBMITTED, None),
+        ("in_progress", {}, JobStatus.RUNNING, None),
+        ("completed", {"output": [{"type": "message"}]}, JobStatus.SUCCEEDED, None),
+        (
+            "failed",
+            {"error": {"code": "server_error", "message": "x"}},
+            JobStatus.FAILED,
+            "server_error",
+        ),
+        ("cancelled", {}, JobStatus.CANCELED, None),
+        (
+            "incomplete",
+            {"incomplete_details": {"reason": "max_output_tokens"}},
+            JobStatus.FAILED,
+            "incomplete",
+        ),
+    ],
+)
+def test_every_openai_status(
+    status: str, extra: dict[str, Any], expected: JobStatus, code: str | None
+) -> None:
+    store = InMemoryJobStore()
+    client = client_for(
+        store, OPENAI, openai_fake(httpx.Response(200, json=response(status, **extra)))
+    )
+    client.submit("x", job_id="j-1")
+    polled = client.refresh("j-1")
+    assert polled.status is expected
+    assert (polled.error.code if polled.error else None) == code
+
+
+def test_a_thin_completed_event_finds_the_job_by_remote_id_and_fetches_its_output() -> None:
+    store = InMemoryJobStore()
+    done = response("completed", output=[{"type": "image_generation_call", "result": "aGk="}])
+    fake = openai_fake(httpx.Response(200, json=done))
+    client = client_for(store, OPENAI, fake)
+    with pytest.raises(ValidationError, match="client="):
+        WebhookHandler(store, backend=OPENAI, secret=OPENAI_SECRET)
+    handler = openai_handler(store, client)
+    client.submit("x", job_id="j-1")
+    answer = post_event(handler, event("response.completed"))
+    assert answer.json() == {"outcome": "applied", "job_id": "j-1", "status": "succeeded"}
+    job = store.get("j-1")
+    assert job.output == done["output"]  # never succeeded without its output
+    assert post_event(handler, event("response.completed")).json()["outcome"] == "duplicate"
+    forged = {
+        **sign_webhook(OPENAI_SECRET, event("response.completed")),
+        "webhook-signature": "v1,AAAA",
+    }
+    assert handler.handle(forged, event("response.completed")).status == 401
+
+
+def test_a_thin_event_for_an_unknown_response_is_kept_as_a_dead_letter() -> None:
+    store = InMemoryJobStore()
+    handler = openai_handler(store, client_for(store, OPENAI, openai_fake()))
+    answer = post_event(handler, event("response.failed", "resp_unknown"))
+    assert answer.status == 404
+    [letter] = store.dead_letters()
+    assert letter.job_id == "remote:resp_unknown"
+    assert letter.update.remote_id == "resp_unknown"

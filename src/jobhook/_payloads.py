@@ -34,6 +34,9 @@ class ParsedPayload:
 
     update: JobUpdate
     job_id: str | None = None
+    #: The payload only names the job (a thin event): what happened must be fetched
+    #: from the backend (`GeneratorClient.refresh`), ``update`` is a hint.
+    fetch: bool = False
 
 
 PayloadParser = Callable[[bytes], ParsedPayload]

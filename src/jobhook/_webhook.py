@@ -31,7 +31,13 @@ from jobhook._signing import (
     verified_delivery_id,
     verify_callback_token,
 )
-from jobhook.exceptions import PayloadError, SignatureError, StoreUnavailableError, ValidationError
+from jobhook.exceptions import (
+    JobNotFoundError,
+    PayloadError,
+    SignatureError,
+    StoreUnavailableError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from jobhook.backends import Backend
@@ -77,6 +83,16 @@ class _Delivery:
     update: JobUpdate
     delivery_id: str
     body: bytes
+    #: The job is the one with this remote id (the payload named no job id); until a
+    #: submit answer records it, the delivery is kept under ``job_id`` = ``remote:<id>``.
+    remote_id: str | None = None
+    #: What happened must be fetched from the backend (a thin event).
+    fetch: bool = False
+
+
+def remote_key(remote_id: str) -> str:
+    """The job id a dead letter is kept under while its job's remote id is unknown."""
+    return f"remote:{remote_id}"
 
 
 def _response(http_status: int, /, **fields: Any) -> WebhookResponse:
@@ -156,6 +172,12 @@ def _callback_rules(
     return backend.parse_callback, backend.name, verify, size
 
 
+def _fetched(before: Job, after: Job) -> ApplyResult:
+    """What a fetch after a thin event did: ``applied`` when the job changed."""
+    changed = after.version != before.version
+    return ApplyResult(Outcome.APPLIED if changed else Outcome.DUPLICATE, after)
+
+
 def content_delivery_id(job_id: str, body: bytes) -> str:
     """The delivery id of a delivery that brings none: ``sha256:`` and the hex SHA-256
     of the job id and the raw body. A sender's retry of the same delivery gets the same
@@ -222,6 +244,7 @@ class WebhookHandler:
         payload_format: PayloadFormat | None = None,
         delivery_ids: DeliveryIds = "auto",
         backend: Backend | None = None,
+        client: Any = None,
     ) -> None:
         parse, format_name, self._verify_custom, default_max = _callback_rules(
             backend, secret=secret, token_secret=token_secret, payload_format=payload_format
@@ -258,6 +281,17 @@ class WebhookHandler:
         self._format_name = format_name
         self._async_store = inspect.iscoroutinefunction(getattr(store, "apply", None))
         self._delivery_ids = delivery_ids
+        self._client = client
+        if backend is not None and getattr(backend, "thin_callbacks", False) and client is None:
+            raise ValidationError(
+                f"{backend.name}'s webhooks only name the response: pass client= (a "
+                "GeneratorClient with the same backend) so the handler fetches the result"
+            )
+
+    def _client_for_fetch(self) -> Any:
+        if self._client is None:
+            raise TypeError("this delivery must be fetched, and the handler has no client=")
+        return self._client
 
     @property
     def max_body_bytes(self) -> int:
@@ -316,8 +350,16 @@ class WebhookHandler:
             parsed = self._parse(body)
         except PayloadError as exc:
             return self._reject(400, str(exc), job_id, header_id)
+        remote_id = None
+        if job_id is None and parsed.job_id is None and parsed.update.remote_id is not None:
+            if not self._keys:
+                refusal = "the payload names only a remote id, which only a signature vouches for"
+                return self._reject(400, refusal, job_id, header_id)
+            # Signed and naming only the provider's id (OpenAI's project-wide events).
+            remote_id = parsed.update.remote_id
+            job_id = remote_key(remote_id)
         # Only a token authenticates the URL's job id; a signature covers the body alone.
-        route_trusted = bool(self._token_keys) or not self._keys
+        route_trusted = bool(self._token_keys) or not self._keys or remote_id is not None
         effective, error = _job_id(job_id, parsed.job_id, route_trusted=route_trusted)
         if error is not None:
             return self._reject(400, error, job_id, header_id)
@@ -326,7 +368,7 @@ class WebhookHandler:
             delivery_id = self._delivery_id(lowered, signed_id, effective, body)
         except SignatureError as exc:
             return self._reject(400, str(exc), job_id, None)
-        return _Delivery(effective, parsed.update, delivery_id, body)
+        return _Delivery(effective, parsed.update, delivery_id, body, remote_id, parsed.fetch)
 
     def _delivery_id(
         self, headers: Mapping[str, object], signed_id: str | None, job_id: str, body: bytes
@@ -360,7 +402,8 @@ class WebhookHandler:
                 error="no job with this id; the delivery is kept as a dead letter",
             )
         else:
-            fields: dict[str, Any] = {"outcome": outcome.value, "job_id": delivery.job_id}
+            job_id = result.job.id if result.job is not None else delivery.job_id
+            fields: dict[str, Any] = {"outcome": outcome.value, "job_id": job_id}
             if result.job is not None:
                 fields["status"] = result.job.status.value
             response = _response(200, **fields)
@@ -438,9 +481,18 @@ class WebhookHandler:
 
     def _apply(self, delivery: _Delivery) -> ApplyResult:
         store = self.store
-        result: ApplyResult = store.apply(
-            delivery.job_id, delivery.update, delivery_id=delivery.delivery_id
-        )
+        job_id = delivery.job_id
+        if delivery.remote_id is not None:
+            try:
+                job_id = store.get_by_remote_id(delivery.remote_id).id
+            except JobNotFoundError:
+                job_id = delivery.job_id  # kept as a dead letter below, by remote id
+        if (delivery.fetch and job_id != delivery.job_id) or (
+            delivery.fetch and not delivery.remote_id
+        ):
+            before: Job = store.get(job_id)
+            return _fetched(before, self._client_for_fetch().refresh(job_id))
+        result: ApplyResult = store.apply(job_id, delivery.update, delivery_id=delivery.delivery_id)
         if result.outcome is Outcome.NOT_FOUND:
             # Kept once per delivery id: a sender retrying its 404 adds nothing.
             store.add_dead_letter(
@@ -503,8 +555,23 @@ class WebhookHandler:
 
     async def _aapply(self, delivery: _Delivery) -> ApplyResult:
         store = self.store
+        job_id = delivery.job_id
+        if delivery.remote_id is not None:
+            try:
+                job_id = (await store.get_by_remote_id(delivery.remote_id)).id
+            except JobNotFoundError:
+                job_id = delivery.job_id
+        if (delivery.fetch and job_id != delivery.job_id) or (
+            delivery.fetch and not delivery.remote_id
+        ):
+            before: Job = await store.get(job_id)
+            client = self._client_for_fetch()
+            refreshed = client.refresh(job_id)
+            if inspect.isawaitable(refreshed):
+                refreshed = await refreshed
+            return _fetched(before, refreshed)
         result: ApplyResult = await store.apply(
-            delivery.job_id, delivery.update, delivery_id=delivery.delivery_id
+            job_id, delivery.update, delivery_id=delivery.delivery_id
         )
         if result.outcome is Outcome.NOT_FOUND:
             await store.add_dead_letter(

@@ -24,6 +24,7 @@ from jobhook.backends._base import (
 from jobhook.backends._cog import Cog
 from jobhook.backends._fal import Fal
 from jobhook.backends._jobhook import Jobhook
+from jobhook.backends._openai import OpenAI
 from jobhook.backends._replicate import Replicate
 from jobhook.backends._runpod import RunPod
 
@@ -34,6 +35,7 @@ __all__ = [
     "Cog",
     "Fal",
     "Jobhook",
+    "OpenAI",
     "ProfileBase",
     "Replicate",
     "Request",
