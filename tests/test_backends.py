@@ -725,3 +725,49 @@ def test_a_thin_event_for_an_unknown_response_is_kept_as_a_dead_letter() -> None
     [letter] = store.dead_letters()
     assert letter.job_id == "remote:resp_unknown"
     assert letter.update.remote_id == "resp_unknown"
+
+
+# -- the async twins share the rules -----------------------------------------------------
+
+
+def test_the_async_client_and_handler_drive_a_profile_the_same_way() -> None:
+    import asyncio
+
+    from jobhook import AsyncGeneratorClient, AsyncInMemoryJobStore
+
+    async def main() -> None:
+        store = AsyncInMemoryJobStore()
+        done = response("completed", output=[{"type": "message", "text": "hi"}])
+        fake = openai_fake(httpx.Response(200, json=done))
+        retry = RetryPolicy(max_attempts=2, backoff=0)
+
+        async def no_sleep(seconds: float) -> None:
+            return None
+
+        client = AsyncGeneratorClient(
+            store,
+            OPENAI,
+            callback_url=CALLBACK,
+            retry=retry,
+            http_client=httpx.AsyncClient(transport=httpx.MockTransport(fake)),
+            sleep=no_sleep,
+        )
+        job = await client.submit("x", job_id="j-1")
+        assert job.remote_id == "resp_1"
+        handler = WebhookHandler(
+            store, backend=OPENAI, secret=OPENAI_SECRET, client=client, clock=lambda: NOW
+        )
+        body = event("response.completed")
+        headers = sign_webhook(OPENAI_SECRET, body, msg_id="msg_1", timestamp=NOW)
+        answer = await handler.ahandle(headers, body)
+        assert answer.json()["outcome"] == "applied"
+        assert (await store.get("j-1")).output == done["output"]
+        # A non-idempotent submit that may have arrived is not resent by the async twin.
+        fake.routes[("POST", "/v1/responses")] = [httpx.ReadTimeout("slow")]
+        with pytest.raises(SubmitError) as info:
+            await client.submit("y", job_id="j-2")
+        assert info.value.ambiguous
+        assert len(fake.sent("POST", "/v1/responses")) == 2  # j-1 once, j-2 once
+        await client.aclose()
+
+    asyncio.run(main())
