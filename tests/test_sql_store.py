@@ -268,3 +268,56 @@ def test_postgres_single_statement_operations_send_no_begin_or_commit(
     monkeypatch.undo()
     with store.engine.connect() as conn:
         assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+
+
+# -- the remote id index ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SYNC_KINDS)
+def test_get_by_remote_id_is_served_by_its_index(make_store: Any, kind: str) -> None:
+    """The lookup's statement, exactly as the store sends it, searches
+    ix_…_jobs_remote_id and needs no sort (the index holds the newest-first order of
+    jobs sharing a remote id too), among enough jobs that a scan would cost."""
+    from jobhook._ids import utcnow
+
+    store = make_store(kind)
+    jobs = store.tables.jobs
+    now = utcnow()
+    rows = [
+        {
+            "id": f"j{n:05d}",
+            "kind": "default",
+            "status": "submitted",
+            "metadata": {},
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+            # Half the jobs have no remote id (a backend that takes ours).
+            "remote_id": f"r-{n}" if n % 2 else None,
+        }
+        for n in range(5000)
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(jobs.insert(), rows)
+        conn.exec_driver_sql(f"ANALYZE {jobs.name}")
+    assert store.get_by_remote_id("r-4321").id == "j04321"
+    prepared = store._direct.prepared(store._ops.select_job_by_remote_id)
+    explain = "EXPLAIN QUERY PLAN " if kind == "sqlite" else "EXPLAIN "
+    with store.engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(explain + prepared.sql, prepared.parameters({"remote_id": "r-4321"}))
+        plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
+        cursor.close()
+    assert f"ix_{store.tables.prefix}jobs_remote_id" in plan, plan
+    for costly in ("SCAN", "TEMP B-TREE", "Seq Scan", "Sort"):
+        assert costly not in plan, plan
+
+
+def test_create_schema_adds_the_remote_id_index_to_existing_tables(tmp_path: Any) -> None:
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'old.db'}", create_schema=True)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP INDEX ix_jobhook_jobs_remote_id")
+    store.create_schema()
+    indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("jobhook_jobs")}
+    assert "ix_jobhook_jobs_remote_id" in indexes
+    store.close()

@@ -4,7 +4,7 @@
 JobhookError
 ├── ValidationError (also ValueError)      a value jobhook cannot accept
 │   └── PayloadError                       a webhook body that cannot be parsed (400)
-├── JobNotFoundError (also LookupError)    no job with that id (404)
+├── JobNotFoundError (also LookupError)    no job with that id or remote id (404)
 ├── DeadLetterNotFoundError (LookupError)  no dead letter with that id (404)
 ├── JobExistsError                         a job with that id exists already (409)
 ├── StoreUnavailableError                  the database cannot be reached (503)
@@ -64,13 +64,20 @@ class PayloadError(ValidationError):
 
 
 class JobNotFoundError(JobhookError, LookupError):
-    """No job has this id."""
+    """No job has this id, or (``remote_id``) no job carries this backend's id.
+
+    ``job_id`` is the id looked up, ``None`` for a lookup by ``remote_id``.
+    """
 
     status_hint = 404
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
+    def __init__(self, job_id: str | None = None, *, remote_id: str | None = None) -> None:
+        if remote_id is not None:
+            super().__init__(f"no job with remote id {remote_id!r}")
+        else:
+            super().__init__(f"no job with id {job_id!r}")
         self.job_id = job_id
+        self.remote_id = remote_id
 
 
 class JobExistsError(JobhookError):

@@ -506,3 +506,83 @@ def test_a_dead_letter_reason_no_column_holds_is_refused(store: Any, reason: str
     with pytest.raises(ValidationError, match="reason"):
         store.add_dead_letter("gone", JobUpdate("running"), reason=reason)
     assert store.dead_letters() == []
+
+
+# -- get_by_remote_id ------------------------------------------------------------------
+
+
+def test_a_job_is_found_by_the_remote_id_an_applied_update_set(store: Any) -> None:
+    job = store.create({}, job_id="ours")
+    with pytest.raises(JobNotFoundError, match="remote id 'pred_1'") as info:
+        store.get_by_remote_id("pred_1")
+    assert isinstance(info.value, LookupError)
+    assert (info.value.remote_id, info.value.job_id) == ("pred_1", None)
+    # An update that does not apply records no remote id.
+    store.apply(job.id, JobUpdate("running", progress=50))
+    stale = store.apply(job.id, JobUpdate("submitted", remote_id="pred_1"))
+    assert stale.outcome is Outcome.STALE
+    with pytest.raises(JobNotFoundError):
+        store.get_by_remote_id("pred_1")
+    applied = store.apply(job.id, JobUpdate("running", progress=60, remote_id="pred_1")).job
+    assert store.get_by_remote_id("pred_1") == applied == store.get(job.id)
+    # Later updates without a remote id keep it; a job id is not a remote id.
+    done = store.apply(job.id, JobUpdate("succeeded")).job
+    assert store.get_by_remote_id("pred_1") == done
+    with pytest.raises(JobNotFoundError):
+        store.get_by_remote_id("ours")
+
+
+@pytest.mark.parametrize("remote_id", ["a b/c?d#é", "r" * 255, "\U0001f98a"])
+def test_any_remote_id_a_job_can_carry_finds_it(store: Any, remote_id: str) -> None:
+    # Remote ids are the backend's: any text the column holds, not the job-id alphabet.
+    job = store.create({})
+    store.apply(job.id, JobUpdate("submitted", remote_id=remote_id))
+    assert store.get_by_remote_id(remote_id).id == job.id
+
+
+def test_a_changed_remote_id_finds_the_job_by_the_new_one_only(store: Any) -> None:
+    """A backend never renames its ids: a new remote id means a new remote job (a
+    resubmission), and the job is found by the remote id it carries now."""
+    job = store.create({})
+    store.apply(job.id, JobUpdate("submitted", remote_id="r-old"))
+    moved = store.apply(job.id, JobUpdate("running", remote_id="r-new")).job
+    assert store.get_by_remote_id("r-new") == moved
+    with pytest.raises(JobNotFoundError, match="r-old"):
+        store.get_by_remote_id("r-old")
+    store.apply(job.id, JobUpdate("running", progress=5, remote_id="r-new"))
+    assert store.get_by_remote_id("r-new").progress == 5.0
+
+
+def test_jobs_sharing_a_remote_id_resolve_to_the_newest(store: Any) -> None:
+    """Two backends' ids can collide: the newest job (in the order of `list`) wins,
+    whichever took the id last, and the older one is found again once the newer one
+    carries another remote id."""
+    older, newer = store.create({}, job_id="a-older"), store.create({}, job_id="b-newer")
+    assert [j.id for j in store.list()] == [newer.id, older.id]
+    store.apply(newer.id, JobUpdate("submitted", remote_id="shared"))
+    store.apply(older.id, JobUpdate("submitted", remote_id="shared"))
+    assert store.get_by_remote_id("shared").id == newer.id
+    store.apply(newer.id, JobUpdate("running", remote_id="other"))
+    assert store.get_by_remote_id("shared").id == older.id
+    assert store.get_by_remote_id("other").id == newer.id
+
+
+def test_jobs_found_by_remote_id_never_alias_stored_state(store: Any) -> None:
+    job = store.create({"prompt": "fox"})
+    store.apply(job.id, JobUpdate("succeeded", output={"images": ["1.png"]}, remote_id="r"))
+    found = store.get_by_remote_id("r")
+    found.input["prompt"] = "changed"
+    found.output["images"].append("2.png")
+    found.metadata["x"] = 1
+    again = store.get_by_remote_id("r")
+    assert (again.input, again.output, again.metadata) == (
+        {"prompt": "fox"},
+        {"images": ["1.png"]},
+        {},
+    )
+
+
+@pytest.mark.parametrize("bad", ["", 42, None, "r" * 256, "r\x00", "\ud800"])
+def test_a_remote_id_no_store_could_hold_is_refused(store: Any, bad: Any) -> None:
+    with pytest.raises(ValidationError, match="remote_id"):
+        store.get_by_remote_id(bad)

@@ -71,6 +71,17 @@ class Tables:
             postgresql_where=non_terminal,
             sqlite_where=non_terminal,
         )
+        # get_by_remote_id(): equality on remote_id, newest first among jobs that share
+        # one. Only jobs with a remote id (hosted backends) are indexed.
+        has_remote_id = jobs.c.remote_id.is_not(None)
+        sa.Index(
+            f"ix_{prefix}jobs_remote_id",
+            jobs.c.remote_id,
+            jobs.c.created_at,
+            jobs.c.id,
+            postgresql_where=has_remote_id,
+            sqlite_where=has_remote_id,
+        )
         self.deliveries = sa.Table(
             f"{prefix}deliveries",
             self.metadata,

@@ -59,6 +59,9 @@ class InMemoryJobStore:
         self._events: list[JobEvent] = []
         self._dead_letters: list[DeadLetter] = []
         self._letters_by_delivery: dict[str, int] = {}
+        # remote_id -> ids of the jobs carrying it now: a set, since two backends' ids can
+        # collide (get_by_remote_id then picks the newest). Kept in step with _jobs.
+        self._by_remote_id: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return f"<InMemoryJobStore jobs={len(self._jobs)}>"
@@ -87,6 +90,15 @@ class InMemoryJobStore:
             job = self._jobs.get(job_id)
         if job is None:
             raise JobNotFoundError(job_id)
+        return _detached(job)
+
+    def get_by_remote_id(self, remote_id: str) -> Job:
+        check_id(remote_id, "remote_id")
+        with self._lock:
+            holders = self._by_remote_id.get(remote_id)
+            job = max((self._jobs[i] for i in holders), key=_sort_key) if holders else None
+        if job is None:
+            raise JobNotFoundError(remote_id=remote_id)
         return _detached(job)
 
     def list(
@@ -144,6 +156,8 @@ class InMemoryJobStore:
         if outcome is not Outcome.APPLIED:
             return ApplyResult(outcome, _detached(job))
         self._jobs[job_id] = new
+        if new.remote_id != job.remote_id:
+            self._reindex_remote_id(job, new)
         event = JobEvent(
             id=len(self._events) + 1,
             job_id=new.id,
@@ -157,6 +171,17 @@ class InMemoryJobStore:
         )
         self._events.append(event)
         return ApplyResult(outcome, _detached(new), event)
+
+    def _reindex_remote_id(self, old: Job, new: Job) -> None:
+        """Move the job in the remote id index (under the lock): it is found by its
+        current remote id only."""
+        if old.remote_id is not None:
+            holders = self._by_remote_id[old.remote_id]
+            holders.discard(old.id)
+            if not holders:
+                del self._by_remote_id[old.remote_id]
+        if new.remote_id is not None:
+            self._by_remote_id.setdefault(new.remote_id, set()).add(new.id)
 
     def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
         check_limit(limit)
@@ -258,6 +283,9 @@ class AsyncInMemoryJobStore:
 
     async def get(self, job_id: str) -> Job:
         return self._store.get(job_id)
+
+    async def get_by_remote_id(self, remote_id: str) -> Job:
+        return self._store.get_by_remote_id(remote_id)
 
     async def list(
         self,

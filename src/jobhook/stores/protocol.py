@@ -44,6 +44,20 @@ class JobStore(Protocol):
         """Return the job. Raises `JobNotFoundError`."""
         ...
 
+    def get_by_remote_id(self, remote_id: str) -> Job:
+        """Return the job that carries ``remote_id``, the id a hosted backend gave it.
+
+        A job carries the ``remote_id`` of the last applied update that set one: an
+        update that does not apply records none, and a job whose remote id changed
+        (a resubmission) is found by the new id only. When several jobs carry the same
+        remote id (two backends' ids can collide), the newest job is returned, in the
+        order `list` uses (greatest ``created_at``, then id). Indexed in every store.
+
+        Raises `JobNotFoundError` (its ``remote_id`` set) when no job carries it, and
+        `ValidationError` for a ``remote_id`` no store could hold (as `get` does).
+        """
+        ...
+
     def list(
         self,
         *,
@@ -127,6 +141,8 @@ class AsyncJobStore(Protocol):
     ) -> Job: ...
 
     async def get(self, job_id: str) -> Job: ...
+
+    async def get_by_remote_id(self, remote_id: str) -> Job: ...
 
     async def list(
         self,

@@ -207,6 +207,14 @@ class _Operations:
         else:
             raise ValueError(f"SQLJobStore supports SQLite and PostgreSQL, not {dialect!r}")
         self.select_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
+        # Remote ids of two backends can collide: the newest job wins (ix_…_remote_id
+        # serves both the match and the order).
+        self.select_job_by_remote_id = (
+            sa.select(jobs)
+            .where(jobs.c.remote_id == sa.bindparam("remote_id"))
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .limit(1)
+        )
         # A new job has no progress, output, error, remote id, sequence or end yet.
         unset = ("progress", "output", "error_code", "error_message", "remote_id", "sequence")
         self.insert_job = sa.insert(jobs).values(
@@ -473,6 +481,13 @@ class _Operations:
         row = _first((yield self.select_job, {"id": job_id}))
         if row is None:
             raise JobNotFoundError(job_id)
+        return _job_from_row(row)
+
+    def get_by_remote_id(self, remote_id: str) -> Steps[Job]:
+        check_id(remote_id, "remote_id")
+        row = _first((yield self.select_job_by_remote_id, {"remote_id": remote_id}))
+        if row is None:
+            raise JobNotFoundError(remote_id=remote_id)
         return _job_from_row(row)
 
     def list(
@@ -780,6 +795,11 @@ class SQLJobStore:
         """Return the job. Raises `JobNotFoundError`."""
         return self._run(self._ops.get(job_id), write=False, standalone=True)
 
+    def get_by_remote_id(self, remote_id: str) -> Job:
+        """The newest job carrying ``remote_id``. See `JobStore.get_by_remote_id`."""
+        steps = self._ops.get_by_remote_id(remote_id)
+        return self._run(steps, write=False, standalone=True)
+
     def list(
         self,
         *,
@@ -929,6 +949,10 @@ class AsyncSQLJobStore:
     async def get(self, job_id: str) -> Job:
         """Return the job. Raises `JobNotFoundError`."""
         return await self._run(self._ops.get(job_id), write=False)
+
+    async def get_by_remote_id(self, remote_id: str) -> Job:
+        """The newest job carrying ``remote_id``. See `JobStore.get_by_remote_id`."""
+        return await self._run(self._ops.get_by_remote_id(remote_id), write=False)
 
     async def list(
         self,
