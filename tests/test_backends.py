@@ -771,3 +771,36 @@ def test_the_async_client_and_handler_drive_a_profile_the_same_way() -> None:
         await client.aclose()
 
     asyncio.run(main())
+
+
+# -- the webhook that beats the submit answer ------------------------------------------------
+
+
+def test_a_thin_event_that_beats_the_submit_answer_is_applied_once_the_answer_lands() -> None:
+    store = InMemoryJobStore()
+    done = response("completed", output=[{"type": "message", "text": "early"}])
+    fake = openai_fake(httpx.Response(200, json=done))
+    client = client_for(store, OPENAI, fake)
+    handler = openai_handler(store, client)
+    # OpenAI answers the event before our submit's answer recorded resp_1.
+    assert post_event(handler, event("response.completed")).status == 404
+    [letter] = store.dead_letters()
+    job = client.submit("x", job_id="j-1")
+    assert (job.status, job.output) == (JobStatus.SUCCEEDED, done["output"])
+    assert store.dead_letters() == []  # replayed
+    assert store.dead_letters(include_replayed=True)[0].id == letter.id
+
+
+def test_a_signed_delivery_naming_only_a_remote_id_waits_for_it_and_applies_once() -> None:
+    secret = REPLICATE_SECRET
+    store = InMemoryJobStore()
+    handler = WebhookHandler(store, secret=secret, clock=lambda: NOW)
+    body = json.dumps({"status": "succeeded", "remote_id": "gen-7", "output": {"url": "a.png"}})
+    headers = sign_webhook(secret, body, msg_id="msg_early", timestamp=NOW)
+    assert handler.handle(headers, body).status == 404
+    fake = Backend({("POST", "/jobs"): [httpx.Response(202, json={"remote_id": "gen-7"})]})
+    job = client_for(store, "https://gen.example", fake).submit({}, job_id="j-1")
+    assert (job.status, job.output) == (JobStatus.SUCCEEDED, {"url": "a.png"})
+    # The sender's retry of the early delivery is now a duplicate of the replayed one.
+    assert handler.handle(headers, body).json()["outcome"] == "duplicate"
+    assert [e.delivery_id for e in store.events()] == [None, "msg_early"]

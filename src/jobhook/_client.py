@@ -33,7 +33,8 @@ from jobhook._http import (
     exchange,
     request_of,
 )
-from jobhook._models import JSON, Job, JobError, JobStatus, JobUpdate
+from jobhook._ids import remote_key
+from jobhook._models import JSON, DeadLetter, Job, JobError, JobStatus, JobUpdate
 from jobhook._payloads import ParsedPayload, PayloadFormat
 from jobhook._signing import callback_token
 from jobhook.backends import Backend, Jobhook, Request, SubmitAnswer
@@ -266,6 +267,38 @@ class _ClientCore:
         job = result.job or job
         if answer.update is not None:
             job = yield from self._apply(job, answer.update, "submit")
+        if remote_id is not None:
+            job = yield from self._replay_early(job, remote_id)
+        return job
+
+    def _replay_early(self, job: Job, remote_id: str) -> Steps[Job]:
+        """Apply the deliveries that named ``remote_id`` before this answer recorded it
+        (kept as dead letters under ``remote:<id>``)."""
+        letters: list[DeadLetter] = yield StoreCall(
+            "dead_letters", (), {"job_id": remote_key(remote_id)}
+        )
+        if not letters:
+            return job
+        if getattr(self.backend, "thin_callbacks", False):
+            # Thin events only say that something happened: ask what, then let the
+            # letters (now matching or stale) be marked replayed.
+            try:
+                job = yield from self.refresh(job.id)
+            except (BackendError, ValidationError) as exc:
+                log.warning("job %s: early webhook kept; refresh failed: %s", job.id, exc)
+                return job
+            if not job.terminal:
+                return job  # the reconciler settles it; the letters wait
+        for letter in letters:
+            result = yield StoreCall("replay_dead_letter", (letter.id,), {"job_id": job.id})
+            log.info(
+                "job %s: early webhook %s for remote id %s replayed: %s",
+                job.id,
+                letter.delivery_id,
+                remote_id,
+                result.outcome,
+            )
+            job = result.job or job
         return job
 
     def _call_backend(self, job: Job, request: Request, what: str) -> Steps[httpx.Response]:

@@ -28,6 +28,7 @@ __all__ = [
     "check_new_job_id",
     "is_delivery_id",
     "new_job_id",
+    "remote_key",
     "utcnow",
 ]
 
@@ -47,6 +48,12 @@ def check_new_job_id(value: object) -> str:
     if not isinstance(value, str) or _JOB_ID.fullmatch(value) is None or value in (".", ".."):
         raise ValidationError(f"job_id: {JOB_ID_RULE}; got {value!r:.300}")
     return value
+
+
+def remote_key(remote_id: str) -> str:
+    """The job id a dead letter is kept under while no job has its ``remote_id`` yet
+    (a webhook that beat the submit answer); see `JobStore.replay_dead_letter`."""
+    return f"remote:{remote_id}"
 
 
 def is_delivery_id(value: object) -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from jobhook._ids import check_delivery_id
+from jobhook._ids import check_delivery_id, remote_key
 from jobhook._models import ApplyResult, Job, JobEvent, JobUpdate, Outcome
 from jobhook._payloads import ParsedPayload, PayloadFormat, payload_parser
 from jobhook._signing import (
@@ -88,11 +88,6 @@ class _Delivery:
     remote_id: str | None = None
     #: What happened must be fetched from the backend (a thin event).
     fetch: bool = False
-
-
-def remote_key(remote_id: str) -> str:
-    """The job id a dead letter is kept under while its job's remote id is unknown."""
-    return f"remote:{remote_id}"
 
 
 def _response(http_status: int, /, **fields: Any) -> WebhookResponse:

@@ -586,3 +586,16 @@ def test_jobs_found_by_remote_id_never_alias_stored_state(store: Any) -> None:
 def test_a_remote_id_no_store_could_hold_is_refused(store: Any, bad: Any) -> None:
     with pytest.raises(ValidationError, match="remote_id"):
         store.get_by_remote_id(bad)
+
+
+def test_a_letter_kept_under_a_remote_id_replays_to_the_job_named(store: Any) -> None:
+    early = JobUpdate("succeeded", remote_id="r-9", output={"n": 1})
+    letter = store.add_dead_letter("remote:r-9", early, delivery_id="d-early")
+    job = store.create({}, job_id="late-job")
+    assert store.replay_dead_letter(letter.id).outcome is Outcome.NOT_FOUND
+    result = store.replay_dead_letter(letter.id, job_id=job.id)
+    assert result.applied
+    assert store.get(job.id).output == {"n": 1}
+    assert store.dead_letters() == []
+    # Under its delivery id: a second replay is a duplicate.
+    assert store.replay_dead_letter(letter.id, job_id=job.id).outcome is Outcome.DUPLICATE

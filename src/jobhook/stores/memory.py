@@ -244,13 +244,14 @@ class InMemoryJobStore:
             ]
         return letters[:limit]
 
-    def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
+    def replay_dead_letter(self, dead_letter_id: int, *, job_id: str | None = None) -> ApplyResult:
         with self._lock:
             index = dead_letter_id - 1
             if not 0 <= index < len(self._dead_letters):
                 raise DeadLetterNotFoundError(dead_letter_id)
             letter = self._dead_letters[index]
-            result = self._apply_locked(letter.job_id, letter.update, letter.delivery_id)
+            target = letter.job_id if job_id is None else check_id(job_id)
+            result = self._apply_locked(target, letter.update, letter.delivery_id)
             if result.outcome is not Outcome.NOT_FOUND and letter.replayed_at is None:
                 self._dead_letters[index] = attrs.evolve(letter, replayed_at=utcnow())
             return result
@@ -331,8 +332,10 @@ class AsyncInMemoryJobStore:
             job_id=job_id, include_replayed=include_replayed, limit=limit
         )
 
-    async def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
-        return self._store.replay_dead_letter(dead_letter_id)
+    async def replay_dead_letter(
+        self, dead_letter_id: int, *, job_id: str | None = None
+    ) -> ApplyResult:
+        return self._store.replay_dead_letter(dead_letter_id, job_id=job_id)
 
     async def close(self) -> None:
         """Nothing to release; here for the protocol."""

@@ -113,8 +113,10 @@ class JobStore(Protocol):
         """Kept deliveries, oldest first."""
         ...
 
-    def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
-        """Apply a kept delivery under its original delivery id.
+    def replay_dead_letter(self, dead_letter_id: int, *, job_id: str | None = None) -> ApplyResult:
+        """Apply a kept delivery under its original delivery id, to its job, or to
+        ``job_id`` when given (a letter kept under a remote id not yet recorded,
+        ``remote:<id>``, once its job is known).
 
         Marks it replayed unless the job is still unknown. Raises
         `DeadLetterNotFoundError`.
@@ -176,7 +178,9 @@ class AsyncJobStore(Protocol):
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
     ) -> builtins.list[DeadLetter]: ...
 
-    async def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult: ...
+    async def replay_dead_letter(
+        self, dead_letter_id: int, *, job_id: str | None = None
+    ) -> ApplyResult: ...
 
     async def close(self) -> None: ...
 

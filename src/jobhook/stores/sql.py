@@ -655,13 +655,14 @@ class _Operations:
             query = query.where(dl.c.replayed_at.is_(None))
         return [_dead_letter_from_row(r) for r in (yield query, None)]
 
-    def replay_dead_letter(self, dead_letter_id: int) -> Steps[ApplyResult]:
+    def replay_dead_letter(self, dead_letter_id: int, job_id: str | None) -> Steps[ApplyResult]:
         row = _first((yield self.select_dead_letter, {"id": dead_letter_id}))
         if row is None:
             raise DeadLetterNotFoundError(dead_letter_id)
         letter = _dead_letter_from_row(row)
+        target = letter.job_id if job_id is None else job_id
         # A NOT_FOUND ends in _Rollback, leaving the letter as it was.
-        result = yield from self.apply(letter.job_id, letter.update, letter.delivery_id)
+        result = yield from self.apply(target, letter.update, letter.delivery_id)
         yield self.mark_replayed, {"b_id": dead_letter_id, "b_now": utcnow()}
         return result
 
@@ -848,9 +849,10 @@ class SQLJobStore:
         steps = self._ops.dead_letters(job_id, include_replayed, limit)
         return self._run(steps, write=False, static=False)
 
-    def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
-        """Apply a kept delivery under its delivery id. Raises `DeadLetterNotFoundError`."""
-        return self._run(self._ops.replay_dead_letter(dead_letter_id), write=True)
+    def replay_dead_letter(self, dead_letter_id: int, *, job_id: str | None = None) -> ApplyResult:
+        """Apply a kept delivery under its delivery id (to ``job_id`` when given).
+        Raises `DeadLetterNotFoundError`."""
+        return self._run(self._ops.replay_dead_letter(dead_letter_id, job_id), write=True)
 
     def close(self) -> None:
         """Close the engine's connections (only if this store created the engine)."""
@@ -1001,9 +1003,13 @@ class AsyncSQLJobStore:
         steps = self._ops.dead_letters(job_id, include_replayed, limit)
         return await self._run(steps, write=False)
 
-    async def replay_dead_letter(self, dead_letter_id: int) -> ApplyResult:
-        """Apply a kept delivery under its delivery id. Raises `DeadLetterNotFoundError`."""
-        return await self._run(self._ops.replay_dead_letter(dead_letter_id), write=True)
+    async def replay_dead_letter(
+        self, dead_letter_id: int, *, job_id: str | None = None
+    ) -> ApplyResult:
+        """Apply a kept delivery under its delivery id (to ``job_id`` when given).
+        Raises `DeadLetterNotFoundError`."""
+        steps = self._ops.replay_dead_letter(dead_letter_id, job_id)
+        return await self._run(steps, write=True)
 
     async def close(self) -> None:
         """Close the engine's connections (only if this store created the engine)."""
