@@ -367,11 +367,12 @@ class _ClientCore:
         return (yield from self._apply(job, update, "refresh"))
 
     def _no_status(self, job: Job) -> str:
-        if isinstance(self.backend, Jobhook) and self.backend.status_path is None:
-            return "refresh() needs the client's status_path"
-        if job.remote_id is None and self.backend.name != "cog":
-            return f"job {job.id!r} has no remote_id yet, which {self.backend.name}'s status needs"
-        return f"{self.backend.name} has no status endpoint"
+        backend = self.backend
+        if isinstance(backend, Jobhook) and backend.status_path is None:
+            return "refresh() needs a status_path (backends.Jobhook(..., status_path=...))"
+        if not getattr(backend, "has_status_endpoint", True):
+            return f"{backend.name} has no status endpoint"
+        return f"job {job.id!r} has no remote_id yet, which {backend.name}'s status request needs"
 
     def cancel(self, job_id: str) -> Steps[Job]:
         """Ask the backend to cancel the job; apply ``canceled`` once it confirms."""
@@ -381,8 +382,12 @@ class _ClientCore:
         request = self.backend.cancel_request(job)
         if request is None:
             if isinstance(self.backend, Jobhook) and self.backend.cancel_path is None:
-                raise ValidationError("cancel() needs the client's cancel_path")
-            raise ValidationError(f"{self.backend.name} cannot cancel job {job.id!r} (yet)")
+                raise ValidationError(
+                    "cancel() needs a cancel_path (backends.Jobhook(..., cancel_path=...))"
+                )
+            raise ValidationError(
+                f"{self.backend.name} cannot cancel job {job.id!r} yet (it has no remote_id)"
+            )
         response = yield from self._call_backend(job, request, "cancel")
         try:
             update = self.backend.read_cancel(job, response.content)

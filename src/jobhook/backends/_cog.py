@@ -46,6 +46,8 @@ class Cog(ProfileBase):
     callback_auth: CallbackAuth = "token"
     #: The callback body size the handler accepts by default for this backend.
     max_callback_bytes = 64 * 1024 * 1024
+    #: `GeneratorClient.refresh` is not available: Cog keeps no finished predictions.
+    has_status_endpoint = False
     _retryable = RETRYABLE_STATUSES | {409}
 
     def __init__(self, base_url: str, *, headers: Mapping[str, str] | None = None) -> None:
