@@ -14,8 +14,10 @@ tampered bodies; missing, duplicated, non-text and huge headers; timestamps outs
 tolerance or malformed; bodies that are not UTF-8, not JSON, not objects, of the wrong
 shape, nested 100,000 deep, with huge numbers, over-long strings, NaN, unknown statuses or
 progress out of range; route job ids unlike the payload's; right, wrong and missing
-callback tokens; payloads without ``job_id``; deliveries without ``webhook-id``. Handlers:
-signed, token-only, both, and Replicate payloads with tokens.
+callback tokens; payloads without ``job_id``, or naming only a remote id; deliveries
+without ``webhook-id``, or with Svix's header names. Handlers: signed (several secrets,
+and ED25519 ``v1a`` next to ``v1`` when the cryptography package is there), token-only,
+both, Replicate payloads with tokens, and a small ``max_body_bytes``.
 
 Checked for every answer: no exception escapes, no 500, no 503 (the store is up), the status
 is one of 200/400/401/404/413, the body is JSON with an ``outcome``, the status is the one
@@ -60,6 +62,21 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ROTATED = "whsec_cm90YXRlZC1rZXktZm9yLWZ1enppbmc="  # the handler's second secret
 WRONG = "whsec_c2VjcmV0LWtleS0y"
 TOKEN_SECRET = "fuzz-callback-token-secret"
+
+
+def _ed25519_keys() -> tuple[str, str]:
+    """A fixed ED25519 key pair (``whsk_`` seed, ``whpk_`` public key), or two empty
+    strings without the cryptography package."""
+    try:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    except ModuleNotFoundError:
+        return "", ""
+    seed = hashlib.sha256(b"jobhook fuzz").digest()
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return "whsk_" + base64.b64encode(seed).decode(), "whpk_" + base64.b64encode(public).decode()
+
+
+SIGNING_KEY, PUBLIC_KEY = _ed25519_keys()
 STORES = ("memory", "sqlite", "postgres")
 MODES = ("sync", "async")
 ALLOWED = frozenset({200, 400, 401, 404, 413})
@@ -67,6 +84,7 @@ OK, MISSING, BAD, UNAUTHORIZED = (frozenset({s}) for s in (200, 404, 400, 401))
 RANK = {s.value: s.rank for s in JobStatus}
 TERMINAL = {s.value for s in JobStatus if s.terminal}
 ID_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+SVIX_NAMES = {name: name.replace("webhook-", "svix-") for name in ID_HEADERS}
 WINDOW = 300  # jobs in play at any one time (see Generator.target)
 
 
@@ -83,11 +101,14 @@ class Config:
     tokens: bool
     fmt: str = "jobhook"
     max_body: int = 1_048_576
+    v1a: bool = False  # the handler also holds an ED25519 public key; senders sign v1a
 
     def options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"clock": clock}
         if self.secret:
             options["secret"] = [SECRET, ROTATED]
+        if self.v1a:
+            options["secret"] = [PUBLIC_KEY, SECRET, ROTATED]
         if self.tokens:
             options["token_secret"] = TOKEN_SECRET
         if self.fmt != "jobhook":
@@ -97,17 +118,17 @@ class Config:
         return options
 
 
-CONFIGS = {
-    c.name: c
-    for c in (
-        Config("signed", secret=True, tokens=False),
-        Config("token", secret=False, tokens=True),
-        Config("both", secret=True, tokens=True),
-        Config("replicate", secret=True, tokens=True, fmt="replicate"),
-        Config("replicate-token", secret=False, tokens=True, fmt="replicate"),
-        Config("signed-small", secret=True, tokens=False, max_body=4096),
-    )
-}
+_CONFIGS = [
+    Config("signed", secret=True, tokens=False),
+    Config("token", secret=False, tokens=True),
+    Config("both", secret=True, tokens=True),
+    Config("replicate", secret=True, tokens=True, fmt="replicate"),
+    Config("replicate-token", secret=False, tokens=True, fmt="replicate"),
+    Config("signed-small", secret=True, tokens=False, max_body=4096),
+]
+if PUBLIC_KEY:  # ED25519 needs the cryptography package
+    _CONFIGS.append(Config("signed-v1a", secret=True, tokens=False, v1a=True))
+CONFIGS = {c.name: c for c in _CONFIGS}
 
 
 class Pairs(list):  # type: ignore[type-arg]
@@ -158,9 +179,10 @@ def raw_signature(secret: str, msg_id: str, stamp: str, raw: bytes) -> str:
 
 
 def header_key(headers: Any, name: str) -> Any:
-    """The key under which ``headers`` holds ``name`` (any case), else ``name``."""
+    """The key under which ``headers`` holds ``name`` or its Svix name (any case), else
+    ``name``."""
     for key in headers:
-        if isinstance(key, str) and key.lower() == name:
+        if isinstance(key, str) and key.lower() in (name, SVIX_NAMES.get(name)):
             return key
     return name
 
@@ -190,7 +212,7 @@ BAD_STAMPS = (
 )
 BAD_SIGNATURES = (
     *("v1,", "v1,!!!!", "v2,abc", "v1a,c2ln", "v1", ",abc", "v1,AAAA"),
-    *("v1," + base64.b64encode(b"x" * 31).decode(), "v1,AAAA " * 8192),
+    *("v1," + base64.b64encode(b"x" * 31).decode(), "v1,AAAA " * 8192, "v1a,AAAA " * 64),
 )
 GARBAGE_UNSIGNED_IDS = (
     *(5, b"msg", ["msg"], "", " ", "x" * 300, "m" * 1_000_000),
@@ -228,6 +250,7 @@ class Generator:
         self.known_set = set(known)
         self.ghosts = ghosts
         self.pool: list[Case] = []
+        self.remote_ids: list[str] = ["r-0"]  # recently sent, so likely held by a job
         self.serial = 0
         self.index = 0
         self.count = 1
@@ -289,6 +312,8 @@ class Generator:
                 p["error"]["message"] = "the backend gave up"
         if rng.random() < 0.2:
             p["remote_id"] = f"r-{rng.randrange(1000)}"
+            self.remote_ids.append(p["remote_id"])
+            del self.remote_ids[:-50]
         return p
 
     def sign(self, case: Case, cfg: Config) -> None:
@@ -296,20 +321,25 @@ class Generator:
         rng = self.rng
         if not cfg.secret:
             case.msg_id = self.msg_id() if rng.random() < 0.6 else None
-            case.headers = {} if case.msg_id is None else {"webhook-id": case.msg_id}
+            name = "svix-id" if rng.random() < 0.1 else "webhook-id"
+            case.headers = {} if case.msg_id is None else {name: case.msg_id}
             return
         case.msg_id = case.msg_id or self.msg_id()
         stamp = NOW + rng.randint(-300, 300)
         secret = ROTATED if rng.random() < 0.1 else SECRET
+        if cfg.v1a and rng.random() < 0.8:
+            secret = SIGNING_KEY
         headers: dict[Any, Any] = sign_webhook(
             secret, case.raw, msg_id=case.msg_id, timestamp=stamp
         )
         roll = rng.random()
-        if roll < 0.08:  # another scheme next to v1
+        if roll < 0.08 and not cfg.v1a:  # another scheme next to v1
             headers["webhook-signature"] = "v1a,c2lnbmF0dXJl " + headers["webhook-signature"]
         elif roll < 0.16:  # the sender rotating: an old key's signature too
             old = raw_signature(WRONG, case.msg_id, str(stamp), case.raw)
             headers["webhook-signature"] = old + " " + headers["webhook-signature"]
+        if rng.random() < 0.1:  # Svix's names for the same headers
+            headers = {SVIX_NAMES[k]: v for k, v in headers.items()}
         if rng.random() < 0.2:
             headers = {rng.choice([k.title(), k.upper()]): v for k, v in headers.items()}
         if rng.random() < 0.1:
@@ -428,6 +458,7 @@ class Generator:
                 self.huge_header,
                 self.misnamed_header,
                 self.duplicated_header,
+                self.two_ids,
             ]
         if cfg.tokens:
             options += [self.bad_token, self.token_without_route]
@@ -458,7 +489,9 @@ class Generator:
     def bad_signature(self, case: Case) -> None:
         key = header_key(case.headers, "webhook-signature")
         good = case.headers[key].split()[-1]
-        flipped = good[:-3] + ("A" if good[-3] != "A" else "B") + good[-2:]
+        # A character in the middle (the last ones may be only padding bits).
+        mid = len(good) // 2
+        flipped = good[:mid] + ("A" if good[mid] != "A" else "B") + good[mid + 1 :]
         value = self.rng.choice([*BAD_SIGNATURES, "V1" + good[2:], flipped])
         case.headers[key] = value
         case.kind, case.expect = f"auth-signature={value[:20]!r}", UNAUTHORIZED
@@ -496,7 +529,8 @@ class Generator:
 
     def duplicated_header(self, case: Case) -> None:
         name = self.rng.choice(ID_HEADERS)
-        extra = (name.title(), self.rng.choice(["", "garbage", "v1,AAAA", "msg_other"]))
+        sent = header_key(case.headers, name).lower()  # the same name, Svix's if so sent
+        extra = (sent.title(), self.rng.choice(["", "garbage", "v1,AAAA", "msg_other"]))
         pairs = Pairs(case.headers.items())
         if self.rng.random() < 0.5:  # the last one wins: the good value, sent after
             pairs.insert(0, extra)
@@ -505,6 +539,16 @@ class Generator:
             pairs.append(extra)
             case.kind, case.expect = f"auth-duplicated-{name}-bad-last", UNAUTHORIZED
         case.headers = pairs
+
+    def two_ids(self, case: Case) -> None:
+        key = header_key(case.headers, "webhook-id")
+        other = "svix-id" if key.lower() == "webhook-id" else "webhook-id"
+        if self.rng.random() < 0.5:
+            case.headers[other] = case.headers[key]
+            case.kind = "auth-webhook-id-and-svix-id-alike"
+        else:
+            case.headers[other] = self.msg_id()
+            case.kind, case.expect = "auth-webhook-id-and-svix-id-differ", UNAUTHORIZED
 
     def bad_token(self, case: Case) -> None:
         assert case.target is not None
@@ -732,9 +776,17 @@ class Generator:
             return case
         payload = self.payload(cfg, target, name_job=False)
         case = self.new_case(cfg, "route", target, _dumps(payload, rng))
-        if not cfg.tokens:  # a signature does not authenticate the URL's job id
-            case.job_id = rng.choice([target, None])
-            case.kind, case.expect = "route-untrusted-no-job_id", BAD
+        if not cfg.tokens and roll < 0.7:  # a signature does not authenticate the URL's id
+            payload.pop("remote_id", None)
+            case = self.new_case(cfg, "route-untrusted-no-job_id", target, _dumps(payload, rng))
+            case.job_id, case.expect = rng.choice([target, None]), BAD
+        elif not cfg.tokens:
+            # Signed and naming only the provider's id (OpenAI's project-wide events): the
+            # newest job with that remote id, else a dead letter kept under it.
+            known_remote = rng.choice(self.remote_ids)
+            payload["remote_id"] = rng.choice([known_remote, known_remote, "r-unknown"])
+            case = self.new_case(cfg, "route-remote-id-only", target, _dumps(payload, rng))
+            case.job_id, case.expect, case.target = None, OK | MISSING, None
         elif roll < 0.5:
             case.job_id = rng.choice([7, 7.5, b"job"])
             case.kind, case.expect = f"route-not-str={case.job_id!r}", BAD
