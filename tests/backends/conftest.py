@@ -1,9 +1,11 @@
 """Real generator backends on loopback: a Cog model server and RunPod's local API server.
 
-Each server is a subprocess started once per test module on 127.0.0.1 and a free port, its
-output written to a file that is shown under a failing test's report. ``receiver`` is a
-small HTTP server in this process that the backends' webhooks reach: it records every
-request and answers ``200 {}`` unless a test routes a path to a responder of its own.
+Each server is a subprocess started once for this package on 127.0.0.1 and a free port
+(the tests use fresh ids, so they do not see each other's work), its output written to a
+file that is shown under a failing test's report. ``receiver`` is a small HTTP server in
+this process that the backends' webhooks reach: it records every request and answers
+``200 {}`` unless a test routes a path to a responder of its own; `mount_app` routes one
+to a `WebhookHandler` over a test's store, as an app would mount it.
 
 The tests skip (with the reason) only when ``cog`` or ``runpod`` is not installed; CI
 installs both through the ``test`` extra.
@@ -19,16 +21,20 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 import httpx
 import pytest
+
+from jobhook import Job, SQLJobStore, WebhookHandler
+from jobhook.backends import Backend
 
 HERE = Path(__file__).parent
 COG_MODEL = HERE / "cog_model" / "predict.py"
@@ -154,19 +160,92 @@ class Receiver:
         with self._changed:
             self._requests.append(request)
             self._changed.notify_all()
-        http.send_response(status)
-        for name, value in headers.items():
-            http.send_header(name, value)
-        http.send_header("content-length", str(len(answer)))
-        http.end_headers()
-        http.wfile.write(answer)
+        try:
+            http.send_response(status)
+            for name, value in headers.items():
+                http.send_header(name, value)
+            http.send_header("content-length", str(len(answer)))
+            http.end_headers()
+            http.wfile.write(answer)
+        except ConnectionError:
+            pass  # a fire-and-forget sender (coglet's progress webhooks) may not wait
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def receiver() -> Iterator[Receiver]:
     server = Receiver()
     yield server
     server.close()
+
+
+# --- an app: a store and a WebhookHandler mounted in the receiver --------------------------
+
+TOKEN_SECRET = "backends-suite-token-secret"
+
+
+@attrs.define
+class App:
+    """One test's app: its store and handler, served under a prefix of its own.
+
+    ``answers`` holds ``(job_id, status, outcome)`` for every delivery the handler
+    answered, in order.
+    """
+
+    store: SQLJobStore
+    handler: WebhookHandler
+    callback_url: str
+    answers: list[tuple[str, int, str | None]] = attrs.field(factory=list)
+    #: While true the route answers 503 without calling the handler (the app is down).
+    down: bool = False
+    #: The route itself: hand it a request to have the handler answer it.
+    serve: Responder = attrs.field(default=lambda request: (500, {}, b""), repr=False)
+
+    def wait(self, job_id: str, until: Callable[[Job], bool], timeout: float = 10.0) -> Job:
+        """Poll the store until the job satisfies ``until``; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.store.get(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job_id} is still {job!r} after {timeout} s")
+            time.sleep(0.02)
+
+    def path(self, job_id: str) -> str:
+        """The callback route's path for ``job_id`` (what the receiver records)."""
+        return urlsplit(self.callback_url.format(job_id=job_id)).path
+
+    def outcomes(self, job_id: str) -> list[tuple[int, str | None]]:
+        return [(status, outcome) for job, status, outcome in self.answers if job == job_id]
+
+
+def mount_app(receiver: Receiver, store: SQLJobStore, backend: Backend) -> App:
+    """Serve ``WebhookHandler(store, backend=backend, token_secret=…)`` at a fresh
+    ``/<app>/webhooks/jobhook/<job_id>?token=…`` route of ``receiver``."""
+    prefix = f"/app-{uuid.uuid4().hex[:8]}/webhooks/jobhook/"
+    handler = WebhookHandler(store, backend=backend, token_secret=TOKEN_SECRET)
+    app = App(store, handler, f"{receiver.url}{prefix}{{job_id}}")
+
+    def respond(request: Request) -> Answer:
+        if app.down:
+            return 503, {}, b""
+        job_id = unquote(request.path[len(prefix) :])
+        token = parse_qs(urlsplit(request.target).query).get("token", [None])[0]
+        answer = handler.handle(request.headers, request.body, job_id=job_id, token=token)
+        outcome = json.loads(answer.body).get("outcome")
+        app.answers.append((job_id, answer.status, outcome))
+        return answer.status, dict(answer.headers), answer.body
+
+    app.serve = respond
+    receiver.route(prefix, respond)
+    return app
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SQLJobStore]:
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'jobs.db'}", create_schema=True)
+    yield store
+    store.close()
 
 
 # --- backend server processes --------------------------------------------------------------
@@ -259,7 +338,7 @@ def _cog_ready(answer: httpx.Response) -> bool:
     return status == "READY"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def cog_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """``python -m cog.server.http`` (coglet) serving ``cog_model/predict.py``, one slot."""
     _needs("cog")
@@ -287,7 +366,7 @@ def cog(cog_server: ServerProcess) -> ServerProcess:
     return cog_server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def runpod_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """RunPod's local test API (``--rp_serve_api``) over ``runpod_worker/handler.py``."""
     _needs("runpod")

@@ -90,6 +90,19 @@ def test_the_webhook_is_one_unsigned_post_of_the_output_alone(
     assert len(receiver.requests(path)) == 1
 
 
+def test_an_empty_output_sends_a_bare_webhook_and_breaks_status(
+    runpod_server: ServerProcess, receiver: Receiver
+) -> None:
+    # The SDK drops an output equal to {}: the webhook is a bare {}, and the status answer
+    # is a 500 (the simulator indexes the missing "output"), after which it forgot the job.
+    path = hook_path()
+    remote_id = run(runpod_server, f"{receiver.url}{path}", mode="empty").json()["id"]
+    assert status(runpod_server, remote_id).status_code == 500
+    [hook] = receiver.wait_for(path)
+    assert hook.body == b"{}"
+    assert status(runpod_server, remote_id).json()["error"] == "Job ID not found"
+
+
 def test_a_finished_job_is_forgotten_and_unknown_ids_answer_200_failed(
     runpod_server: ServerProcess, receiver: Receiver
 ) -> None:

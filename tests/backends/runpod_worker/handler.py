@@ -2,7 +2,7 @@
 
 ``{"mode": "succeed"}`` (the default) returns ``{"text": …, "worker_job_id": …}``;
 ``"fail"`` raises; ``"error"`` returns ``{"error": …}``, RunPod's way of failing a job
-without raising.
+without raising; ``"empty"`` returns ``{}``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("the worker refused")
     if mode == "error":
         return {"error": "the prompt was refused"}
+    if mode == "empty":
+        return {}
     return {"text": f"hello {job_input.get('prompt')}", "worker_job_id": job["id"]}
 
 
