@@ -192,12 +192,31 @@ def test_cog_answering_another_id_is_the_original_bug() -> None:
 
 def test_cog_cancel_and_no_status_endpoint() -> None:
     store = InMemoryJobStore()
-    client = client_for(store, backends.Cog("http://cog"), cog_fake())
+    fake = cog_fake()
+    client = client_for(store, backends.Cog("http://cog"), fake)
     client.submit({}, job_id="j-1")
     assert not client.can_refresh(store.get("j-1"))
     with pytest.raises(ValidationError, match="no status endpoint"):
         client.refresh("j-1")
-    assert client.cancel("j-1").status is JobStatus.CANCELED
+    # 200 {} only means requested: Cog's canceled webhook tells the end.
+    assert client.cancel("j-1").status is JobStatus.SUBMITTED
+    assert len(fake.sent("POST", "/predictions/j-1/cancel")) == 1
+
+
+def test_a_cog_busy_past_the_retries_leaves_the_job_pending_for_the_reconciler() -> None:
+    store = InMemoryJobStore()
+    busy = httpx.Response(409, json={"error": "At capacity - all prediction slots busy"})
+    fake = cog_fake(busy)
+    client = client_for(store, backends.Cog("http://cog"), fake)
+    with pytest.raises(SubmitError) as info:
+        client.submit({}, job_id="j-1")
+    assert info.value.ambiguous
+    assert len(fake.requests) == 3
+    assert store.get("j-1").status is JobStatus.PENDING
+    fake.routes[("PUT", "/predictions/j-1")] = [httpx.Response(202, json={"id": "j-1"})]
+    later = lambda: utcnow() + timedelta(minutes=5)  # noqa: E731
+    Reconciler(store, client, stale_after=60, give_up_after=3600, clock=later).run_once()
+    assert store.get("j-1").status is JobStatus.SUBMITTED
 
 
 def test_cog_callbacks_apply_by_token_with_progress_from_logs_and_big_inline_outputs() -> None:

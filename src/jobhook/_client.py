@@ -195,7 +195,10 @@ class _ClientCore:
             status = response.status_code
             # A retryable refusal (429, 503, ...) that ran out of attempts is definite
             # only if no earlier attempt may have arrived; other 5xx may have stored it.
-            if backend.transient(status):
+            if status in getattr(backend, "busy_statuses", ()) and backend.idempotent_submit:
+                # Busy, not refused: the reconciler sends it again under the same id.
+                ambiguous = True
+            elif backend.transient(status):
                 ambiguous = sent_before or end.may_have_arrived
             else:
                 ambiguous = status >= 500

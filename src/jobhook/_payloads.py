@@ -280,7 +280,9 @@ def _prediction_update(prediction: _Prediction, remote_id: str | None) -> JobUpd
         return JobUpdate(
             status=status,
             progress=progress,
-            output=prediction.output,
+            # Only a finished prediction's output is its result: Cog's "output" event
+            # sends a processing webhook with the output wrapped in a list.
+            output=prediction.output if status is JobStatus.SUCCEEDED else None,
             error=error,
             remote_id=remote_id,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from jobhook._convert import dumps
-from jobhook._models import Job, JobStatus, JobUpdate
+from jobhook._models import Job, JobUpdate
 from jobhook._payloads import ParsedPayload, parse_body, parse_cog
 from jobhook.backends._base import (
     RETRYABLE_STATUSES,
@@ -38,7 +38,12 @@ class Cog(ProfileBase):
       ``data:`` URIs, so callbacks may be far over 1 MiB: `max_callback_bytes`.
     - ``409 At capacity`` means busy (every slot taken): retried, not a refusal.
     - There is no status endpoint (`refresh` is not available); cancel is ``POST
-      /predictions/{job_id}/cancel``, answered ``200 {}``.
+      /predictions/{job_id}/cancel``, answered ``200 {}``: only requested, Cog's
+      ``canceled`` webhook says how it ended (a prediction finishing at that moment
+      still ends ``succeeded``). A Cog that stays busy past the retries leaves the job
+      ``pending`` (not failed): the reconciler submits it again, under the same id.
+    - A repeated submit is the same prediction only while it runs: Cog forgets
+      finished predictions and runs a repeat again.
     """
 
     name = "cog"
@@ -49,6 +54,8 @@ class Cog(ProfileBase):
     #: `GeneratorClient.refresh` is not available: Cog keeps no finished predictions.
     has_status_endpoint = False
     _retryable = RETRYABLE_STATUSES | {409}
+    #: Answers that mean "every slot is taken": after the retries the job stays pending.
+    busy_statuses = frozenset({409})
 
     def __init__(self, base_url: str, *, headers: Mapping[str, str] | None = None) -> None:
         self.base_url = check_base_url(base_url)
@@ -84,7 +91,7 @@ class Cog(ProfileBase):
         return Request("POST", self._url(job, "/cancel"), dict(self.headers))
 
     def read_cancel(self, job: Job, body: bytes) -> JobUpdate | None:
-        return JobUpdate(JobStatus.CANCELED)  # Cog confirms with 200 {}
+        return None  # 200 {} means requested: the canceled webhook tells the end
 
     def parse_callback(self, body: bytes) -> ParsedPayload:
         return parse_cog(parse_body(body))
