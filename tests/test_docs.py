@@ -49,6 +49,7 @@ PYTHON = {"python", "py"}
 # Modules whose ``__all__`` is public API (besides ``jobhook`` itself), imported only
 # when they exist, so that the check grows as they land.
 PUBLIC_MODULES = [
+    "jobhook.backends",
     "jobhook.testing",
     "jobhook.sender",
     "jobhook.reconcile",
