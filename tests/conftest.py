@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -63,6 +64,36 @@ class SyncFacade:
         self.runner.close()
 
 
+def _wait_for_outbox(store: Any, url: str, prefix: str) -> Callable[[], None]:
+    """Make ``store.events`` wait until every committed event is visible; return the
+    function that releases what this needs.
+
+    PostgreSQL readers see no outbox event newer than the oldest write transaction still
+    open anywhere in the database (the events query in `jobhook.stores.sql`), so another
+    session (another test run, a fuzz run) can hide an event a test has just written.
+    Waiting until the newest committed event is below the oldest open transaction keeps
+    the tests exact: nothing is waited for that has not committed.
+    """
+    engine = sa.create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+    caught_up = sa.text(
+        f"SELECT coalesce(max(id), 0) < txid_snapshot_xmin(txid_current_snapshot()) "
+        f"FROM {prefix}events"
+    )
+    events = store.events
+
+    def visible_events(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(caught_up).scalar():
+                    break
+            time.sleep(0.01)
+        return events(*args, **kwargs)
+
+    store.events = visible_events
+    return engine.dispose
+
+
 def _drop_tables(url: str, prefix: str) -> None:
     from jobhook.stores.sql import SQLJobStore
 
@@ -96,10 +127,12 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
             async_url = make_url(url).set(drivername="postgresql+asyncpg")
         facade = SyncFacade(AsyncSQLJobStore(async_url, table_prefix=prefix))
         facade.create_schema()
+        release = _wait_for_outbox(facade, url, prefix) if "postgres" in kind else None
 
         def close_async() -> None:
             facade.close()
-            if "postgres" in kind:
+            if release is not None:
+                release()
                 # Dropped through the sync driver (psycopg), whatever the async one was.
                 _drop_tables(url, prefix)
 
@@ -111,9 +144,12 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
         sa.event.listen(sync_store.engine, "before_cursor_execute", lambda *args: None)
         assert not sync_store._direct.usable
 
+    release_sync = _wait_for_outbox(sync_store, url, prefix) if "postgres" in kind else None
+
     def close_sync() -> None:
         sync_store.close()
-        if kind.startswith("postgres"):
+        if release_sync is not None:
+            release_sync()
             _drop_tables(url, prefix)
 
     return sync_store, close_sync
