@@ -7,7 +7,10 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,9 +24,13 @@ from jobhook import (
     JobIdMismatchError,
     JobStatus,
     JobStore,
+    JobUpdate,
+    RetryPolicy,
     WebhookHandler,
+    backends,
     verify_webhook,
 )
+from jobhook._signing import callback_token
 from jobhook.testing import (
     Chaos,
     FakeGenerator,
@@ -389,3 +396,471 @@ def test_importing_jobhook_testing_does_not_need_pytest() -> None:
         "assert t.FakeGenerator and not hasattr(t, 'fake_generator')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- impersonating a provider: Cog, Replicate, fal, RunPod ----------------------------
+
+TOKENS = "app-callback-token-secret"
+HOOK = "https://app.example/webhooks/{job_id}"
+PROVIDERS = ["cog", "replicate", "fal", "runpod"]
+HOSTED = ["replicate", "fal", "runpod"]
+DEFAULT_OUTPUT = {"images": ["https://fake.invalid/job-1/1.png"]}
+
+
+class Recorder:
+    """A `WebhookHandler` that remembers the outcome of every delivery it answers."""
+
+    def __init__(self, handler: WebhookHandler) -> None:
+        self.handler = handler
+        self.outcomes: list[str] = []
+
+    def handle(self, headers: Any, body: bytes, **route: Any) -> Any:
+        answer = self.handler.handle(headers, body, **route)
+        self.outcomes.append(answer.json()["outcome"])
+        return answer
+
+
+@dataclass
+class Provider:
+    """A fake playing a provider, the app's profile for it, and the app's side."""
+
+    fake: FakeGenerator
+    profile: Any
+    client: GeneratorClient
+    handler: Recorder
+
+    @property
+    def store(self) -> Any:
+        return self.client.store
+
+    def status(self, job_id: str = "job-1") -> JobStatus:
+        return self.store.get(job_id).status
+
+
+def profile_for(name: str, fake: FakeGenerator) -> Any:
+    """The profile an app would configure for the provider the fake plays."""
+    if name == "cog":
+        return backends.Cog("http://cog.invalid:5000")
+    if name == "replicate":
+        return backends.Replicate("r8_test", model="black-forest-labs/flux-schnell")
+    if name == "fal":
+        return backends.Fal("fal-ai/flux/dev", "fal-key", jwks=fake.fal_jwks)
+    return backends.RunPod("ep-1", "rp-key")
+
+
+@pytest.fixture
+def provider() -> Iterator[Callable[..., Provider]]:
+    """Builds a `Provider` for a name and fake options; closes the fakes it made."""
+    fakes: list[FakeGenerator] = []
+
+    def build(name: str, *, hooks: Any = None, **fake_options: Any) -> Provider:
+        fake = FakeGenerator(impersonate=name, **fake_options)
+        fakes.append(fake)
+        profile = profile_for(name, fake)
+        signed = {"secret": fake.secret} if name == "replicate" else {}
+        store = InMemoryJobStore()
+        handler = Recorder(WebhookHandler(store, backend=profile, token_secret=TOKENS, **signed))
+        fake.handler = handler  # set afterwards: the handler needs the fake's secret or keys
+        http = httpx.Client(transport=fake.transport, event_hooks=hooks or {})
+        client = GeneratorClient(
+            store,
+            profile,
+            callback_url=HOOK,
+            token_secret=TOKENS,
+            retry=RetryPolicy(max_attempts=3, backoff=0),
+            http_client=http,
+            sleep=lambda _: None,
+        )
+        return Provider(fake, profile, client, handler)
+
+    yield build
+    for fake in fakes:
+        fake.close()
+
+
+def raw(fake: FakeGenerator) -> httpx.Client:
+    return httpx.Client(transport=fake.transport)
+
+
+@pytest.mark.parametrize(
+    ("name", "auth", "callbacks"),
+    [
+        ("cog", None, ["processing", "processing", "succeeded"]),
+        ("replicate", "Bearer r8_test", ["processing", "processing", "succeeded"]),
+        ("fal", "Key fal-key", ["OK"]),  # fal calls back once, when the request ends
+        ("runpod", "Bearer rp-key", ["COMPLETED"]),  # so does RunPod
+    ],
+)
+def test_each_provider_runs_a_job_offline(
+    provider: Callable[..., Provider], name: str, auth: str | None, callbacks: list[str]
+) -> None:
+    p = provider(name)
+    job = p.client.submit({"prompt": "a red fox"}, job_id="job-1")
+
+    (submission,) = p.fake.submissions
+    assert submission.job_id == "job-1"  # read from the callback URL where none is sent
+    assert submission.input == {"prompt": "a red fox"}
+    assert submission.headers.get("authorization") == auth
+    assert httpx.URL(submission.callback_url).params["token"] == callback_token(TOKENS, "job-1")
+    # Cog's prediction id is the job id; the hosted ones assign their own.
+    assert (job.remote_id is None) == (name == "cog")
+    assert job.remote_id != "job-1"
+    assert job.status is JobStatus.SUBMITTED
+
+    sent = p.fake.deliver_all()
+    assert [r.payload["status"] for r in sent] == callbacks
+    assert p.handler.outcomes == ["applied"] * len(callbacks)
+    done = p.store.get("job-1")
+    assert done.status is p.fake.final_status("job-1") is JobStatus.SUCCEEDED
+    assert done.output == DEFAULT_OUTPUT
+    assert done.remote_id == job.remote_id
+    progress = [e.progress for e in p.store.events() if e.status is JobStatus.RUNNING]
+    # Cog's and Replicate's progress comes from the predictions' logs.
+    assert progress == ([30.0, 70.0] if name in ("cog", "replicate") else [])
+
+
+FAILURE = Scripts.failure("oom", "out of memory")
+
+
+@pytest.mark.parametrize(
+    ("name", "script", "reported", "error"),
+    [
+        ("cog", FAILURE, "failed", ("prediction_failed", "out of memory")),
+        ("replicate", FAILURE, "failed", ("prediction_failed", "out of memory")),
+        ("replicate", Scripts.failure("aborted", "deadline"), "aborted", ("aborted", "deadline")),
+        ("replicate", Scripts.cancellation(), "canceled", None),
+        # fal's `error` is only "Invalid status code: 422"; the detail is in its payload.
+        ("fal", FAILURE, "ERROR", ("fal_error", "Invalid status code: 422")),
+        ("runpod", FAILURE, None, ("runpod_failed", "out of memory")),
+        ("runpod", Scripts.failure("timed_out", "too slow"), None, ("timed_out", "too slow")),
+    ],
+)
+def test_each_provider_reports_failures_in_its_own_statuses(
+    provider: Callable[..., Provider],
+    name: str,
+    script: Any,
+    reported: str | None,
+    error: tuple[str, str] | None,
+) -> None:
+    p = provider(name, script=script)
+    p.client.submit({}, job_id="job-1")
+    sent = p.fake.deliver_all()
+    endings = [r.payload["status"] for r in sent if r.payload["status"] != "processing"]
+    if reported is None:
+        # A failed RunPod job sends no webhook, as the real one: polling settles it.
+        assert endings == []
+        assert p.status() is JobStatus.SUBMITTED
+        p.client.refresh("job-1")
+    else:
+        assert endings == [reported]
+    job = p.store.get("job-1")
+    assert job.status is p.fake.final_status("job-1")
+    assert job.status is (JobStatus.FAILED if error else JobStatus.CANCELED)
+    assert (job.error.code, job.error.message) == error if job.error else error is None
+
+
+@pytest.mark.parametrize("name", HOSTED)
+def test_refresh_reads_each_hosted_providers_status_endpoint(
+    provider: Callable[..., Provider], name: str
+) -> None:
+    # Every callback is lost: only the status endpoint tells how the job goes.
+    p = provider(name, chaos=Chaos(drop=1.0))
+    p.client.submit({"prompt": "a fox"}, job_id="job-1")
+    queued = JobStatus.RUNNING if name == "replicate" else JobStatus.SUBMITTED  # "starting"
+    assert p.client.refresh("job-1").status is queued
+
+    p.fake.deliver_all()
+    assert p.handler.outcomes == []
+    assert all(record.dropped for record in p.fake.callbacks)
+    done = p.client.refresh("job-1")  # fal: the status says COMPLETED, the result has it
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.output == DEFAULT_OUTPUT
+
+
+def test_replicate_progress_is_what_the_prediction_reached(
+    provider: Callable[..., Provider],
+) -> None:
+    p = provider("replicate")
+    p.client.submit({}, job_id="job-1")
+    starting = p.client.refresh("job-1")  # "starting": running, no logs yet
+    assert (starting.status, starting.progress) == (JobStatus.RUNNING, None)
+    p.fake.deliver_next()
+    assert p.client.refresh("job-1").progress == 30.0
+    p.fake.deliver_all()
+    assert p.handler.outcomes == ["applied"] * 3  # no webhook was stale behind a poll
+    assert p.status() is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("name", ["fal", "runpod"])
+def test_steps_a_provider_does_not_call_back_for_show_in_its_status(
+    provider: Callable[..., Provider], name: str
+) -> None:
+    p = provider(name, script=lambda submission: [JobUpdate(JobStatus.RUNNING, progress=50.0)])
+    p.client.submit({}, job_id="job-1")
+    assert p.fake.pending() == 0
+    assert p.fake.deliver_all() == []  # the step happens, silently
+    assert p.client.refresh("job-1").status is JobStatus.RUNNING
+    assert p.fake.final_status("job-1") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "answer", "callbacks", "ending"),
+    [
+        ("cog", {}, ["canceled"], JobStatus.CANCELED),  # the webhook says how it ended
+        ("replicate", {"status": "canceled"}, ["canceled"], JobStatus.CANCELED),
+        ("fal", {"status": "CANCELLATION_REQUESTED"}, ["ERROR"], JobStatus.FAILED),
+        ("runpod", {"status": "CANCELLED"}, [], JobStatus.CANCELED),  # only the answer says it
+    ],
+)
+def test_cancel_in_each_providers_shapes(
+    provider: Callable[..., Provider],
+    name: str,
+    answer: dict[str, str],
+    callbacks: list[str],
+    ending: JobStatus,
+) -> None:
+    answers: list[httpx.Response] = []
+    p = provider(name, hooks={"response": [answers.append]})
+    p.client.submit({}, job_id="job-1")
+    p.client.cancel("job-1")
+    cancel = answers[-1]
+    cancel.read()
+    assert cancel.json().items() >= answer.items()
+    assert [r.payload["status"] for r in p.fake.deliver_all()] == callbacks
+    assert p.status() is ending is p.fake.final_status("job-1")
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_chaos_duplicates_stay_duplicates_with_every_provider(
+    provider: Callable[..., Provider], name: str
+) -> None:
+    chaos = Chaos(duplicate=0.5, reorder=0.3, seed=11)
+    p = provider(name, chaos=chaos, script=Scripts.mixed(seed=2))
+    jobs = [p.client.submit({"n": n}, job_id=f"job-{n}").id for n in range(20)]
+    sent = p.fake.deliver_all()
+
+    assert all(r.report and r.report.delivered for r in sent)
+    copies = Counter(r.msg_id for r in sent)
+    assert any(count > 1 for count in copies.values()), "no duplicates were made"
+    # A copy of a callback is recognised as one, whatever the provider's delivery id
+    # (a webhook-id, fal's request and body, the content of Cog's and RunPod's).
+    seen: set[str] = set()
+    for record, outcome in zip(sent, p.handler.outcomes, strict=True):
+        if record.msg_id in seen:
+            assert outcome == "duplicate", record.payload
+        seen.add(record.msg_id)
+
+    for job_id in jobs:  # RunPod never calls back for failed or canceled jobs
+        if not p.store.get(job_id).terminal:
+            p.client.refresh(job_id)
+    for job_id in jobs:
+        assert p.status(job_id) is p.fake.final_status(job_id)
+        assert [s for s in statuses(p.store, job_id) if s.terminal] == [p.status(job_id)]
+
+
+def test_callbacks_are_authenticated_as_each_provider_does() -> None:
+    seen: list[httpx.Request] = []
+
+    def app(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    receiver = httpx.Client(transport=httpx.MockTransport(app))
+    for name in PROVIDERS:
+        seen.clear()
+        options: dict[str, Any] = {"callback_client": receiver, "delivery": "before_answer"}
+        with FakeGenerator(impersonate=name, **options) as fake:
+            profile = profile_for(name, fake)
+            store = InMemoryJobStore()
+            client = GeneratorClient(
+                store, profile, callback_url=HOOK, token_secret=TOKENS, http_client=raw(fake)
+            )
+            client.submit({"prompt": "fox"}, job_id="job-1")
+        last = seen[-1]
+        # To the callback URL exactly as given, its token kept.
+        assert str(last.url) == client.callback_url_for("job-1")
+        headers = {k.lower(): v for k, v in last.headers.items()}
+        if name == "replicate":
+            for request in seen:
+                verify_webhook(fake.secret, request.headers, request.content)
+        elif name == "fal":
+            assert profile.verify_callback(headers, last.content, time.time()).startswith("fal:")
+            assert headers["x-fal-webhook-request-id"] == json.loads(last.content)["request_id"]
+        else:  # Cog and RunPod sign nothing: the URL's token is the authentication
+            assert not [h for h in headers if h.startswith(("webhook-", "x-fal-"))]
+    receiver.close()
+
+
+def test_the_fake_answers_as_cog_does() -> None:
+    with FakeGenerator(impersonate="cog") as fake, raw(fake) as http:
+        url = "http://cog.invalid/predictions/p-1"
+        body = {"input": {}, "webhook": "http://app.invalid/hook?token=t"}
+        assert http.put(url, json=body).status_code == 400  # no Prefer: respond-async
+        prefer = {"prefer": "respond-async"}
+        first = http.put(url, json=body, headers=prefer)
+        assert (first.status_code, first.json()) == (202, {"id": "p-1", "status": "starting"})
+        fake.deliver_next()
+        again = http.put(url, json={**body, "input": {"other": 1}}, headers=prefer)
+        assert again.status_code == 202  # the same prediction while it runs, as it was
+        assert (again.json()["status"], again.json()["input"]) == ("processing", {})
+        assert fake.job_ids() == ["p-1"]
+        status = http.get(url)
+        assert (status.status_code, status.headers["allow"]) == (405, "PUT")  # no status
+        assert http.put(url, json={**body, "id": "p-2"}, headers=prefer).status_code == 422
+        assert http.get("http://cog.invalid/health-check").json()["status"] == "READY"
+        fake.deliver_all()
+        assert http.post(f"{url}/cancel").status_code == 404  # ended: Cog forgot it
+        rerun = http.put(url, json=body, headers=prefer)
+        assert rerun.json()["status"] == "starting"  # a repeat after the end runs again
+        assert fake.job_ids() == ["p-1", "p-1"]
+
+
+def test_the_fake_answers_as_replicate_does() -> None:
+    with FakeGenerator(impersonate="replicate", api_key="r8_right") as fake, raw(fake) as http:
+        base = "https://api.replicate.com/v1"
+        body = {"input": {"prompt": "fox"}, "webhook": "https://app.example/webhooks/j-1"}
+        models = f"{base}/models/o/n/predictions"
+        assert http.post(models, json=body).status_code == 401
+        wrong = {"authorization": "Bearer r8_wrong"}
+        assert http.post(models, json=body, headers=wrong).status_code == 401
+        auth = {"authorization": "Bearer r8_right"}
+        assert http.post(f"{base}/predictions", json=body, headers=auth).status_code == 422
+        created = http.post(models, json=body, headers=auth)
+        assert created.status_code == 201
+        prediction = created.json()
+        assert (prediction["status"], prediction["model"]) == ("starting", "o/n")
+        assert prediction["urls"]["get"] == f"{base}/predictions/{prediction['id']}"
+        assert http.get(prediction["urls"]["get"], headers=auth).json()["id"] == prediction["id"]
+        assert http.get(f"{base}/predictions/j-1", headers=auth).status_code == 404  # not its id
+        # Replicate takes no idempotency key: the same request again is a second prediction.
+        second = http.post(models, json=body, headers=auth).json()
+        assert second["id"] != prediction["id"]
+        assert fake.job_ids() == ["j-1", "j-1"]
+
+
+def test_the_fake_answers_as_fal_does() -> None:
+    with FakeGenerator(impersonate="fal") as fake, raw(fake) as http:
+        hook = {"fal_webhook": "https://app.example/webhooks/j-1"}
+        auth = {"authorization": "Key any"}
+        submit = "https://queue.fal.run/fal-ai/flux/dev"
+        assert http.post(submit, params=hook, json={}).status_code == 401
+        queued = http.post(submit, params=hook, json={}, headers=auth).json()
+        urls = {"request_id", "gateway_request_id", "status_url", "response_url", "cancel_url"}
+        assert set(queued) >= urls
+        assert queued["status_url"].startswith("https://queue.fal.run/fal-ai/flux/requests/")
+        under_the_path = queued["status_url"].replace("/flux/", "/flux/dev/")
+        assert http.get(under_the_path, headers=auth).status_code == 404
+        assert http.get(queued["status_url"], headers=auth).json()["status"] == "IN_QUEUE"
+        assert http.get(queued["response_url"], headers=auth).status_code == 400  # not yet
+        fake.deliver_all()
+        assert http.get(queued["status_url"], headers=auth).json()["status"] == "COMPLETED"
+        assert http.get(queued["response_url"], headers=auth).json()["images"]
+        ended = http.put(queued["cancel_url"], headers=auth)
+        assert (ended.status_code, ended.json()) == (400, {"status": "ALREADY_COMPLETED"})
+
+
+def test_the_fake_answers_as_runpod_does_and_as_its_local_server() -> None:
+    with FakeGenerator(impersonate="runpod") as fake, raw(fake) as http:
+        body = {"input": {"n": 1}, "webhook": "https://app.example/webhooks/j-1"}
+        auth = {"authorization": "Bearer key"}
+        run = "https://api.runpod.ai/v2/ep-1/run"
+        assert http.post(run, json=body).status_code == 401
+        assert http.post(run, json={**body, "input": [1]}, headers=auth).status_code == 400
+        queued = http.post(run, json=body, headers=auth).json()
+        assert queued["status"] == "IN_QUEUE"
+        assert queued["id"].endswith("-u1")
+        status = f"https://api.runpod.ai/v2/ep-1/status/{queued['id']}"
+        assert http.get(status, headers=auth).json() == {"id": queued["id"], "status": "IN_QUEUE"}
+        elsewhere = status.replace("ep-1", "ep-2")
+        assert http.get(elsewhere, headers=auth).status_code == 404  # another endpoint's
+
+        local = http.post("http://127.0.0.1:8000/run", json=body).json()  # no key needed
+        assert (local["id"][:5], local["status"]) == ("test-", "IN_PROGRESS")
+        assert http.get(f"http://127.0.0.1:8000/status/{local['id']}").status_code == 405
+        unknown = http.post("http://127.0.0.1:8000/status/nope").json()
+        assert unknown == {"id": "nope", "status": "FAILED", "error": "Job ID not found"}
+        sent = fake.deliver_all()
+        assert sent[-1].payload == {"output": {"images": ["https://fake.invalid/j-1/1.png"]}}
+
+
+def test_a_webhook_that_beats_the_submit_answer_with_a_hosted_provider(
+    provider: Callable[..., Provider],
+) -> None:
+    p = provider("replicate", delivery="before_answer")
+    job = p.client.submit({}, job_id="job-1")
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.remote_id is not None  # from the predictions the webhooks carried
+    assert statuses(p.store, "job-1") == [JobStatus.RUNNING] * 2 + [JobStatus.SUCCEEDED]
+
+
+def test_cog_with_mismatched_ids_is_the_original_bug_caught(
+    provider: Callable[..., Provider],
+) -> None:
+    p = provider("cog", mismatched_ids=True)
+    with pytest.raises(JobIdMismatchError):
+        p.client.submit({}, job_id="app-id")
+    p.fake.deliver_all()
+    assert set(p.handler.outcomes) == {"rejected"}  # the webhooks name another prediction
+    assert p.store.get("app-id").error.code == "job_id_mismatch"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_async_client_and_handler_with_an_impersonated_provider(
+    anyio_backend: str,
+) -> None:
+    store = AsyncInMemoryJobStore()
+    profile = backends.Replicate("r8_test", model="o/n")
+    with FakeGenerator(impersonate="replicate") as fake:
+        fake.handler = WebhookHandler(
+            store, backend=profile, secret=fake.secret, token_secret=TOKENS
+        )
+        http = httpx.AsyncClient(transport=fake.async_transport)
+        async with AsyncGeneratorClient(
+            store, profile, callback_url=HOOK, token_secret=TOKENS, http_client=http
+        ) as client:
+            job = await client.submit({}, job_id="job-1")
+            assert len(await fake.adeliver_all()) == 3
+            assert (await client.refresh(job.id)).status is JobStatus.SUCCEEDED
+        await http.aclose()
+    assert (await store.get("job-1")).output == DEFAULT_OUTPUT
+    await store.close()
+
+
+def test_an_impersonated_provider_over_real_http() -> None:
+    store = InMemoryJobStore()
+    with FakeGenerator(impersonate="runpod") as fake, fake.serve() as base_url:
+        profile = backends.RunPod("ep-1", "rp-key", base_url=f"{base_url}/v2")
+        fake.handler = WebhookHandler(store, backend=profile, token_secret=TOKENS)
+        with GeneratorClient(store, profile, callback_url=HOOK, token_secret=TOKENS) as client:
+            job = client.submit({"prompt": "a networked fox"})
+            assert client.refresh(job.id).status is JobStatus.SUBMITTED
+            fake.deliver_all()
+    assert store.get(job.id).status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"impersonate": "openai"}, "impersonate must be one of"),
+        ({"impersonate": "cog", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, "sign"),
+        ({"impersonate": "runpod", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, "sign"),
+        ({"impersonate": "fal", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, "ED25519"),
+        ({"impersonate": "fal", "secret": b"short"}, "32-byte"),
+        ({"impersonate": "replicate", "mismatched_ids": True}, "assigns its own ids"),
+        ({"impersonate": "cog", "api_key": "k"}, "takes no API key"),
+    ],
+)
+def test_impersonations_refuse_options_that_do_not_fit(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        FakeGenerator(**options)
+
+
+def test_a_replicate_fake_makes_up_its_secret_and_only_a_fal_fake_has_a_jwks() -> None:
+    with FakeGenerator(impersonate="replicate") as fake:
+        assert isinstance(fake.secret, str)
+        assert fake.secret.startswith("whsec_")
+        assert not hasattr(fake, "fal_jwks")
+        assert "replicate" in repr(fake)

@@ -1,43 +1,57 @@
-"""`FakeGenerator`: a generator backend that follows the wire contract, for tests.
+"""`FakeGenerator`: a generator backend for tests, in the wire shapes of jobhook's
+contract or of a provider it impersonates (Cog, Replicate, fal, RunPod).
 
 The fake's state (jobs, planned callbacks, records) sits behind one lock; requests
 reach it through `FakeGenerator.handle_request` (an httpx transport or the loopback
-server) and callbacks leave through `CallbackSender`.
+server); the impersonated backend's `Wire` reads them and renders answers and
+callbacks; callbacks leave through a `Courier`.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
 import random
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Literal
-from urllib.parse import unquote
 
 import attrs
 import httpx
 
-from jobhook._convert import update_to_dict
 from jobhook._models import JobStatus, JobUpdate
-from jobhook.sender import AsyncCallbackSender, CallbackSender, DeliveryReport
+from jobhook.sender import DeliveryReport
+from jobhook.testing._delivery import Courier
+from jobhook.testing._planning import Planned, plan
 from jobhook.testing._scripts import Chaos, Script, Scripts, Submission
+from jobhook.testing._wires import (
+    FakeJob,
+    JobIdFromUrl,
+    json_response,
+    last_path_segment,
+    make_wire,
+)
+from jobhook.testing._wires._fal import FalWire
 
 __all__ = ["FakeGenerator", "SentCallback"]
 
 log = logging.getLogger("jobhook.testing")
 
 DeliveryMode = Literal["manual", "background", "before_answer"]
+Impersonation = Literal["jobhook", "cog", "replicate", "fal", "runpod"]
 
 
 @attrs.frozen
 class SentCallback:
-    """One callback the fake sent, or lost on purpose (``dropped``)."""
+    """One callback the fake sent, or lost on purpose (``dropped``).
+
+    ``payload`` is the body in the impersonated backend's shape; ``msg_id`` its
+    ``webhook-id`` where the backend sends one, else the fake's own id for it (a
+    duplicate carries the same).
+    """
 
     job_id: str
     payload: dict[str, Any]
@@ -46,53 +60,22 @@ class SentCallback:
     report: DeliveryReport | None
 
 
-@attrs.frozen
-class _Planned:
-    due: float
-    job_id: str
-    url: str
-    payload: dict[str, Any]
-    msg_id: str
-    dropped: bool
-    step: int  # index of the script step, -1 for a cancel callback
-
-
-@attrs.define
-class _FakeJob:
-    job_id: str
-    wire_id: str  # the id the fake answers and calls back with
-    remote_id: str
-    callback_url: str
-    steps: list[JobUpdate]
-    reached: int = -1  # highest step index sent or dropped so far
-    canceled: bool = False
-
-    def state(self) -> JobUpdate | None:
-        if self.canceled:
-            return JobUpdate(JobStatus.CANCELED)
-        return self.steps[self.reached] if self.reached >= 0 else None
-
-    def payload(self, update: JobUpdate) -> dict[str, Any]:
-        return {"job_id": self.wire_id, "remote_id": self.remote_id, **update_to_dict(update)}
-
-
-def _json_response(
-    status: int, data: Any, headers: Mapping[str, str] | None = None
-) -> httpx.Response:
-    return httpx.Response(status, json=data, headers=dict(headers or {}))
-
-
-def _is_http_url(value: str) -> bool:
-    try:
-        url = httpx.URL(value)
-    except httpx.InvalidURL:
-        return False
-    return url.scheme in ("http", "https") and bool(url.host)
-
-
 class FakeGenerator:
-    """A generator backend for tests: ``POST /jobs``, ``GET /jobs/{job_id}`` and
-    ``POST /jobs/{job_id}/cancel``, calling back signed with ``secret``.
+    """A generator backend for tests. By default it keeps jobhook's contract: ``POST
+    /jobs``, ``GET /jobs/{job_id}`` and ``POST /jobs/{job_id}/cancel``, calling back
+    signed with ``secret`` (a ``whsec_…`` secret, made up when not given).
+
+    ``impersonate`` makes it another backend's wire instead, the ``name`` of the
+    `jobhook.backends` profile the app uses (``backend.name``): ``"cog"``,
+    ``"replicate"``, ``"fal"`` or ``"runpod"``. It then takes that profile's requests,
+    assigns ids where the provider does, answers status, result and cancel requests,
+    and calls back in the provider's shapes, signed as it signs: Replicate with
+    Standard Webhooks (``secret``), fal with ED25519 (``secret`` is a 32-byte private
+    key; `fal_jwks` is the matching JWKS), Cog and RunPod unsigned (no ``secret``).
+    ``api_key``, when given, is the only key a hosted backend accepts (any key
+    otherwise, never none). Hosted backends' callbacks name no job id: the fake reads
+    the app's job id from the callback URL with ``job_id_from_url`` (by default its
+    last path segment), as the app's webhook route does.
 
     Reach it in-process through `transport` / `async_transport`, or over loopback HTTP
     with `serve`. Each new job runs ``script`` (default `Scripts.success`; per job with
@@ -101,11 +84,12 @@ class FakeGenerator:
     as they fall due) or ``"before_answer"`` (all of them, before the submit is
     answered: the race where the webhook wins). ``chaos`` duplicates, reorders, drops
     and delays callbacks. ``mismatched_ids=True`` answers and calls back with the
-    fake's own job id: the bug jobhook exists to catch.
+    fake's own job id: the bug jobhook exists to catch (jobhook's contract and Cog).
 
-    Callbacks go to the submitted ``callback_url`` over HTTP (``callback_client``, by
-    default a plain `httpx.Client`), or straight into ``handler`` (a `WebhookHandler`)
-    with the route's job id and the URL's ``token``. Thread-safe.
+    Callbacks go to the submitted callback URL over HTTP (``callback_client``, by
+    default a plain `httpx.Client`), or straight into ``handler`` (a `WebhookHandler`,
+    also settable after construction) with the route's job id and the URL's
+    ``token``. Thread-safe. Raises `ValueError` for options that do not fit together.
     """
 
     submit_path = "/jobs"
@@ -114,8 +98,11 @@ class FakeGenerator:
 
     def __init__(
         self,
-        secret: str | bytes,
+        secret: str | bytes | None = None,
         *,
+        impersonate: Impersonation = "jobhook",
+        api_key: str | None = None,
+        job_id_from_url: JobIdFromUrl | None = None,
         script: Script | None = None,
         delivery: DeliveryMode = "manual",
         chaos: Chaos | None = None,
@@ -130,7 +117,18 @@ class FakeGenerator:
             raise ValueError(f"delivery must be manual, background or before_answer: {delivery!r}")
         if handler is not None and callback_client is not None:
             raise ValueError("pass handler= or callback_client=, not both")
-        self.secret = secret
+        self._wire, self.secret = make_wire(
+            impersonate,
+            secret,
+            api_key=api_key,
+            job_id_from_url=job_id_from_url or last_path_segment,
+        )
+        if mismatched_ids and not self._wire.takes_job_id:
+            raise ValueError(
+                f"{impersonate} assigns its own ids (the job id travels in the callback "
+                "URL): mismatched_ids= needs a backend that takes the app's job id"
+            )
+        self.impersonate: Impersonation = impersonate
         self.delivery: DeliveryMode = delivery
         self.chaos = chaos or Chaos()
         self.mismatched_ids = mismatched_ids
@@ -139,10 +137,11 @@ class FakeGenerator:
         self.callbacks: list[SentCallback] = []
         self._script = script or Scripts.success()
         self._scripts: dict[str, Script] = {}
-        self._jobs: dict[str, _FakeJob] = {}
-        self._by_wire_id: dict[str, _FakeJob] = {}
+        self._jobs: dict[str, FakeJob] = {}  # the app's job id -> its latest job
+        self._by_wire_id: dict[str, FakeJob] = {}
+        self._taken: list[str] = []
         self._route_ids: dict[str, str] = {}
-        self._queue: list[tuple[float, int, _Planned]] = []
+        self._queue: list[tuple[float, int, Planned]] = []
         self._order = itertools.count()
         self._failures: list[tuple[int, dict[str, str], Any]] = []
         self._rng = random.Random(self.chaos.seed)
@@ -152,15 +151,21 @@ class FakeGenerator:
         self._workers: list[threading.Thread] = []
         self._worker_count = workers
         self._step_interval = step_interval
-        self._sender_attempts = sender_attempts
-        self._owns_client = callback_client is None
-        if handler is not None:
-            callback_client = httpx.Client(transport=httpx.MockTransport(self._to_handler))
-        self._callback_client = callback_client or httpx.Client(timeout=10.0)
-        self._sender = self._make_sender(self._callback_client)
+        self._courier = Courier(sender_attempts)
+        self._callback_client = callback_client
+        self._own_clients: dict[str, httpx.Client] = {}  # made here, closed by close()
 
     def __repr__(self) -> str:
-        return f"<FakeGenerator jobs={len(self._jobs)} delivery={self.delivery!r}>"
+        shown = "" if self.impersonate == "jobhook" else f" impersonate={self.impersonate!r}"
+        return f"<FakeGenerator{shown} jobs={len(self._taken)} delivery={self.delivery!r}>"
+
+    @property
+    def fal_jwks(self) -> dict[str, Any]:
+        """The JWKS with the public key a fal fake signs with, for
+        ``backends.Fal(..., jwks=fake.fal_jwks)``. `AttributeError` for other backends."""
+        if not isinstance(self._wire, FalWire):
+            raise AttributeError("only a fal fake (impersonate='fal') has a JWKS")
+        return self._wire.jwks()
 
     # -- the app's side of the wire ---------------------------------------------------
 
@@ -188,22 +193,23 @@ class FakeGenerator:
         """Answer one request (sync); ``before_answer`` callbacks are sent first."""
         response, planned = self._answer(request)
         for item in planned:
-            self._send(item, self._sender)
+            self._send(item, self._http())
         return response
 
     async def ahandle_request(self, request: httpx.Request) -> httpx.Response:
         """Answer one request (async); ``before_answer`` callbacks are awaited first."""
         response, planned = self._answer(request)
         if planned:
-            async with self._async_sender() as sender:
+            async with self._async_http() as http:
                 for item in planned:
-                    await self._asend(item, sender)
+                    await self._asend(item, http)
         return response
 
     # -- scripting and inspection -----------------------------------------------------
 
     def set_script(self, job_id: str, script: Script) -> None:
-        """Use ``script`` for the job submitted with ``job_id`` (before it is submitted)."""
+        """Use ``script`` for the job submitted with ``job_id`` (before it is submitted;
+        for hosted backends, the job id its callback URL names)."""
         with self._cond:
             self._scripts[job_id] = script
 
@@ -216,40 +222,50 @@ class FakeGenerator:
         json: Any = None,
     ) -> None:
         """Answer the next ``times`` submits with ``status`` (e.g. 503 with a
-        ``Retry-After`` header) without taking the job."""
+        ``Retry-After`` header, or Cog's 409 "at capacity") without taking the job."""
         body = json if json is not None else {"error": f"fake failure {status}"}
         with self._cond:
             self._failures.extend([(status, dict(headers or {}), body)] * times)
 
     def job_ids(self) -> list[str]:
-        """The app's job ids the fake has taken, in order."""
+        """The app's job ids the fake has taken, in order: one per job it runs (a
+        hosted backend that gets a job twice runs it twice, and lists it twice)."""
         with self._cond:
-            return list(self._jobs)
+            return list(self._taken)
 
     def final_status(self, job_id: str) -> JobStatus | None:
-        """The status the fake decided the job ends in (``None``: no terminal step).
-
-        Raises `KeyError` for a job the fake never took.
+        """The status the job ends in, as the app reads the backend's report of it
+        (fal reports a canceled request as an error: ``failed``); ``None`` when the
+        script has no terminal step. Raises `KeyError` for a job the fake never took.
         """
         with self._cond:
             job = self._jobs[job_id]
             if job.canceled:
-                return JobStatus.CANCELED
-            last = job.steps[-1].status if job.steps else None
-        return last if last is not None and last.terminal else None
+                return self._wire.reported(JobUpdate(JobStatus.CANCELED))
+            last = job.steps[-1] if job.steps else None
+        if last is None or not last.status.terminal:
+            return None
+        return self._wire.reported(last)
 
     def pending(self) -> int:
         """How many callbacks wait to be sent."""
         with self._cond:
-            return len(self._queue)
+            return sum(1 for _, _, item in self._queue if item.payload is not None)
 
     def deliver_next(self) -> SentCallback | None:
-        """Send the next queued callback (``manual`` delivery); ``None`` when none."""
-        with self._cond:
-            if not self._queue:
-                return None
-            item = heapq.heappop(self._queue)[2]
-        return self._send(item, self._sender)
+        """Send the next queued callback (``manual`` delivery); ``None`` when none.
+
+        Steps the backend reports only through its status endpoint (fal's and RunPod's
+        progress, RunPod's failures) happen on the way, without a callback.
+        """
+        while True:
+            with self._cond:
+                if not self._queue:
+                    return None
+                item = heapq.heappop(self._queue)[2]
+            record = self._send(item, self._http())
+            if record is not None:
+                return record
 
     def deliver_all(self) -> list[SentCallback]:
         """Send every queued callback, in the planned order (delays are ignored)."""
@@ -261,13 +277,15 @@ class FakeGenerator:
     async def adeliver_all(self) -> list[SentCallback]:
         """`deliver_all` with the async sender (through ``handler.ahandle``)."""
         sent: list[SentCallback] = []
-        async with self._async_sender() as sender:
+        async with self._async_http() as http:
             while True:
                 with self._cond:
                     if not self._queue:
                         return sent
                     item = heapq.heappop(self._queue)[2]
-                sent.append(await self._asend(item, sender))
+                record = await self._asend(item, http)
+                if record is not None:
+                    sent.append(record)
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Block until no callback is queued or in flight (``background`` delivery).
@@ -283,14 +301,16 @@ class FakeGenerator:
                 self._cond.wait(remaining)
 
     def close(self) -> None:
-        """Stop the background workers and close the callback client the fake made."""
+        """Stop the background workers and close the callback clients the fake made."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         for worker in self._workers:
             worker.join()
-        if self._owns_client:
-            self._callback_client.close()
+        with self._cond:
+            clients, self._own_clients = list(self._own_clients.values()), {}
+        for client in clients:
+            client.close()
 
     def __enter__(self) -> FakeGenerator:
         return self
@@ -300,128 +320,89 @@ class FakeGenerator:
 
     # -- answering --------------------------------------------------------------------
 
-    def _answer(self, request: httpx.Request) -> tuple[httpx.Response, list[_Planned]]:
-        segments = [unquote(s) for s in request.url.raw_path.split(b"?")[0].decode().split("/")]
-        segments = [s for s in segments if s]
-        method = request.method
-        if method == "POST" and segments == ["jobs"]:
+    def _answer(self, request: httpx.Request) -> tuple[httpx.Response, list[Planned]]:
+        wire = self._wire
+        route = wire.route(request)
+        if isinstance(route, httpx.Response):
+            return route, []
+        refused = wire.authorize(request)
+        if refused is not None:
+            return refused, []
+        kind, key = route
+        if kind == "submit":
             return self._submit(request)
-        if len(segments) == 2 and segments[0] == "jobs" and method == "GET":
-            return self._status(segments[1]), []
-        if len(segments) == 3 and segments[::2] == ["jobs", "cancel"] and method == "POST":
-            return self._cancel(segments[1])
-        return _json_response(404, {"error": f"no route for {method} {request.url.path}"}), []
+        with self._cond:
+            job = self._jobs.get(key) if wire.finds_by_job_id else None
+            job = wire.find(job or self._by_wire_id.get(key), request)
+            if kind == "status":
+                return wire.status(job, request), []
+            if kind == "result":
+                return wire.result(job, request), []
+            if job is None or job.ended():
+                return wire.cancel(job, canceled=False), []
+            inline = self._cancel(job)
+            return wire.cancel(job, canceled=True), inline
 
-    def _submit(self, request: httpx.Request) -> tuple[httpx.Response, list[_Planned]]:
-        try:
-            data = json.loads(request.content)
-        except ValueError:  # UnicodeDecodeError included
-            return _json_response(400, {"error": "the body is not JSON"}), []
-        if not isinstance(data, dict):
-            return _json_response(400, {"error": "the body is not a JSON object"}), []
-        job_id, callback_url = data.get("job_id"), data.get("callback_url")
-        if not isinstance(job_id, str) or not job_id:
-            return _json_response(400, {"error": "job_id is required"}), []
-        if not isinstance(callback_url, str) or not _is_http_url(callback_url):
-            return _json_response(400, {"error": "callback_url must be an http(s) URL"}), []
-        kind = data.get("kind")
-        submission = Submission(
-            job_id=job_id,
-            callback_url=callback_url,
-            kind=kind if isinstance(kind, str) else None,
-            input=data.get("input"),
-            idempotency_key=request.headers.get("idempotency-key"),
-            headers=dict(request.headers),
-        )
+    def _submit(self, request: httpx.Request) -> tuple[httpx.Response, list[Planned]]:
+        wire = self._wire
+        intake = wire.intake(request)
+        if isinstance(intake, httpx.Response):
+            return intake, []
+        submission = intake.submission
+        job_id = submission.job_id
         with self._cond:
             self.submissions.append(submission)
             if self._failures:
                 status, headers, body = self._failures.pop(0)
-                return _json_response(status, body, headers), []
+                return json_response(status, body, headers), []
             job = self._jobs.get(job_id)
-            if job is not None:  # the same job again: the contract makes retries safe
-                return _json_response(200, self._accepted(job)), []
+            if job is not None and wire.same_job(job):  # a retry the backend recognises
+                return wire.accepted(job, new=False), []
             script = self._scripts.pop(job_id, self._script)
         steps = list(script(submission))  # app code: run it outside the lock
         with self._cond:
             job = self._jobs.get(job_id)
-            if job is not None:  # a concurrent retry of the same submit won
-                return _json_response(200, self._accepted(job)), []
-            own_id = f"fake_{uuid.uuid4().hex}"
-            job = _FakeJob(
+            if job is not None and wire.same_job(job):  # a concurrent retry won
+                return wire.accepted(job, new=False), []
+            own_id = intake.remote_id
+            job = FakeJob(
                 job_id=job_id,
-                wire_id=own_id if self.mismatched_ids else job_id,
+                wire_id=own_id if self.mismatched_ids or not wire.takes_job_id else job_id,
                 remote_id=own_id,
-                callback_url=callback_url,
+                callback_url=submission.callback_url,
                 steps=steps,
+                submission=submission,
+                meta=intake.meta,
             )
             self._jobs[job_id] = job
+            self._taken.append(job_id)
             self._by_wire_id[job.wire_id] = job
-            self._route_ids[str(httpx.URL(callback_url))] = job_id
-            planned = self._plan(job, list(enumerate(steps)))
-            inline = self._enqueue(planned)
-            answer = self._accepted(job)
-        return _json_response(202, answer), inline
+            self._route_ids[str(httpx.URL(submission.callback_url))] = job_id
+            inline = self._enqueue(self._plan(job, list(enumerate(steps)), chaos=True))
+            answer = wire.accepted(job, new=True)
+        return answer, inline
 
-    @staticmethod
-    def _accepted(job: _FakeJob) -> dict[str, Any]:
-        return {"job_id": job.wire_id, "remote_id": job.remote_id, "status": "submitted"}
+    def _cancel(self, job: FakeJob) -> list[Planned]:
+        """Cancel ``job`` now (under the lock); the cancel callback to send now, if any."""
+        job.canceled = True
+        # Whatever was still to come for this job will never happen now.
+        self._queue = [entry for entry in self._queue if entry[2].job is not job]
+        heapq.heapify(self._queue)
+        self._cond.notify_all()
+        return self._enqueue(self._plan(job, [(-1, JobUpdate(JobStatus.CANCELED))], chaos=False))
 
-    def _status(self, job_id: str) -> httpx.Response:
-        with self._cond:
-            job = self._jobs.get(job_id) or self._by_wire_id.get(job_id)
-            if job is None:
-                return _json_response(404, {"error": f"no job {job_id!r}"})
-            state = job.state()
-            body = job.payload(state or JobUpdate(JobStatus.SUBMITTED))
-        return _json_response(200, body)
-
-    def _cancel(self, job_id: str) -> tuple[httpx.Response, list[_Planned]]:
-        with self._cond:
-            job = self._jobs.get(job_id) or self._by_wire_id.get(job_id)
-            if job is None:
-                return _json_response(404, {"error": f"no job {job_id!r}"}), []
-            state = job.state()
-            if state is not None and state.status.terminal:
-                return _json_response(200, job.payload(state)), []
-            job.canceled = True
-            # Whatever was still to come for this job will never happen now.
-            self._queue = [entry for entry in self._queue if entry[2].job_id != job.job_id]
-            heapq.heapify(self._queue)
-            self._cond.notify_all()
-            update = JobUpdate(JobStatus.CANCELED)
-            inline = self._enqueue(self._plan(job, [(-1, update)], chaos=False))
-            body = job.payload(update)
-        return _json_response(200, body), inline
+    def _plan(
+        self, job: FakeJob, steps: list[tuple[int, JobUpdate]], *, chaos: bool
+    ) -> list[Planned]:
+        """`plan` with the fake's RNG, chaos and pace (called under the lock)."""
+        odds = self.chaos if chaos else None
+        return plan(
+            job, steps, self._wire, rng=self._rng, chaos=odds, step_interval=self._step_interval
+        )
 
     # -- planning and sending ---------------------------------------------------------
 
-    def _plan(
-        self, job: _FakeJob, steps: list[tuple[int, JobUpdate]], *, chaos: bool = True
-    ) -> list[_Planned]:
-        """The callbacks for ``steps``, with the chaos applied (called under the lock)."""
-        rng, settings = self._rng, self.chaos
-        items = [(index, update, f"msg_{uuid.uuid4().hex}") for index, update in steps]
-        if chaos:
-            for i in range(len(items) - 1):
-                if rng.random() < settings.reorder:
-                    items[i], items[i + 1] = items[i + 1], items[i]
-            for i in range(len(items) - 1, -1, -1):
-                if rng.random() < settings.duplicate:
-                    items.insert(rng.randint(i + 1, len(items)), items[i])
-        now = time.monotonic()
-        planned = []
-        for position, (index, update, msg_id) in enumerate(items):
-            extra = rng.uniform(0, settings.delay) if chaos and settings.delay else 0.0
-            due = now + position * self._step_interval + extra
-            dropped = chaos and rng.random() < settings.drop
-            payload = job.payload(update)
-            planned.append(
-                _Planned(due, job.job_id, job.callback_url, payload, msg_id, dropped, index)
-            )
-        return planned
-
-    def _enqueue(self, planned: list[_Planned]) -> list[_Planned]:
+    def _enqueue(self, planned: list[Planned]) -> list[Planned]:
         """Queue ``planned`` for later, or return it to be sent now (under the lock)."""
         if self.delivery == "before_answer":
             return planned
@@ -433,56 +414,76 @@ class FakeGenerator:
             self._cond.notify_all()
         return []
 
-    def _reached(self, item: _Planned) -> None:
-        job = self._jobs[item.job_id]
-        job.reached = max(job.reached, item.step)
+    def _reached(self, item: Planned) -> dict[str, Any] | None:
+        """Move the job on to ``item``'s step; the payload to send, if any."""
+        with self._cond:
+            item.job.reached = max(item.job.reached, item.step)
+        return item.payload
 
-    def _record(self, item: _Planned, report: DeliveryReport | None) -> SentCallback:
-        record = SentCallback(item.job_id, item.payload, item.msg_id, item.dropped, report)
+    def _record(
+        self, item: Planned, payload: dict[str, Any], report: DeliveryReport | None
+    ) -> SentCallback:
+        record = SentCallback(item.job.job_id, payload, item.msg_id, item.dropped, report)
         with self._cond:
             self.callbacks.append(record)
         return record
 
-    def _send(self, item: _Planned, sender: CallbackSender) -> SentCallback:
-        with self._cond:
-            self._reached(item)
-        if item.dropped:
-            log.debug("dropping callback %s for job %s", item.msg_id, item.job_id)
-            return self._record(item, None)
-        return self._record(item, sender.send(item.url, item.payload, msg_id=item.msg_id))
+    def _delivery(self, item: Planned, payload: dict[str, Any]) -> tuple[str, bytes, Any]:
+        body = self._wire.encode(payload)
 
-    async def _asend(self, item: _Planned, sender: AsyncCallbackSender) -> SentCallback:
-        with self._cond:
-            self._reached(item)
-        if item.dropped:
-            return self._record(item, None)
-        report = await sender.send(item.url, item.payload, msg_id=item.msg_id)
-        return self._record(item, report)
+        def headers() -> dict[str, str]:
+            return self._wire.headers(item.job, body, item.msg_id)
 
-    def _make_sender(self, client: httpx.Client) -> CallbackSender:
-        # Short backoff: a test waits for these retries.
-        return CallbackSender(
-            self.secret,
-            http_client=client,
-            max_attempts=self._sender_attempts,
-            backoff=0.02,
-            max_backoff=0.5,
+        return item.job.callback_url, body, headers
+
+    def _send(self, item: Planned, http: httpx.Client) -> SentCallback | None:
+        payload = self._reached(item)
+        if payload is None:
+            return None
+        if item.dropped:
+            log.debug("dropping callback %s for job %s", item.msg_id, item.job.job_id)
+            return self._record(item, payload, None)
+        url, body, headers = self._delivery(item, payload)
+        report = self._courier.send(
+            http, url, body, headers, msg_id=item.msg_id, retried=item.retried
         )
+        return self._record(item, payload, report)
+
+    async def _asend(self, item: Planned, http: httpx.AsyncClient) -> SentCallback | None:
+        payload = self._reached(item)
+        if payload is None:
+            return None
+        if item.dropped:
+            return self._record(item, payload, None)
+        url, body, headers = self._delivery(item, payload)
+        report = await self._courier.asend(
+            http, url, body, headers, msg_id=item.msg_id, retried=item.retried
+        )
+        return self._record(item, payload, report)
+
+    def _own_client(self, name: str, **options: Any) -> httpx.Client:
+        with self._cond:
+            client = self._own_clients.get(name)
+            if client is None:
+                client = self._own_clients[name] = httpx.Client(**options)
+            return client
+
+    def _http(self) -> httpx.Client:
+        """Where callbacks go now: the handler, the given client, or plain HTTP."""
+        if self.handler is not None:
+            return self._own_client("handler", transport=httpx.MockTransport(self._to_handler))
+        if self._callback_client is not None:
+            return self._callback_client
+        return self._own_client("http", timeout=10.0)
 
     @asynccontextmanager
-    async def _async_sender(self) -> AsyncIterator[AsyncCallbackSender]:
+    async def _async_http(self) -> AsyncIterator[httpx.AsyncClient]:
         if self.handler is not None:
             client = httpx.AsyncClient(transport=httpx.MockTransport(self._ato_handler))
         else:
             client = httpx.AsyncClient(timeout=10.0)
         async with client:  # one client per batch: nothing to close on the fake later
-            yield AsyncCallbackSender(
-                self.secret,
-                http_client=client,
-                max_attempts=self._sender_attempts,
-                backoff=0.02,
-                max_backoff=0.5,
-            )
+            yield client
 
     def _start_workers(self) -> None:
         if self._workers or self._closed:
@@ -507,9 +508,9 @@ class FakeGenerator:
                 item = heapq.heappop(self._queue)[2]
                 self._in_flight += 1
             try:
-                self._send(item, self._sender)
+                self._send(item, self._http())
             except Exception:  # a test's bug must not kill the worker silently
-                log.exception("callback %s for job %s failed", item.msg_id, item.job_id)
+                log.exception("callback %s for job %s failed", item.msg_id, item.job.job_id)
             finally:
                 with self._cond:
                     self._in_flight -= 1

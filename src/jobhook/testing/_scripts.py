@@ -14,7 +14,12 @@ __all__ = ["Chaos", "Script", "Scripts", "Submission"]
 
 @attrs.frozen
 class Submission:
-    """One submit request as the fake received it (repeats are recorded too)."""
+    """One submit request as the fake received it (repeats are recorded too).
+
+    ``job_id`` is the app's job id: the one the submit names, or for a hosted backend
+    (which takes none) the one its callback URL names. ``kind`` is ``None`` where the
+    backend's submit carries none.
+    """
 
     job_id: str
     callback_url: str
@@ -60,7 +65,11 @@ class Scripts:
         *,
         progress: Sequence[float] = (30.0,),
     ) -> Script:
-        """``running`` at each ``progress``, then ``failed`` with ``JobError(code, message)``."""
+        """``running`` at each ``progress``, then ``failed`` with ``JobError(code, message)``.
+
+        An impersonated provider reports it as it reports failures: ``code="aborted"``
+        is Replicate's ``aborted``, ``code="timed_out"`` RunPod's ``TIMED_OUT``.
+        """
         error = JobError(code, message)
 
         def script(submission: Submission) -> list[JobUpdate]:
