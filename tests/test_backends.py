@@ -823,3 +823,84 @@ def test_a_signed_delivery_naming_only_a_remote_id_waits_for_it_and_applies_once
     # The sender's retry of the early delivery is now a duplicate of the replayed one.
     assert handler.handle(headers, body).json()["outcome"] == "duplicate"
     assert [e.delivery_id for e in store.events()] == [None, "msg_early"]
+
+
+def test_misconfigurations_are_refused_when_built() -> None:
+    store = InMemoryJobStore()
+    with pytest.raises(ValidationError, match="checks its own signatures"):
+        WebhookHandler(store, backend=fal_profile(), secret=REPLICATE_SECRET, token_secret=TOKENS)
+    with pytest.raises(ValidationError, match="name no job id"):
+        WebhookHandler(store, backend=fal_profile())
+    for build in (
+        lambda: backends.Replicate("tøken", model="o/n"),
+        lambda: backends.OpenAI(" sk-x", model="m"),
+        lambda: backends.Fal("o/a", ""),
+        lambda: backends.RunPod("ep", "kéy"),
+    ):
+        with pytest.raises(ValidationError, match="ASCII"):
+            build()
+
+
+def test_fal_keys_can_be_loaded_at_start_up() -> None:
+    fetched: list[str] = []
+
+    def fetch(url: str) -> dict[str, Any]:
+        fetched.append(url)
+        return jwks_for([FAL_KEY])
+
+    profile = backends.Fal("fal-ai/flux/dev", "k", fetch_jwks=fetch)
+    profile.load_keys()
+    assert len(fetched) == 1
+    store = InMemoryJobStore()
+    store.create({}, job_id="j-1")
+    handler = WebhookHandler(store, backend=profile, token_secret=TOKENS, clock=lambda: NOW)
+    headers, body = fal_webhook()
+    assert deliver(handler, "j-1", body, headers).status == 200
+    assert len(fetched) == 1
+
+
+def test_the_callback_sender_takes_the_same_retry_policy() -> None:
+    from jobhook import CallbackSender
+
+    answers = iter([503, 503, 200])
+    calls: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(next(answers))
+
+    sender = CallbackSender(
+        REPLICATE_SECRET,
+        retry=RetryPolicy(max_attempts=2, backoff=0),
+        http_client=httpx.Client(transport=httpx.MockTransport(receiver)),
+        sleep=lambda s: None,
+    )
+    assert not sender.send("https://app.example/hook", {"status": "running"}).delivered
+    assert len(calls) == 2
+    with pytest.raises(ValidationError, match="either retry"):
+        CallbackSender(REPLICATE_SECRET, retry=RetryPolicy(), max_attempts=3)
+
+
+def test_a_failed_fal_request_is_settled_by_polling_with_its_reason() -> None:
+    store = InMemoryJobStore()
+    detail = {"detail": [{"loc": ["body", "prompt"], "msg": "field required"}]}
+    fake = fal_fake(status=[httpx.Response(200, json={"status": "COMPLETED"})])
+    fake.routes[("GET", "/fal-ai/flux/requests/fal-1")] = [httpx.Response(422, json=detail)]
+    client = client_for(store, fal_profile(), fake)
+    client.submit({}, job_id="j-1")
+    failed = client.refresh("j-1")
+    assert (failed.status, failed.error.code) == (JobStatus.FAILED, "fal_error")
+    assert "field required" in failed.error.message
+
+
+def test_a_fal_error_webhook_keeps_the_reason_from_the_payload() -> None:
+    body = json.dumps(
+        {
+            "request_id": "fal-1",
+            "status": "ERROR",
+            "error": "Invalid status code: 422",
+            "payload": {"detail": [{"msg": "field required"}]},
+        }
+    ).encode()
+    update = fal_profile().parse_callback(body).update
+    assert "field required" in update.error.message

@@ -529,8 +529,8 @@ FAILURE = Scripts.failure("oom", "out of memory")
         ("replicate", FAILURE, "failed", ("prediction_failed", "out of memory")),
         ("replicate", Scripts.failure("aborted", "deadline"), "aborted", ("aborted", "deadline")),
         ("replicate", Scripts.cancellation(), "canceled", None),
-        # fal's `error` is only "Invalid status code: 422"; the detail is in its payload.
-        ("fal", FAILURE, "ERROR", ("fal_error", "Invalid status code: 422")),
+        # fal's `error` is only "Invalid status code: 422"; the reason is in its payload.
+        ("fal", FAILURE, "ERROR", ("fal_error", "out of memory")),
         ("runpod", FAILURE, None, ("runpod_failed", "out of memory")),
         ("runpod", Scripts.failure("timed_out", "too slow"), None, ("timed_out", "too slow")),
     ],

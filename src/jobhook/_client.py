@@ -32,6 +32,7 @@ from jobhook._http import (
     drive,
     exchange,
     request_of,
+    resolve_retry,
 )
 from jobhook._ids import remote_key
 from jobhook._models import JSON, DeadLetter, Job, JobError, JobStatus, JobUpdate
@@ -362,12 +363,30 @@ class _ClientCore:
             answer = self.backend.read_status(job, response.content)
             if isinstance(answer, Request):
                 # The status says done; the output is behind another request (fal).
-                response = yield from self._call_backend(job, answer, "refresh")
-                answer = self.backend.read_result(job, response.content)
+                answer, response = yield from self._result(job, answer)
         except PayloadError as exc:
             raise self._unusable(job, response, "refresh", exc) from None
         update = self._checked(job, response, answer, "refresh")
         return (yield from self._apply(job, update, "refresh"))
+
+    def _result(self, job: Job, request: Request) -> Steps[tuple[ParsedPayload, httpx.Response]]:
+        """Fetch a finished job's result; a 4xx result is the job's failure where the
+        profile can read it (``read_result_error``: fal answers a failed request so)."""
+        read_error = getattr(self.backend, "read_result_error", None)
+        try:
+            response = yield from self._call_backend(job, request, "refresh")
+        except BackendError as exc:
+            failed = exc.response
+            if (
+                read_error is None
+                or failed is None
+                or not 400 <= failed.status_code < 500
+                or failed.status_code in (404, 408, 429)
+            ):
+                raise
+            parsed: ParsedPayload = read_error(job, failed.status_code, failed.content)
+            return parsed, failed
+        return self.backend.read_result(job, response.content), response
 
     def _no_status(self, job: Job) -> str:
         backend = self.backend
@@ -467,31 +486,6 @@ def resolve_backend(
     return backend
 
 
-def resolve_retry(
-    retry: RetryPolicy | None,
-    *,
-    max_attempts: int | None,
-    backoff: float | None,
-    max_backoff: float | None,
-    rng: random.Random | None,
-) -> RetryPolicy:
-    """``retry``, or a `RetryPolicy` from the 0.1 keywords; not both."""
-    legacy = {"max_attempts": max_attempts, "backoff": backoff, "max_backoff": max_backoff}
-    if retry is not None:
-        if any(v is not None for v in legacy.values()) or rng is not None:
-            raise ValidationError(
-                "give either retry=RetryPolicy(...) or max_attempts/backoff/max_backoff/rng"
-            )
-        return retry
-    default = RetryPolicy()
-    return RetryPolicy(
-        max_attempts=default.max_attempts if max_attempts is None else max_attempts,
-        backoff=default.backoff if backoff is None else backoff,
-        max_backoff=default.max_backoff if max_backoff is None else max_backoff,
-        rng=rng or random.Random(),
-    )
-
-
 class _BaseGeneratorClient:
     """What both clients share: configuration and the core that holds the rules."""
 
@@ -522,7 +516,12 @@ class _BaseGeneratorClient:
             payload_format=payload_format,
         )
         policy = resolve_retry(
-            retry, max_attempts=max_attempts, backoff=backoff, max_backoff=max_backoff, rng=rng
+            retry,
+            RetryPolicy(),
+            max_attempts=max_attempts,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            rng=rng,
         )
         self._core = _ClientCore(
             profile,

@@ -38,6 +38,7 @@ __all__ = [
     "exchange",
     "redact_url",
     "request_of",
+    "resolve_retry",
     "retry_after_seconds",
 ]
 
@@ -213,6 +214,31 @@ class RetryPolicy:
                 return asked if asked <= self.max_backoff else None
         ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         return self.rng.uniform(ceiling / 2, ceiling)
+
+
+def resolve_retry(
+    retry: RetryPolicy | None,
+    default: RetryPolicy,
+    *,
+    max_attempts: int | None,
+    backoff: float | None,
+    max_backoff: float | None,
+    rng: random.Random | None,
+) -> RetryPolicy:
+    """``retry``, or ``default`` with the 0.1 keywords given applied; not both."""
+    legacy = (max_attempts, backoff, max_backoff, rng)
+    if retry is not None:
+        if any(v is not None for v in legacy):
+            raise ValidationError(
+                "give either retry=RetryPolicy(...) or max_attempts/backoff/max_backoff/rng"
+            )
+        return retry
+    return RetryPolicy(
+        max_attempts=default.max_attempts if max_attempts is None else max_attempts,
+        backoff=default.backoff if backoff is None else backoff,
+        max_backoff=default.max_backoff if max_backoff is None else max_backoff,
+        rng=rng or random.Random(),
+    )
 
 
 @attrs.frozen

@@ -30,7 +30,9 @@ PayloadFormat = Literal["jobhook", "replicate"] | Callable[[JSON], CustomResult]
 
 @attrs.frozen
 class ParsedPayload:
-    """A parsed delivery: the ``update`` and the ``job_id`` it names (``None``: none)."""
+    """A parsed delivery or status answer: the ``update``, the ``job_id`` it names
+    (``None``: none), and ``fetch``: it only says that something happened, and what
+    must be asked of the backend (a thin event)."""
 
     update: JobUpdate
     job_id: str | None = None

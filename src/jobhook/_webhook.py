@@ -155,7 +155,12 @@ def _callback_rules(
             f"{backend.name} does not sign its callbacks: build the handler with "
             "token_secret= (and no secret=), and the client with the same token_secret"
         )
-    if auth != "token" and token_secret is None and backend.name in ("replicate", "fal"):
+    if auth == "custom" and secret is not None:
+        raise ValidationError(
+            f"the {backend.name} profile checks its own signatures: give no secret= "
+            "(only token_secret=, for the job id in the callback URL)"
+        )
+    if token_secret is None and not getattr(backend, "callbacks_name_job", True):
         raise ValidationError(
             f"{backend.name}'s callbacks name no job id, so the job id in the callback URL "
             "must be authenticated: set token_secret= (and the client's token_secret)"
@@ -246,7 +251,8 @@ class WebhookHandler:
         )
         if max_body_bytes is None:
             max_body_bytes = default_max
-        if secret is None and token_secret is None and not allow_unsigned:
+        verifies_itself = self._verify_custom is not None  # the profile checks signatures
+        if secret is None and token_secret is None and not allow_unsigned and not verifies_itself:
             raise ValidationError(
                 "WebhookHandler needs secret= (Standard Webhooks, 'whsec_…') or "
                 "token_secret= (per-job callback tokens); pass allow_unsigned=True only "

@@ -289,9 +289,10 @@ class Reconciler:
     """Settles jobs whose webhooks never came: poll, resubmit, or time out.
 
     ``store`` is a `JobStore`; ``client`` a `GeneratorClient` on the same store (its
-    ``status_path`` enables polling). ``stale_after`` and ``give_up_after`` are seconds
-    or timedeltas: a job is looked at once it has not changed for ``stale_after``, and
-    failed with ``code="timed_out"`` once it is ``give_up_after`` old. ``limit`` caps
+    backend's status endpoint enables polling; its ``can_resubmit`` allows resubmits).
+    ``stale_after`` and ``give_up_after`` are seconds or timedeltas: a job is looked at
+    once it has not changed for ``stale_after``, and failed with ``code="timed_out"``
+    once it is ``give_up_after`` old. ``limit`` caps
     the jobs of one run. Store errors (`StoreUnavailableError`) propagate; backend
     errors are reported per job in the `ReconcileReport`. Several reconcilers may run
     at once: every change goes through the store's guarded ``apply``.

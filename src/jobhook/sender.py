@@ -27,6 +27,7 @@ from jobhook._http import (
     drive,
     exchange,
     redact_url,
+    resolve_retry,
 )
 from jobhook._signing import parse_secrets, sign_webhook
 from jobhook.exceptions import ValidationError
@@ -58,6 +59,10 @@ def _retry_status(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
+#: Callbacks are worth more patience than a submit: five attempts by default.
+_DEFAULT_RETRY = RetryPolicy(max_attempts=5)
+
+
 class _BaseSender:
     """Configuration and the delivery steps both senders share."""
 
@@ -65,11 +70,12 @@ class _BaseSender:
         self,
         secret: str | bytes,
         *,
-        max_attempts: int,
+        retry: RetryPolicy | None,
+        max_attempts: int | None,
         timeout: float,
         headers: Mapping[str, str] | None,
-        backoff: float,
-        max_backoff: float,
+        backoff: float | None,
+        max_backoff: float | None,
         rng: random.Random | None,
     ) -> None:
         parse_secrets(secret)  # refuse a malformed secret now, not at the first send
@@ -78,11 +84,13 @@ class _BaseSender:
         self._secret = secret
         self._timeout = float(timeout)
         self._headers = dict(headers or {})
-        self._policy = RetryPolicy(
+        self._policy = resolve_retry(
+            retry,
+            _DEFAULT_RETRY,
             max_attempts=max_attempts,
             backoff=backoff,
             max_backoff=max_backoff,
-            rng=rng or random.Random(),
+            rng=rng,
         )
 
     def __repr__(self) -> str:
@@ -138,9 +146,10 @@ def _report(end: Exchange, msg_id: str, url: str) -> DeliveryReport:
 class CallbackSender(_BaseSender):
     """Signs callbacks with ``secret`` and POSTs them, retrying what may succeed later.
 
-    5xx, 408, 429 and network errors are retried up to ``max_attempts`` attempts in
-    all, with jittered exponential backoff (``backoff`` .. ``max_backoff`` seconds,
-    obeying ``Retry-After``); 2xx and other 4xx end the delivery. `send` never raises
+    5xx, 408, 429 and network errors are retried under ``retry`` (a `RetryPolicy`, by
+    default 5 attempts in all, jittered exponential backoff from 0.5 s up to 30 s,
+    obeying ``Retry-After``; or the 0.1 keywords ``max_attempts``, ``backoff``,
+    ``max_backoff``, ``rng``); 2xx and other 4xx end the delivery. `send` never raises
     for a failed delivery: it reports it. Raises `ValidationError` for a malformed
     secret. Thread-safe; an ``http_client`` passed in is left open by `close`.
     """
@@ -149,17 +158,19 @@ class CallbackSender(_BaseSender):
         self,
         secret: str | bytes,
         *,
-        max_attempts: int = 5,
+        retry: RetryPolicy | None = None,
+        max_attempts: int | None = None,
         timeout: float = 10.0,
         headers: Mapping[str, str] | None = None,
         http_client: httpx.Client | None = None,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(
             secret,
+            retry=retry,
             max_attempts=max_attempts,
             timeout=timeout,
             headers=headers,
@@ -206,17 +217,19 @@ class AsyncCallbackSender(_BaseSender):
         self,
         secret: str | bytes,
         *,
-        max_attempts: int = 5,
+        retry: RetryPolicy | None = None,
+        max_attempts: int | None = None,
         timeout: float = 10.0,
         headers: Mapping[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
+        backoff: float | None = None,
+        max_backoff: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio_sleep,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(
             secret,
+            retry=retry,
             max_attempts=max_attempts,
             timeout=timeout,
             headers=headers,

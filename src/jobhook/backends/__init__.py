@@ -13,6 +13,7 @@ docs); `Jobhook` (jobhook's own contract, the default), `Cog`, `Replicate`, `Fal
 `RunPod` and `OpenAI` are built in.
 """
 
+from jobhook._payloads import ParsedPayload
 from jobhook.backends._base import (
     RETRYABLE_STATUSES,
     Backend,
@@ -36,6 +37,7 @@ __all__ = [
     "Fal",
     "Jobhook",
     "OpenAI",
+    "ParsedPayload",
     "ProfileBase",
     "Replicate",
     "Request",

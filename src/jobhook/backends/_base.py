@@ -27,6 +27,7 @@ __all__ = [
     "Request",
     "SubmitAnswer",
     "check_base_url",
+    "check_key",
     "json_object",
     "path_part",
 ]
@@ -129,6 +130,13 @@ class Backend(Protocol):
         ...
 
 
+def check_key(value: object, what: str) -> str:
+    """An API key or token: a non-empty ASCII string (it goes into an HTTP header)."""
+    if not isinstance(value, str) or not value or not value.isascii() or value != value.strip():
+        raise ValidationError(f"{what} must be a non-empty ASCII string without spaces around it")
+    return value
+
+
 def check_base_url(value: object, name: str = "base_url") -> str:
     """``value`` without a trailing slash; `ValidationError` unless absolute http(s)."""
     if not isinstance(value, str):
@@ -169,11 +177,29 @@ __all__ += ["optional_str"]
 
 
 class ProfileBase:
-    """Defaults most profiles share; each profile overrides what differs."""
+    """Defaults most profiles share; each profile overrides what differs.
+
+    Besides the `Backend` protocol, the client and the handler read these optional
+    attributes (a profile without them gets these defaults):
+
+    - ``callbacks_name_job``: whether a callback body names the job id; when false the
+      handler requires ``token_secret`` so that the callback URL's job id is trusted.
+    - ``thin_callbacks``: callbacks only say that something happened (OpenAI's events):
+      the handler needs ``client=`` and fetches the result.
+    - ``max_callback_bytes``: the handler's default ``max_body_bytes``.
+    - ``busy_statuses``: submit answers meaning "every slot is taken": after the
+      retries the job stays ``pending`` (idempotent backends only).
+    - ``has_status_endpoint``: false when `refresh` can never work (Cog).
+    """
 
     name = "backend"
     idempotent_submit = False
     callback_auth: CallbackAuth = "token"
+    callbacks_name_job = True
+    thin_callbacks = False
+    max_callback_bytes = 1_048_576
+    busy_statuses: frozenset[int] = frozenset()
+    has_status_endpoint = True
     _retryable: frozenset[int] = RETRYABLE_STATUSES
     _parse: Callable[[bytes], ParsedPayload]
 

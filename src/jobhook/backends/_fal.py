@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,7 @@ from jobhook.backends._base import (
     Request,
     SubmitAnswer,
     check_base_url,
+    check_key,
     json_object,
     optional_str,
     path_part,
@@ -54,8 +56,7 @@ def parse_fal(data: Any) -> ParsedPayload:
         if status == "OK":
             update = JobUpdate(JobStatus.SUCCEEDED, output=data.get("payload"), remote_id=remote_id)
         elif status == "ERROR":
-            message = data.get("error") or data.get("payload_error") or "fal reported an error"
-            error = JobError("fal_error", str(message)[:2000])
+            error = JobError("fal_error", _error_message(data)[:2000])
             update = JobUpdate(JobStatus.FAILED, error=error, remote_id=remote_id)
         else:
             raise PayloadError(f"status must be OK or ERROR; got {status!r:.40}")
@@ -64,6 +65,17 @@ def parse_fal(data: Any) -> ParsedPayload:
             raise
         raise PayloadError(f"invalid payload: {exc}") from None
     return ParsedPayload(update)
+
+
+def _error_message(data: Mapping[str, Any]) -> str:
+    # fal's "error" is often only "Invalid status code: 422"; the reason is in the
+    # payload's "detail" (FastAPI-style, maybe a list).
+    payload = data.get("payload")
+    detail = payload.get("detail") if isinstance(payload, Mapping) else None
+    if detail:
+        return detail if isinstance(detail, str) else json.dumps(detail)
+    message = data.get("error") or data.get("payload_error")
+    return str(message) if message else "fal reported an error"
 
 
 def _public_keys(jwks: Mapping[str, Any]) -> tuple[bytes, ...]:
@@ -108,6 +120,7 @@ class Fal(ProfileBase):
     """
 
     name = "fal"
+    callbacks_name_job = False
     idempotent_submit = False
     callback_auth: CallbackAuth = "custom"
 
@@ -128,7 +141,7 @@ class Fal(ProfileBase):
         self.app = "/".join(parts)
         # Queue status and results live under the app's owner/alias, without its path.
         self._root = "/".join(parts[:2])
-        self._key = key
+        self._key = check_key(key, "fal's key")
         self.base_url = check_base_url(base_url)
         self._jwks_url = jwks_url
         self._fetch = fetch_jwks if fetch_jwks is not None else _fetch_jwks
@@ -185,6 +198,17 @@ class Fal(ProfileBase):
         """A completed request's output (the body of `result_request`)."""
         return ParsedPayload(JobUpdate(JobStatus.SUCCEEDED, output=parse_body(body)))
 
+    def read_result_error(self, job: Job, status: int, body: bytes) -> ParsedPayload:
+        """A failed request: its status says ``COMPLETED`` and its result answers 4xx."""
+        try:
+            data = json_object(body, "fal's result")
+        except PayloadError:
+            data = {"error": f"HTTP {status}"}
+        message = _error_message({"payload": data, "error": f"HTTP {status}"})
+        return ParsedPayload(
+            JobUpdate(JobStatus.FAILED, error=JobError("fal_error", message[:2000]))
+        )
+
     def cancel_request(self, job: Job) -> Request | None:
         return self._request(job, "/cancel", "PUT")
 
@@ -195,6 +219,15 @@ class Fal(ProfileBase):
         return parse_fal(parse_body(body))
 
     # -- signatures --
+
+    def load_keys(self) -> None:
+        """Fetch fal's public keys now (at start-up: an async app then never fetches
+        them inside a request). Raises `SignatureError` when they cannot be fetched."""
+        if not self._static:
+            with self._lock:
+                self._keys = ()
+                self._fetched_at = None
+            self._current_keys(refetch=False)
 
     def _current_keys(self, *, refetch: bool) -> tuple[bytes, ...]:
         if self._static:

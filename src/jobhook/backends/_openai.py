@@ -13,6 +13,7 @@ from jobhook.backends._base import (
     Request,
     SubmitAnswer,
     check_base_url,
+    check_key,
     json_object,
     optional_str,
     path_part,
@@ -119,8 +120,7 @@ class OpenAI(ProfileBase):
         base_url: str = "https://api.openai.com/v1",
         options: dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(api_key, str) or not api_key:
-            raise ValidationError("OpenAI needs an API key")
+        check_key(api_key, "OpenAI's API key")
         if not isinstance(model, str) or not model:
             raise ValidationError("OpenAI needs model='…'")
         self._api_key = api_key

@@ -13,6 +13,7 @@ from jobhook.backends._base import (
     Request,
     SubmitAnswer,
     check_base_url,
+    check_key,
     json_object,
     optional_str,
     path_part,
@@ -45,6 +46,7 @@ class Replicate(ProfileBase):
     """
 
     name = "replicate"
+    callbacks_name_job = False
     idempotent_submit = False
     callback_auth: CallbackAuth = "standard-webhooks"
 
@@ -57,8 +59,7 @@ class Replicate(ProfileBase):
         base_url: str = "https://api.replicate.com/v1",
         events: Sequence[str] = EVENTS,
     ) -> None:
-        if not isinstance(token, str) or not token:
-            raise ValidationError("Replicate needs an API token")
+        check_key(token, "Replicate's API token")
         if model is None and version is None:
             raise ValidationError("Replicate needs model='owner/name' or version='…'")
         if model is not None and (not isinstance(model, str) or model.count("/") != 1):

@@ -14,6 +14,7 @@ from jobhook.backends._base import (
     Request,
     SubmitAnswer,
     check_base_url,
+    check_key,
     json_object,
     optional_str,
     path_part,
@@ -93,6 +94,8 @@ class RunPod(ProfileBase):
         status_method: str = "GET",
     ) -> None:
         base = check_base_url(base_url)
+        if api_key:
+            check_key(api_key, "RunPod's API key")
         self._root = f"{base}/{path_part(endpoint_id)}" if endpoint_id else base
         self._api_key = api_key
         self.endpoint_id = endpoint_id
