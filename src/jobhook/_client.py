@@ -120,8 +120,10 @@ class _ClientCore:
         url = self.callback_url.replace("{job_id}", quote(job_id, safe=""))
         if self.token_secret is None:
             return url
-        token = callback_token(self.token_secret, job_id)
-        return str(httpx.URL(url).copy_merge_params({"token": token}))
+        token = callback_token(self.token_secret, job_id)  # URL-safe base64: no quoting
+        base, hash_mark, fragment = url.partition("#")
+        joiner = "&" if "?" in base else "?"
+        return f"{base}{joiner}token={token}{hash_mark}{fragment}"
 
     # -- operations --
 
@@ -271,7 +273,7 @@ class _ClientCore:
         job = result.job or job
         if answer.update is not None:
             job = yield from self._apply(job, answer.update, "submit")
-        if remote_id is not None:
+        if remote_id is not None and getattr(self.backend, "callbacks_by_remote_id", True):
             job = yield from self._replay_early(job, remote_id)
         return job
 

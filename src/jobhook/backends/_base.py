@@ -186,6 +186,10 @@ class ProfileBase:
       handler requires ``token_secret`` so that the callback URL's job id is trusted.
     - ``thin_callbacks``: callbacks only say that something happened (OpenAI's events):
       the handler needs ``client=`` and fetches the result.
+    - ``callbacks_by_remote_id``: callbacks may name the job by its remote id alone, so
+      one can beat the submit's answer; the client then looks for such early
+      deliveries once the answer records the remote id (false: callbacks always come
+      to the job's own URL, and nothing is looked for).
     - ``max_callback_bytes``: the handler's default ``max_body_bytes``.
     - ``busy_statuses``: submit answers meaning "every slot is taken": after the
       retries the job stays ``pending`` (idempotent backends only).
@@ -197,6 +201,7 @@ class ProfileBase:
     callback_auth: CallbackAuth = "token"
     callbacks_name_job = True
     thin_callbacks = False
+    callbacks_by_remote_id = False
     max_callback_bytes = 1_048_576
     busy_statuses: frozenset[int] = frozenset()
     has_status_endpoint = True

@@ -42,6 +42,8 @@ class Jobhook(ProfileBase):
 
     name = "jobhook"
     idempotent_submit = True
+    # A signed payload may name only the remote id the submit answer gave.
+    callbacks_by_remote_id = True
     callback_auth: CallbackAuth = "standard-webhooks"
 
     def __init__(

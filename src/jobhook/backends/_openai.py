@@ -111,6 +111,7 @@ class OpenAI(ProfileBase):
     callback_auth: CallbackAuth = "standard-webhooks"
     #: Webhooks name only a remote id and must be completed by a fetch.
     thin_callbacks = True
+    callbacks_by_remote_id = True
 
     def __init__(
         self,
