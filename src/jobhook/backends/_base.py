@@ -233,4 +233,43 @@ class ProfileBase:
         raise TypeError(f"the {self.name} profile does not verify callbacks itself")
 
 
-__all__ += ["ProfileBase"]
+class HostedProfile(ProfileBase):
+    """What hosted APIs share: they assign the job's id (read from the submit answer's
+    ``remote_id_field`` and kept as ``remote_id``), so nothing about a job can be
+    asked before that id is known, and a submit may never be sent twice."""
+
+    idempotent_submit = False
+    #: The submit answer's field holding the id the service assigned.
+    remote_id_field = "id"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that authenticate every request to the service."""
+        return {}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {**self.auth_headers(), "content-type": "application/json"}
+
+    def read_submit(self, job: Job, status: int, body: bytes) -> SubmitAnswer:
+        try:
+            answer = json_object(body, f"{self.name}'s answer")
+        except PayloadError:
+            return SubmitAnswer()  # accepted, but unreadable: no remote id to keep
+        return SubmitAnswer(remote_id=optional_str(answer, self.remote_id_field))
+
+    def by_remote_id(self, job: Job, method: str, url: str) -> Request | None:
+        """A request to ``url`` (a template with ``{remote_id}``), or ``None`` while the
+        job has no remote id."""
+        if job.remote_id is None:
+            return None
+        return Request(method, url.format(remote_id=path_part(job.remote_id)), self.headers)
+
+    def read_cancel(self, job: Job, body: bytes) -> JobUpdate | None:
+        # The answer is the job as it now is: final, or still stopping (then wait).
+        answer = self.read_status(job, body)
+        if isinstance(answer, Request) or not answer.update.status.terminal:
+            return None
+        return answer.update
+
+
+__all__ += ["HostedProfile", "ProfileBase"]

@@ -17,14 +17,12 @@ from jobhook._models import Job, JobError, JobStatus, JobUpdate
 from jobhook._payloads import ParsedPayload, parse_body
 from jobhook.backends._base import (
     CallbackAuth,
-    ProfileBase,
+    HostedProfile,
     Request,
-    SubmitAnswer,
     check_base_url,
     check_key,
     json_object,
     optional_str,
-    path_part,
 )
 from jobhook.exceptions import PayloadError, SignatureError, ValidationError
 
@@ -101,7 +99,7 @@ def _fetch_jwks(url: str) -> Mapping[str, Any]:
     return data
 
 
-class Fal(ProfileBase):
+class Fal(HostedProfile):
     """fal's queue API: ``POST {base_url}/{app}?fal_webhook=<callback>`` with the
     input as the body (``Authorization: Key <key>``).
 
@@ -154,27 +152,19 @@ class Fal(ProfileBase):
     def __repr__(self) -> str:
         return f"Fal({self.app!r})"  # never the key
 
-    @property
-    def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Key {self._key}", "content-type": "application/json"}
+    remote_id_field = "request_id"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Key {self._key}"}
 
     def submit_request(self, job: Job, callback_url: str) -> Request:
         url = f"{self.base_url}/{self.app}?fal_webhook={quote(callback_url, safe='')}"
         body = job.input if job.input is not None else {}
-        return Request("POST", url, self._headers, dumps(body, field="input").encode())
-
-    def read_submit(self, job: Job, status: int, body: bytes) -> SubmitAnswer:
-        try:
-            answer = json_object(body, "fal's answer")
-        except PayloadError:
-            return SubmitAnswer()
-        return SubmitAnswer(remote_id=optional_str(answer, "request_id"))
+        return Request("POST", url, self.headers, dumps(body, field="input").encode())
 
     def _request(self, job: Job, suffix: str, method: str) -> Request | None:
-        if job.remote_id is None:
-            return None
-        url = f"{self.base_url}/{self._root}/requests/{path_part(job.remote_id)}{suffix}"
-        return Request(method, url, self._headers)
+        url = f"{self.base_url}/{self._root}/requests/{{remote_id}}{suffix}"
+        return self.by_remote_id(job, method, url)
 
     def status_request(self, job: Job) -> Request | None:
         return self._request(job, "/status", "GET")

@@ -9,14 +9,11 @@ from jobhook._models import Job, JobError, JobStatus, JobUpdate
 from jobhook._payloads import ParsedPayload, parse_body
 from jobhook.backends._base import (
     CallbackAuth,
-    ProfileBase,
+    HostedProfile,
     Request,
-    SubmitAnswer,
     check_base_url,
     check_key,
-    json_object,
     optional_str,
-    path_part,
 )
 from jobhook.exceptions import PayloadError, ValidationError
 
@@ -85,7 +82,7 @@ def parse_event(data: Any) -> ParsedPayload:
     return ParsedPayload(JobUpdate(_EVENTS[kind], remote_id=remote_id), fetch=True)
 
 
-class OpenAI(ProfileBase):
+class OpenAI(HostedProfile):
     """OpenAI's Responses API in background mode: ``POST {base_url}/responses`` with
     ``{"model", "input", "background": true, "metadata": {"jobhook_job_id"}}``
     (``Authorization: Bearer <api_key>``).
@@ -133,9 +130,8 @@ class OpenAI(ProfileBase):
     def __repr__(self) -> str:
         return f"OpenAI(model={self.model!r})"  # never the key
 
-    @property
-    def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._api_key}", "content-type": "application/json"}
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._api_key}"}
 
     def submit_request(self, job: Job, callback_url: str) -> Request:
         if job.input is None:
@@ -148,33 +144,16 @@ class OpenAI(ProfileBase):
             "metadata": {"jobhook_job_id": job.id},
         }
         url = f"{self.base_url}/responses"
-        return Request("POST", url, self._headers, dumps(body, field="input").encode())
-
-    def read_submit(self, job: Job, status: int, body: bytes) -> SubmitAnswer:
-        try:
-            answer = json_object(body, "OpenAI's answer")
-        except PayloadError:
-            return SubmitAnswer()
-        return SubmitAnswer(remote_id=optional_str(answer, "id"))
-
-    def _response(self, job: Job, suffix: str, method: str) -> Request | None:
-        if job.remote_id is None:
-            return None
-        url = f"{self.base_url}/responses/{path_part(job.remote_id)}{suffix}"
-        return Request(method, url, self._headers)
+        return Request("POST", url, self.headers, dumps(body, field="input").encode())
 
     def status_request(self, job: Job) -> Request | None:
-        return self._response(job, "", "GET")
+        return self.by_remote_id(job, "GET", f"{self.base_url}/responses/{{remote_id}}")
 
     def read_status(self, job: Job, body: bytes) -> ParsedPayload | Request:
         return parse_response(parse_body(body))
 
     def cancel_request(self, job: Job) -> Request | None:
-        return self._response(job, "/cancel", "POST")
-
-    def read_cancel(self, job: Job, body: bytes) -> JobUpdate | None:
-        update = parse_response(parse_body(body)).update
-        return update if update.status.terminal else None
+        return self.by_remote_id(job, "POST", f"{self.base_url}/responses/{{remote_id}}/cancel")
 
     def parse_callback(self, body: bytes) -> ParsedPayload:
         return parse_event(parse_body(body))

@@ -5,27 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from jobhook._convert import dumps
-from jobhook._models import Job, JobUpdate
+from jobhook._models import Job
 from jobhook._payloads import ParsedPayload, parse_body, parse_replicate
 from jobhook.backends._base import (
     CallbackAuth,
-    ProfileBase,
+    HostedProfile,
     Request,
-    SubmitAnswer,
     check_base_url,
     check_key,
-    json_object,
-    optional_str,
-    path_part,
 )
-from jobhook.exceptions import PayloadError, ValidationError
+from jobhook.exceptions import ValidationError
 
 __all__ = ["Replicate"]
 
 EVENTS = ("start", "output", "logs", "completed")
 
 
-class Replicate(ProfileBase):
+class Replicate(HostedProfile):
     """Replicate's HTTP API (``Authorization: Bearer <token>``).
 
     Submits ``POST {base_url}/models/{model}/predictions`` (an official model) or
@@ -76,9 +72,8 @@ class Replicate(ProfileBase):
     def __repr__(self) -> str:
         return f"Replicate(model={self.model!r}, version={self.version!r})"  # never the token
 
-    @property
-    def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._token}", "content-type": "application/json"}
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._token}"}
 
     def submit_request(self, job: Job, callback_url: str) -> Request:
         body: dict[str, object] = {
@@ -92,30 +87,14 @@ class Replicate(ProfileBase):
         else:
             assert self.model is not None
             url = f"{self.base_url}/models/{self.model}/predictions"
-        return Request("POST", url, self._headers, dumps(body, field="input").encode())
-
-    def read_submit(self, job: Job, status: int, body: bytes) -> SubmitAnswer:
-        try:
-            answer = json_object(body, "Replicate's answer")
-        except PayloadError:
-            return SubmitAnswer()
-        return SubmitAnswer(remote_id=optional_str(answer, "id"))
-
-    def _prediction(self, job: Job, suffix: str, method: str) -> Request | None:
-        if job.remote_id is None:
-            return None
-        url = f"{self.base_url}/predictions/{path_part(job.remote_id)}{suffix}"
-        return Request(method, url, self._headers)
+        return Request("POST", url, self.headers, dumps(body, field="input").encode())
 
     def status_request(self, job: Job) -> Request | None:
-        return self._prediction(job, "", "GET")
+        return self.by_remote_id(job, "GET", f"{self.base_url}/predictions/{{remote_id}}")
 
     def cancel_request(self, job: Job) -> Request | None:
-        return self._prediction(job, "/cancel", "POST")
-
-    def read_cancel(self, job: Job, body: bytes) -> JobUpdate | None:
-        update = self.parse_callback(body).update
-        return update if update.status.terminal else None  # still stopping: wait
+        url = f"{self.base_url}/predictions/{{remote_id}}/cancel"
+        return self.by_remote_id(job, "POST", url)
 
     def parse_callback(self, body: bytes) -> ParsedPayload:
         return parse_replicate(parse_body(body))

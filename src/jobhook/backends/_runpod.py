@@ -10,12 +10,10 @@ from jobhook._models import Job, JobError, JobStatus, JobUpdate
 from jobhook._payloads import ParsedPayload, parse_body
 from jobhook.backends._base import (
     CallbackAuth,
-    ProfileBase,
+    HostedProfile,
     Request,
-    SubmitAnswer,
     check_base_url,
     check_key,
-    json_object,
     optional_str,
     path_part,
 )
@@ -65,7 +63,7 @@ def parse_runpod(data: Any) -> ParsedPayload:
     return ParsedPayload(update)
 
 
-class RunPod(ProfileBase):
+class RunPod(HostedProfile):
     """A RunPod serverless endpoint: ``POST {base_url}/{endpoint_id}/run`` with
     ``{"input", "webhook"}`` (``Authorization: Bearer <api_key>``).
 
@@ -109,41 +107,21 @@ class RunPod(ProfileBase):
     def __repr__(self) -> str:
         return f"RunPod(endpoint_id={self.endpoint_id!r}, root={self._root!r})"
 
-    @property
-    def _headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json"}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        return headers
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def submit_request(self, job: Job, callback_url: str) -> Request:
         if not isinstance(job.input, dict):
             raise ValidationError("RunPod needs the job's input to be a JSON object")
         body = {"input": job.input, "webhook": callback_url}
-        return Request("POST", f"{self._root}/run", self._headers, dumps(body).encode())
-
-    def read_submit(self, job: Job, status: int, body: bytes) -> SubmitAnswer:
-        try:
-            answer = json_object(body, "RunPod's answer")
-        except PayloadError:
-            return SubmitAnswer()
-        return SubmitAnswer(remote_id=optional_str(answer, "id"))
-
-    def _job(self, job: Job, action: str, method: str) -> Request | None:
-        if job.remote_id is None:
-            return None
-        url = f"{self._root}/{action}/{path_part(job.remote_id)}"
-        return Request(method, url, self._headers)
+        return Request("POST", f"{self._root}/run", self.headers, dumps(body).encode())
 
     def status_request(self, job: Job) -> Request | None:
-        return self._job(job, "status", self._status_method)
+        url = f"{self._root}/status/{{remote_id}}"
+        return self.by_remote_id(job, self._status_method, url)
 
     def cancel_request(self, job: Job) -> Request | None:
-        return self._job(job, "cancel", "POST")
-
-    def read_cancel(self, job: Job, body: bytes) -> JobUpdate | None:
-        update = self.parse_callback(body).update
-        return update if update.status.terminal else None
+        return self.by_remote_id(job, "POST", f"{self._root}/cancel/{{remote_id}}")
 
     def parse_callback(self, body: bytes) -> ParsedPayload:
         return parse_runpod(parse_body(body))

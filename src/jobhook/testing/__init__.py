@@ -1,7 +1,8 @@
 """Testing helpers: a fake generator backend, signed deliveries and pytest fixtures.
 
 `FakeGenerator` keeps jobhook's contract, or plays a provider's wire shapes with
-``impersonate="cog" | "replicate" | "fal" | "runpod"`` (a profile's ``name``).
+``impersonate="cog" | "replicate" | "fal" | "runpod" | "openai"`` (a profile's
+``name``).
 
 This module is also a pytest plugin (entry point ``jobhook``), so an app's tests get
 these fixtures once jobhook is installed; override any of them in a ``conftest.py``

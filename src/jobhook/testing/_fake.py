@@ -1,5 +1,5 @@
 """`FakeGenerator`: a generator backend for tests, in the wire shapes of jobhook's
-contract or of a provider it impersonates (Cog, Replicate, fal, RunPod).
+contract or of a provider it impersonates (Cog, Replicate, fal, RunPod, OpenAI).
 
 The fake's state (jobs, planned callbacks, records) sits behind one lock; requests
 reach it through `FakeGenerator.handle_request` (an httpx transport or the loopback
@@ -41,7 +41,7 @@ __all__ = ["FakeGenerator", "SentCallback"]
 log = logging.getLogger("jobhook.testing")
 
 DeliveryMode = Literal["manual", "background", "before_answer"]
-Impersonation = Literal["jobhook", "cog", "replicate", "fal", "runpod"]
+Impersonation = Literal["jobhook", "cog", "replicate", "fal", "runpod", "openai"]
 
 
 @attrs.frozen
@@ -67,15 +67,18 @@ class FakeGenerator:
 
     ``impersonate`` makes it another backend's wire instead, the ``name`` of the
     `jobhook.backends` profile the app uses (``backend.name``): ``"cog"``,
-    ``"replicate"``, ``"fal"`` or ``"runpod"``. It then takes that profile's requests,
-    assigns ids where the provider does, answers status, result and cancel requests,
-    and calls back in the provider's shapes, signed as it signs: Replicate with
-    Standard Webhooks (``secret``), fal with ED25519 (``secret`` is a 32-byte private
-    key; `fal_jwks` is the matching JWKS), Cog and RunPod unsigned (no ``secret``).
-    ``api_key``, when given, is the only key a hosted backend accepts (any key
-    otherwise, never none). Hosted backends' callbacks name no job id: the fake reads
-    the app's job id from the callback URL with ``job_id_from_url`` (by default its
-    last path segment), as the app's webhook route does.
+    ``"replicate"``, ``"fal"``, ``"runpod"`` or ``"openai"``. It then takes that
+    profile's requests, assigns ids where the provider does, answers status, result and
+    cancel requests, and calls back in the provider's shapes, signed as it signs:
+    Replicate and OpenAI with Standard Webhooks (``secret``), fal with ED25519
+    (``secret`` is a 32-byte private key; `fal_jwks` is the matching JWKS), Cog and
+    RunPod unsigned (no ``secret``). ``api_key``, when given, is the only key a hosted
+    backend accepts (any key otherwise, never none). Hosted backends' callbacks name no
+    job id: the fake reads the app's job id from the callback URL with
+    ``job_id_from_url`` (by default its last path segment), as the app's webhook route
+    does. OpenAI's thin events go to one project-wide ``webhook_url`` (or only to
+    ``handler``, on a route without a job id); the fake reads the job id from the
+    submit's ``metadata.jobhook_job_id``.
 
     Reach it in-process through `transport` / `async_transport`, or over loopback HTTP
     with `serve`. Each new job runs ``script`` (default `Scripts.success`; per job with
@@ -103,6 +106,7 @@ class FakeGenerator:
         impersonate: Impersonation = "jobhook",
         api_key: str | None = None,
         job_id_from_url: JobIdFromUrl | None = None,
+        webhook_url: str | None = None,
         script: Script | None = None,
         delivery: DeliveryMode = "manual",
         chaos: Chaos | None = None,
@@ -122,6 +126,7 @@ class FakeGenerator:
             secret,
             api_key=api_key,
             job_id_from_url=job_id_from_url or last_path_segment,
+            webhook_url=webhook_url,
         )
         if mismatched_ids and not self._wire.takes_job_id:
             raise ValueError(
@@ -209,7 +214,8 @@ class FakeGenerator:
 
     def set_script(self, job_id: str, script: Script) -> None:
         """Use ``script`` for the job submitted with ``job_id`` (before it is submitted;
-        for hosted backends, the job id its callback URL names)."""
+        for hosted backends, the job id its callback URL names; for OpenAI, its
+        ``metadata.jobhook_job_id``)."""
         with self._cond:
             self._scripts[job_id] = script
 
@@ -377,7 +383,8 @@ class FakeGenerator:
             self._jobs[job_id] = job
             self._taken.append(job_id)
             self._by_wire_id[job.wire_id] = job
-            self._route_ids[str(httpx.URL(submission.callback_url))] = job_id
+            if wire.route_names_job:
+                self._route_ids[str(httpx.URL(submission.callback_url))] = job_id
             inline = self._enqueue(self._plan(job, list(enumerate(steps)), chaos=True))
             answer = wire.accepted(job, new=True)
         return answer, inline

@@ -1,5 +1,5 @@
 """The wire shapes `FakeGenerator` can impersonate, one module per backend (as in
-`jobhook.backends`): jobhook's contract, Cog, Replicate, fal and RunPod."""
+`jobhook.backends`): jobhook's contract, Cog, Replicate, fal, RunPod and OpenAI."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from jobhook.testing._wires._base import (
     Intake,
     JobIdFromUrl,
     Wire,
+    http_url,
     json_response,
     last_path_segment,
 )
 from jobhook.testing._wires._cog import CogWire
 from jobhook.testing._wires._fal import FalWire
 from jobhook.testing._wires._jobhook import JobhookWire
+from jobhook.testing._wires._openai import OPENAI_WEBHOOK_URL, OpenAIWire
 from jobhook.testing._wires._replicate import ReplicateWire
 from jobhook.testing._wires._runpod import RunPodWire
 
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 #: The backends a fake can be: each is the ``name`` of a `jobhook.backends` profile.
-IMPERSONATIONS = ("jobhook", "cog", "replicate", "fal", "runpod")
+IMPERSONATIONS = ("jobhook", "cog", "replicate", "fal", "runpod", "openai")
 
 
 def make_wire(
@@ -38,8 +40,10 @@ def make_wire(
     *,
     api_key: str | None,
     job_id_from_url: JobIdFromUrl,
+    webhook_url: str | None = None,
 ) -> tuple[Wire, str | bytes | None]:
     """The wire for ``name`` and the secret it signs with (made up when not given).
+    ``webhook_url`` is OpenAI's one project-wide webhook URL.
 
     Raises `ValueError` for an unknown name or a secret the backend cannot use.
     """
@@ -47,7 +51,21 @@ def make_wire(
 
     if api_key is not None and name in ("jobhook", "cog"):
         raise ValueError(f"{name} takes no API key: pass api_key= only for a hosted backend")
+    if webhook_url is not None and name in IMPERSONATIONS and name != "openai":
+        raise ValueError(
+            f"{name} calls back to the URL each submit names: webhook_url= is for openai, "
+            "whose webhooks go to one project-wide URL"
+        )
     wire: Wire
+    if name == "openai":
+        url = OPENAI_WEBHOOK_URL if webhook_url is None else http_url(webhook_url)
+        if url is None:
+            raise ValueError(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
+        secret = secret if secret is not None else new_webhook_secret()
+        openai = OpenAIWire(
+            secret, api_key=api_key, job_id_from_url=job_id_from_url, webhook_url=url
+        )
+        return openai, secret
     if name in ("jobhook", "replicate"):
         secret = secret if secret is not None else new_webhook_secret()
         wire_class = JobhookWire if name == "jobhook" else ReplicateWire

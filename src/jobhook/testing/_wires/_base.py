@@ -157,6 +157,9 @@ class Wire:
     takes_job_id = False
     #: Whether ``GET …/{id}`` may name the app's job id as well as the wire id.
     finds_by_job_id = False
+    #: Whether callbacks go to a URL per job, whose route names the job (not to one
+    #: project-wide URL, as OpenAI's).
+    route_names_job = True
     #: What the backend's answers say when it has no such job.
     not_found: ClassVar[Any] = {"detail": "Not found"}
 
