@@ -842,7 +842,7 @@ def test_an_impersonated_provider_over_real_http() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"impersonate": "openai"}, "impersonate must be one of"),
+        ({"impersonate": "midjourney"}, "impersonate must be one of"),
         ({"impersonate": "cog", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, "sign"),
         ({"impersonate": "runpod", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, "sign"),
         ({"impersonate": "fal", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}, "ED25519"),
@@ -864,3 +864,232 @@ def test_a_replicate_fake_makes_up_its_secret_and_only_a_fal_fake_has_a_jwks() -
         assert fake.secret.startswith("whsec_")
         assert not hasattr(fake, "fal_jwks")
         assert "replicate" in repr(fake)
+
+
+# --- impersonating OpenAI: background Responses, thin events to one URL ---------------
+
+OPENAI_KEY = "sk-test"
+MESSAGE = [{"type": "message", "role": "assistant", "content": [{"type": "output_text"}]}]
+
+
+@dataclass
+class OpenAIApp:
+    """An OpenAI fake and an app's side: its profile, client and one webhook route."""
+
+    fake: FakeGenerator
+    client: GeneratorClient
+    handler: Recorder
+
+    @property
+    def store(self) -> Any:
+        return self.client.store
+
+
+@pytest.fixture
+def openai_app() -> Iterator[Callable[..., OpenAIApp]]:
+    fakes: list[FakeGenerator] = []
+
+    def build(*, hooks: Any = None, **fake_options: Any) -> OpenAIApp:
+        fake_options.setdefault("script", Scripts.success(output=MESSAGE))
+        fake = FakeGenerator(impersonate="openai", api_key=OPENAI_KEY, **fake_options)
+        fakes.append(fake)
+        profile = backends.OpenAI(
+            OPENAI_KEY, model="gpt-test", base_url="https://openai.invalid/v1"
+        )
+        store = InMemoryJobStore()
+        client = GeneratorClient(
+            store,
+            profile,
+            callback_url=HOOK,  # required by the client; OpenAI's submit names no URL
+            retry=RetryPolicy(max_attempts=3, backoff=0),
+            http_client=httpx.Client(transport=fake.transport, event_hooks=hooks or {}),
+            sleep=lambda _: None,
+        )
+        # One project-wide route, without a job id: the handler fetches what events name.
+        handler = WebhookHandler(store, backend=profile, secret=fake.secret, client=client)
+        fake.handler = Recorder(handler)
+        return OpenAIApp(fake, client, fake.handler)
+
+    yield build
+    for fake in fakes:
+        fake.close()
+
+
+def test_openai_runs_a_background_response_offline(
+    openai_app: Callable[..., OpenAIApp],
+) -> None:
+    app = openai_app()
+    job = app.client.submit("a red fox, in watercolour", job_id="job-1")
+    assert job.status is JobStatus.SUBMITTED
+    assert job.remote_id is not None
+    assert job.remote_id.startswith("resp_")
+    (submission,) = app.fake.submissions
+    assert submission.job_id == "job-1"  # from metadata.jobhook_job_id
+    assert submission.input == "a red fox, in watercolour"
+    assert submission.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+
+    sent = app.fake.deliver_all()  # nothing for the running steps: one thin event at the end
+    (event,) = [record.payload for record in sent]
+    assert event["type"] == "response.completed"
+    assert (event["object"], event["data"]) == ("event", {"id": job.remote_id})
+    assert event["id"].startswith("evt_")
+    assert isinstance(event["created_at"], int)
+    assert app.handler.outcomes == ["applied"]
+    done = app.store.get("job-1")
+    assert (done.status, done.output) == (JobStatus.SUCCEEDED, MESSAGE)  # fetched
+    assert done.status is app.fake.final_status("job-1")
+
+
+@pytest.mark.parametrize(
+    ("script", "event", "ending", "error"),
+    [
+        (FAILURE, "response.failed", JobStatus.FAILED, ("oom", "out of memory")),
+        (
+            Scripts.failure("incomplete", "max_output_tokens"),
+            "response.incomplete",
+            JobStatus.FAILED,
+            ("incomplete", "max_output_tokens"),
+        ),
+        (Scripts.cancellation(), "response.cancelled", JobStatus.CANCELED, None),
+    ],
+)
+def test_openai_failures_end_as_their_events_say(
+    openai_app: Callable[..., OpenAIApp],
+    script: Any,
+    event: str,
+    ending: JobStatus,
+    error: tuple[str, str] | None,
+) -> None:
+    app = openai_app(script=script)
+    app.client.submit("x", job_id="job-1")
+    assert [record.payload["type"] for record in app.fake.deliver_all()] == [event]
+    job = app.store.get("job-1")
+    assert job.status is ending is app.fake.final_status("job-1")
+    assert ((job.error.code, job.error.message) if job.error else None) == error
+
+
+def test_openai_events_survive_chaos(openai_app: Callable[..., OpenAIApp]) -> None:
+    app = openai_app(chaos=Chaos(duplicate=0.5, reorder=0.3, seed=5), script=Scripts.mixed())
+    jobs = [app.client.submit({"n": n}, job_id=f"job-{n}").id for n in range(20)]
+    sent = app.fake.deliver_all()
+    copies = Counter(record.msg_id for record in sent)
+    assert any(count > 1 for count in copies.values()), "no duplicates were made"
+    seen: set[str] = set()
+    for record, outcome in zip(sent, app.handler.outcomes, strict=True):
+        assert outcome == ("duplicate" if record.msg_id in seen else "applied")
+        seen.add(record.msg_id)
+    for job_id in jobs:
+        assert app.store.get(job_id).status is app.fake.final_status(job_id)
+        assert len([s for s in statuses(app.store, job_id) if s.terminal]) == 1
+
+
+def test_a_lost_openai_event_is_recovered_by_refresh(
+    openai_app: Callable[..., OpenAIApp],
+) -> None:
+    app = openai_app(chaos=Chaos(drop=1.0))
+    app.client.submit("x", job_id="job-1")
+    assert app.client.refresh("job-1").status is JobStatus.SUBMITTED  # "queued"
+    assert all(record.dropped for record in app.fake.deliver_all())
+    assert app.handler.outcomes == []
+    done = app.client.refresh("job-1")
+    assert (done.status, done.output) == (JobStatus.SUCCEEDED, MESSAGE)
+
+
+def test_an_openai_event_that_beats_the_submit_answer(
+    openai_app: Callable[..., OpenAIApp],
+) -> None:
+    app = openai_app(delivery="before_answer")
+    job = app.client.submit("x", job_id="job-1")
+    assert app.handler.outcomes == ["not_found"]  # no job had the response id yet
+    assert (job.status, job.output) == (JobStatus.SUCCEEDED, MESSAGE)  # replayed
+
+
+def test_openai_cancel(openai_app: Callable[..., OpenAIApp]) -> None:
+    answers: list[httpx.Response] = []
+    app = openai_app(hooks={"response": [answers.append]})
+    app.client.submit("x", job_id="job-1")
+    app.client.cancel("job-1")
+    answers[-1].read()
+    assert answers[-1].json()["status"] == "cancelled"
+    assert [record.payload["type"] for record in app.fake.deliver_all()] == ["response.cancelled"]
+    assert app.store.get("job-1").status is JobStatus.CANCELED is app.fake.final_status("job-1")
+
+
+def test_the_fake_answers_as_openai_does() -> None:
+    seen: list[httpx.Request] = []
+
+    def app(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    hook = "https://app.example/openai/webhook"
+    receiver = httpx.Client(transport=httpx.MockTransport(app))
+    options: dict[str, Any] = {"api_key": "sk-right", "webhook_url": hook}
+    fake = FakeGenerator(impersonate="openai", callback_client=receiver, **options)
+    with fake, raw(fake) as http:
+        url = "https://api.openai.com/v1/responses"
+        body = {
+            "model": "m",
+            "input": "fox",
+            "background": True,
+            "metadata": {"jobhook_job_id": "j-1"},
+        }
+        assert http.post(url, json=body).status_code == 401
+        wrong = http.post(url, json=body, headers={"authorization": "Bearer sk-wrong"})
+        assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "invalid_api_key")
+        auth = {"authorization": "Bearer sk-right"}
+        foreground = http.post(url, json={**body, "background": False}, headers=auth)
+        assert foreground.status_code == 400  # webhooks come for background responses only
+        no_model = {"input": "fox", "background": True}
+        assert http.post(url, json=no_model, headers=auth).status_code == 400
+        created = http.post(url, json=body, headers=auth)
+        assert created.status_code == 200
+        response = created.json()
+        queued = {"object": "response", "status": "queued", "output": []}
+        assert response.items() >= queued.items()
+        assert response["id"].startswith("resp_")
+        assert response["metadata"] == body["metadata"]
+        get = f"{url}/{response['id']}"
+        assert http.get(get, headers=auth).json()["status"] == "queued"
+        assert http.get(f"{url}/j-1", headers=auth).status_code == 404  # not its id
+        fake.deliver_all()
+        done = http.get(get, headers=auth).json()
+        output = {"images": ["https://fake.invalid/j-1/1.png"]}  # the default script's
+        assert (done["status"], done["output"]) == ("completed", output)
+        ended = http.post(f"{get}/cancel", headers=auth)
+        assert ended.json()["status"] == "completed"  # already ended: as it ended
+        assert http.post(f"{url}/resp_nope/cancel", headers=auth).status_code == 404
+
+        # Not idempotent: the same request again is a second response.
+        fake.set_script("j-1", lambda submission: [JobUpdate(JobStatus.RUNNING)])
+        again = http.post(url, json=body, headers=auth).json()["id"]
+        assert again != response["id"]
+        assert fake.job_ids() == ["j-1", "j-1"]
+        assert fake.deliver_all() == []  # no event while a response runs
+        assert http.get(f"{url}/{again}", headers=auth).json()["status"] == "in_progress"
+        canceled = http.post(f"{url}/{again}/cancel", headers=auth).json()
+        assert canceled["status"] == "cancelled"
+        fake.deliver_all()
+    receiver.close()
+    events = []
+    for request in seen:  # terminal states only, to the one project-wide URL
+        assert str(request.url) == hook
+        verify_webhook(fake.secret, request.headers, request.content)
+        events.append(json.loads(request.content))
+    assert [(e["type"], e["data"]) for e in events] == [
+        ("response.completed", {"id": response["id"]}),
+        ("response.cancelled", {"id": again}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"impersonate": "replicate", "webhook_url": "https://app.example/hook"}, "project-wide"),
+        ({"impersonate": "openai", "webhook_url": "/hook"}, "http"),
+        ({"impersonate": "openai", "mismatched_ids": True}, "assigns its own ids"),
+    ],
+)
+def test_openai_options_that_do_not_fit_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FakeGenerator(**options)
