@@ -321,3 +321,22 @@ def test_create_schema_adds_the_remote_id_index_to_existing_tables(tmp_path: Any
     indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("jobhook_jobs")}
     assert "ix_jobhook_jobs_remote_id" in indexes
     store.close()
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+def test_a_guard_and_rules_that_disagree_are_a_reported_bug_not_a_retry_loop(
+    make_store: Any, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jobs only move forward, so an update the guarded UPDATE refused stays refused:
+    # nothing is retried, and rules that disagree with the guard surface as a bug.
+    import jobhook.stores.sql as sql
+
+    store = make_store(kind)
+    job = store.create({})
+    assert store.apply(job.id, JobUpdate("succeeded")).applied
+    monkeypatch.setattr(sql, "judge", lambda current, update: Outcome.APPLIED)
+    with pytest.raises(RuntimeError, match="a bug in jobhook"):
+        store.apply(job.id, JobUpdate("running"))
+    monkeypatch.undo()
+    assert store.apply(job.id, JobUpdate("running")).outcome is Outcome.STALE
+    assert len(store.events()) == 1

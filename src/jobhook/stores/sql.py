@@ -64,10 +64,6 @@ T = TypeVar("T")
 #: What an update's statements depend on: status, the fields it sets, has a sequence.
 Shape = tuple[JobStatus, tuple[str, ...], bool]
 
-# How often apply() re-runs its guarded UPDATE when a concurrent writer changed the row
-# between that UPDATE and the read that explains its failure (PostgreSQL only: SQLite
-# write transactions are serialised).
-_MAX_APPLY_ROUNDS = 8
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -543,19 +539,12 @@ class _Operations:
             if not inserted:
                 row = _first((yield self.select_job, {"id": job_id}))
                 return ApplyResult(Outcome.DUPLICATE, _job_from_row(row) if row else None)
-        statement = self.guarded_update(shape)
-        for _ in range(_MAX_APPLY_ROUNDS):
-            row = _first((yield statement, params))
-            if row is not None:
-                job = _job_from_row(row)
-                (event,) = yield self.insert_event, _event_row(job, delivery_id, now)
-                return _applied(job, delivery_id, now, event["id"])
-            refused = yield from self._refused(job_id, update)
-            if refused is not None:
-                return refused
-            # A concurrent transaction changed the row between the two statements; the
-            # update applies to what is there now, so run the guarded UPDATE again.
-        raise StoreUnavailableError(f"job {job_id!r} is changing too fast to apply an update")
+        row = _first((yield self.guarded_update(shape), params))
+        if row is not None:
+            job = _job_from_row(row)
+            (event,) = yield self.insert_event, _event_row(job, delivery_id, now)
+            return _applied(job, delivery_id, now, event["id"])
+        return (yield from self._refused(job_id, update))
 
     def _apply_by_statement(
         self,
@@ -569,39 +558,42 @@ class _Operations:
         """PostgreSQL's apply: every statement it runs is atomic on its own (see
         `one_trip`), so it is correct with or without a transaction around it."""
         with_delivery = delivery_id is not None
-        for _ in range(_MAX_APPLY_ROUNDS):
-            trip = {**params, "e_delivery_id": delivery_id}
-            if with_delivery:
-                trip["d_id"] = delivery_id
-            (done,) = yield self.one_trip(shape, with_delivery), trip
-            if done["event_id"] is not None:
-                return _applied(_job_from_row(done), delivery_id, now, done["event_id"])
-            if not done["found"]:
-                if done["seen"]:
-                    return ApplyResult(Outcome.DUPLICATE, None)
-                # Nothing was written (a delivery id is only recorded for a known job).
-                raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
-            refused = yield from self._refused(job_id, update, duplicate=not done["fresh"])
-            if refused is not None:
-                return refused
-            # A concurrent change came between the guard and the read: apply the update
-            # to what is there now. Its delivery id is already recorded.
-            with_delivery = False
-        raise StoreUnavailableError(f"job {job_id!r} is changing too fast to apply an update")
+        trip = {**params, "e_delivery_id": delivery_id}
+        if with_delivery:
+            trip["d_id"] = delivery_id
+        (done,) = yield self.one_trip(shape, with_delivery), trip
+        if done["event_id"] is not None:
+            return _applied(_job_from_row(done), delivery_id, now, done["event_id"])
+        if not done["found"]:
+            if done["seen"]:
+                return ApplyResult(Outcome.DUPLICATE, None)
+            # Nothing was written (a delivery id is only recorded for a known job).
+            raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+        return (yield from self._refused(job_id, update, duplicate=not done["fresh"]))
 
     def _refused(
         self, job_id: str, update: JobUpdate, *, duplicate: bool = False
-    ) -> Steps[ApplyResult | None]:
+    ) -> Steps[ApplyResult]:
         """Nothing was updated: read the job to say why (``duplicate``: its delivery id
-        was seen before). ``None`` when the update applies to the job as it is now: a
-        concurrent change came between the guard and this read."""
+        was seen before).
+
+        A job only ever moves forward (rank, progress, sequence), so an update the
+        guard refused stays refused whatever commits between the guard and this read:
+        `judge` calling it applicable means the guard and the rules disagree, a bug,
+        reported as such rather than retried.
+        """
         row = _first((yield self.select_job, {"id": job_id}))
         if row is None:
             # Roll back the delivery id too: a retry after the job exists must apply.
             raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
         current = _job_from_row(row)
         outcome = Outcome.DUPLICATE if duplicate else judge(current, update)
-        return None if outcome is Outcome.APPLIED else ApplyResult(outcome, current)
+        if outcome is Outcome.APPLIED:
+            raise RuntimeError(
+                f"the guarded UPDATE refused an update the lifecycle rules apply to job "
+                f"{job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
+            )
+        return ApplyResult(outcome, current)
 
     def stale(self, updated_before: datetime, limit: int) -> Steps[builtins.list[Job]]:
         check_limit(limit)
