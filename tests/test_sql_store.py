@@ -329,7 +329,7 @@ def test_a_guard_and_rules_that_disagree_are_a_reported_bug_not_a_retry_loop(
 ) -> None:
     # Jobs only move forward, so an update the guarded UPDATE refused stays refused:
     # nothing is retried, and rules that disagree with the guard surface as a bug.
-    import jobhook.stores.sql as sql
+    import jobhook.stores._operations as sql
 
     store = make_store(kind)
     job = store.create({})

@@ -1,0 +1,267 @@
+"""Every store operation, written once as steps of statements."""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from jobhook._convert import update_to_dict
+from jobhook._ids import check_delivery_id, utcnow
+from jobhook._lifecycle import changes, check_id, check_reason, judge, new_job
+from jobhook._models import (
+    JSON,
+    ApplyResult,
+    DeadLetter,
+    Job,
+    JobEvent,
+    JobUpdate,
+    Outcome,
+)
+from jobhook.exceptions import (
+    DeadLetterNotFoundError,
+    JobExistsError,
+    JobNotFoundError,
+)
+from jobhook.stores._direct import Rollback as _Rollback
+from jobhook.stores._direct import Steps
+from jobhook.stores.protocol import StatusFilter, check_limit, status_values
+
+__all__ = ["Operations"]
+
+from jobhook.stores._rows import (
+    applied,
+    check_output,
+    dead_letter_from_row,
+    event_from_row,
+    event_row,
+    first,
+    job_from_row,
+    utc,
+)
+from jobhook.stores._statements import Shape, Statements
+
+
+class Operations(Statements):
+    """Every store operation as steps (see `jobhook.stores._direct.Steps`): each yields
+    ``(statement, parameters)`` and receives the rows, so that the sync and the async
+    store run the same rules."""
+
+    # -- operations -----------------------------------------------------------------
+
+    def create(
+        self,
+        input: JSON,
+        kind: str,
+        owner_id: str | None,
+        job_id: str | None,
+        metadata: dict[str, JSON] | None,
+    ) -> Steps[Job]:
+        job = new_job(
+            input, kind=kind, owner_id=owner_id, job_id=job_id, metadata=metadata, now=utcnow()
+        )
+        row = {
+            "id": job.id,
+            "kind": job.kind,
+            "owner_id": job.owner_id,
+            "input": job.input,
+            "status": job.status.value,
+            "metadata": job.metadata,
+            "version": job.version,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+        }
+        try:
+            yield self.insert_job, row
+        except sa_exc.IntegrityError:
+            raise JobExistsError(job.id) from None
+        return job
+
+    def get(self, job_id: str) -> Steps[Job]:
+        check_id(job_id)
+        row = first((yield self.select_job, {"id": job_id}))
+        if row is None:
+            raise JobNotFoundError(job_id)
+        return job_from_row(row)
+
+    def get_by_remote_id(self, remote_id: str) -> Steps[Job]:
+        check_id(remote_id, "remote_id")
+        row = first((yield self.select_job_by_remote_id, {"remote_id": remote_id}))
+        if row is None:
+            raise JobNotFoundError(remote_id=remote_id)
+        return job_from_row(row)
+
+    def list(
+        self,
+        owner_id: str | None,
+        status: StatusFilter,
+        kind: str | None,
+        limit: int,
+        before: str | None,
+    ) -> Steps[builtins.list[Job]]:
+        check_limit(limit)
+        jobs = self.t.jobs
+        c = jobs.c
+        query = sa.select(jobs)
+        if owner_id is not None:
+            query = query.where(c.owner_id == owner_id)
+        statuses = status_values(status)
+        if statuses is not None:
+            query = query.where(c.status.in_(statuses))
+        if kind is not None:
+            query = query.where(c.kind == kind)
+        if before is not None:
+            a = first((yield self.select_job, {"id": before}))
+            if a is None:
+                raise JobNotFoundError(before)
+            query = query.where(
+                sa.or_(
+                    c.created_at < a["created_at"],
+                    sa.and_(c.created_at == a["created_at"], c.id < a["id"]),
+                )
+            )
+        query = query.order_by(c.created_at.desc(), c.id.desc()).limit(limit)
+        return [job_from_row(r) for r in (yield query, None)]
+
+    def apply(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> Steps[ApplyResult]:
+        # Refuse what no store can keep before anything is written.
+        check_id(job_id)
+        if delivery_id is not None:
+            check_delivery_id(delivery_id)
+        check_output(update)
+        now = utcnow()
+        values = changes(update)
+        shape = self.shape(update, values)
+        params = self.update_params(job_id, update, values, now)
+        if self._one_trip is not None:
+            steps = self._apply_by_statement(job_id, update, delivery_id, now, shape, params)
+            return (yield from steps)
+        if delivery_id is not None:
+            inserted = yield (
+                self.insert_delivery,
+                {"id": delivery_id, "job_id": job_id, "received_at": now},
+            )
+            if not inserted:
+                row = first((yield self.select_job, {"id": job_id}))
+                return ApplyResult(Outcome.DUPLICATE, job_from_row(row) if row else None)
+        row = first((yield self.guarded_update(shape), params))
+        if row is not None:
+            job = job_from_row(row)
+            (event,) = yield self.insert_event, event_row(job, delivery_id, now)
+            return applied(job, delivery_id, now, event["id"])
+        return (yield from self._refused(job_id, update))
+
+    def _apply_by_statement(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        delivery_id: str | None,
+        now: datetime,
+        shape: Shape,
+        params: dict[str, Any],
+    ) -> Steps[ApplyResult]:
+        """PostgreSQL's apply: every statement it runs is atomic on its own (see
+        `one_trip`), so it is correct with or without a transaction around it."""
+        with_delivery = delivery_id is not None
+        trip = {**params, "e_delivery_id": delivery_id}
+        if with_delivery:
+            trip["d_id"] = delivery_id
+        (done,) = yield self.one_trip(shape, with_delivery), trip
+        if done["event_id"] is not None:
+            return applied(job_from_row(done), delivery_id, now, done["event_id"])
+        if not done["found"]:
+            if done["seen"]:
+                return ApplyResult(Outcome.DUPLICATE, None)
+            # Nothing was written (a delivery id is only recorded for a known job).
+            raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+        return (yield from self._refused(job_id, update, duplicate=not done["fresh"]))
+
+    def _refused(
+        self, job_id: str, update: JobUpdate, *, duplicate: bool = False
+    ) -> Steps[ApplyResult]:
+        """Nothing was updated: read the job to say why (``duplicate``: its delivery id
+        was seen before).
+
+        A job only ever moves forward (rank, progress, sequence), so an update the
+        guard refused stays refused whatever commits between the guard and this read:
+        `judge` calling it applicable means the guard and the rules disagree, a bug,
+        reported as such rather than retried.
+        """
+        row = first((yield self.select_job, {"id": job_id}))
+        if row is None:
+            # Roll back the delivery id too: a retry after the job exists must apply.
+            raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+        current = job_from_row(row)
+        outcome = Outcome.DUPLICATE if duplicate else judge(current, update)
+        if outcome is Outcome.APPLIED:
+            raise RuntimeError(
+                f"the guarded UPDATE refused an update the lifecycle rules apply to job "
+                f"{job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
+            )
+        return ApplyResult(outcome, current)
+
+    def stale(self, updated_before: datetime, limit: int) -> Steps[builtins.list[Job]]:
+        check_limit(limit)
+        rows = yield self.select_stale, {"before": utc(updated_before), "limit": limit}
+        return [job_from_row(r) for r in rows]
+
+    def events(self, after: int, limit: int) -> Steps[builtins.list[JobEvent]]:
+        check_limit(limit)
+        rows = yield self.select_events, {"after": after, "limit": limit}
+        return [event_from_row(r) for r in rows]
+
+    def add_dead_letter(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        delivery_id: str | None,
+        body: bytes,
+        reason: str,
+    ) -> Steps[DeadLetter]:
+        check_id(job_id)
+        if delivery_id is not None:
+            check_delivery_id(delivery_id)
+        check_reason(reason)
+        check_output(update)
+        rows = yield (
+            self.insert_dead_letter,
+            {
+                "job_id": job_id,
+                "delivery_id": delivery_id,
+                "update": update_to_dict(update),
+                "body": bytes(body),
+                "reason": reason,
+                "received_at": utcnow(),
+                "replayed_at": None,
+            },
+        )
+        if not rows:
+            # This delivery is kept already (the unique key on delivery_id said so).
+            rows = yield self.select_dead_letter_of, {"delivery_id": delivery_id}
+        return dead_letter_from_row(rows[0])
+
+    def dead_letters(
+        self, job_id: str | None, include_replayed: bool, limit: int
+    ) -> Steps[builtins.list[DeadLetter]]:
+        check_limit(limit)
+        dl = self.t.dead_letters
+        query = sa.select(dl).order_by(dl.c.id).limit(limit)
+        if job_id is not None:
+            query = query.where(dl.c.job_id == job_id)
+        if not include_replayed:
+            query = query.where(dl.c.replayed_at.is_(None))
+        return [dead_letter_from_row(r) for r in (yield query, None)]
+
+    def replay_dead_letter(self, dead_letter_id: int, job_id: str | None) -> Steps[ApplyResult]:
+        row = first((yield self.select_dead_letter, {"id": dead_letter_id}))
+        if row is None:
+            raise DeadLetterNotFoundError(dead_letter_id)
+        letter = dead_letter_from_row(row)
+        target = letter.job_id if job_id is None else job_id
+        # A NOT_FOUND ends in _Rollback, leaving the letter as it was.
+        result = yield from self.apply(target, letter.update, letter.delivery_id)
+        yield self.mark_replayed, {"b_id": dead_letter_id, "b_now": utcnow()}
+        return result
