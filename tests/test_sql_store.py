@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobhook import JobStatus, JobUpdate, Outcome, StoreUnavailableError
+from jobhook import JobError, JobStatus, JobUpdate, Outcome, StoreUnavailableError
 from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
 from .conftest import PG_SKIP_REASON, PG_URL, SQL_KINDS, SyncFacade
@@ -340,3 +340,42 @@ def test_a_guard_and_rules_that_disagree_are_a_reported_bug_not_a_retry_loop(
     monkeypatch.undo()
     assert store.apply(job.id, JobUpdate("running")).outcome is Outcome.STALE
     assert len(store.events()) == 1
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+@pytest.mark.parametrize("kind", ["postgres", "postgres-core"])
+def test_on_postgres_every_delivery_is_one_statement_refused_and_duplicates_too(
+    make_store: Any, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobhook.stores._direct import DirectRunner
+
+    store = make_store(kind)
+    job = store.create({})
+    statements: list[str] = []
+    if kind == "postgres":
+        real = DirectRunner._execute
+
+        def counted(self: Any, cursor: Any, statement: Any, params: Any) -> Any:
+            statements.append(self.prepared(statement).sql)
+            return real(self, cursor, statement, params)
+
+        monkeypatch.setattr(DirectRunner, "_execute", counted)
+    else:
+        sa.event.listen(
+            store.engine,
+            "before_cursor_execute",
+            lambda conn, cursor, sql, *rest: statements.append(sql),
+        )
+
+    def trips(update: JobUpdate, delivery_id: str | None) -> tuple[Outcome, int]:
+        statements.clear()
+        result = store.apply(job.id, update, delivery_id=delivery_id)
+        return result.outcome, len([s for s in statements if not s.startswith(("BEGIN", "COMMIT"))])
+
+    assert trips(JobUpdate("succeeded"), "d-1") == (Outcome.APPLIED, 1)
+    assert trips(JobUpdate("succeeded"), "d-1") == (Outcome.DUPLICATE, 1)
+    assert trips(JobUpdate("running"), "d-2") == (Outcome.STALE, 1)
+    assert trips(JobUpdate("failed", error=JobError("x")), None) == (Outcome.CONFLICT, 1)
+    refused = store.apply(job.id, JobUpdate("running"), delivery_id="d-3")
+    assert refused.job is not None
+    assert refused.job.status is JobStatus.SUCCEEDED

@@ -42,7 +42,7 @@ from jobhook.stores._rows import (
     job_from_row,
     utc,
 )
-from jobhook.stores._statements import Shape, Statements
+from jobhook.stores._statements import BEFORE, Shape, Statements
 
 
 class Operations(Statements):
@@ -177,7 +177,18 @@ class Operations(Statements):
                 return ApplyResult(Outcome.DUPLICATE, None)
             # Nothing was written (a delivery id is only recorded for a known job).
             raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
-        return (yield from self._refused(job_id, update, duplicate=not done["fresh"]))
+        # Refused or a duplicate: answered from the job as the statement saw it.
+        before = job_from_row(
+            {k[len(BEFORE) :]: v for k, v in done.items() if k.startswith(BEFORE)}
+        )
+        if not done["fresh"]:
+            return ApplyResult(Outcome.DUPLICATE, before)
+        outcome = judge(before, update)
+        if outcome is not Outcome.APPLIED:
+            return ApplyResult(outcome, before)
+        # The guard saw a newer row than the snapshot (a change committed while this
+        # statement waited for the row's lock): read the job as it is now.
+        return (yield from self._refused(job_id, update))
 
     def _refused(
         self, job_id: str, update: JobUpdate, *, duplicate: bool = False

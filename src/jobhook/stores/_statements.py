@@ -19,13 +19,13 @@ from jobhook._models import (
     JobStatus,
     JobUpdate,
 )
-from jobhook.stores._schema import (
-    Tables,
-)
-
-__all__ = ["Shape", "Statements"]
-
 from jobhook.stores._rows import bound
+from jobhook.stores._schema import Tables
+
+__all__ = ["BEFORE", "Shape", "Statements"]
+
+#: The prefix of `Statements.one_trip`'s columns that hold the job before the update.
+BEFORE = "before_"
 
 #: What an update's statements depend on: status, the fields it sets, has a sequence.
 Shape = tuple[JobStatus, tuple[str, ...], bool]
@@ -148,8 +148,9 @@ class Statements:
 
         Its one row has ``found`` (whether the job exists), ``seen`` (whether the
         delivery id was recorded before), ``fresh`` (whether this statement recorded
-        it: never for a missing job, so nothing is written then), ``event_id`` and the
-        updated job's columns (all NULL when nothing was updated).
+        it: never for a missing job, so nothing is written then), ``event_id``, the
+        updated job's columns (all NULL when nothing was updated), and the job's columns
+        as the statement's snapshot saw it, prefixed `BEFORE`.
         """
         assert self._one_trip is not None
         key = (shape, with_delivery)
@@ -210,6 +211,9 @@ class Statements:
             .returning(ev.c.id)
             .cte("e")
         )
+        # The job as this statement's snapshot sees it: what a refused or duplicate
+        # delivery is answered with, without a second round trip.
+        before = sa.select(jobs).where(jobs.c.id == job_id).cte("before")
         one = sa.select(sa.literal(1).label("one")).subquery("one")
         return sa.select(
             found.label("found"),
@@ -217,7 +221,10 @@ class Statements:
             fresh.label("fresh"),
             event.c.id.label("event_id"),
             *job.c,
-        ).select_from(one.outerjoin(job, sa.true()).outerjoin(event, sa.true()))
+            *(c.label(f"{BEFORE}{c.name}") for c in before.c),
+        ).select_from(
+            one.outerjoin(job, sa.true()).outerjoin(event, sa.true()).outerjoin(before, sa.true())
+        )
 
     def _build_update(
         self, status: JobStatus, fields: Collection[str], has_sequence: bool
