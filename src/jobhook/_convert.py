@@ -141,7 +141,7 @@ def loads(text: str | bytes) -> JSON:
     try:
         if isinstance(text, str):
             return _DECODER.decode(text)
-        return json.loads(text, parse_float=_parse_float)
+        return _DECODER.decode(text.decode("utf-8"))
     except RecursionError:
         raise ValidationError(f"JSON nested more than {MAX_DEPTH} levels deep") from None
 

@@ -123,6 +123,10 @@ def _reject_constant(name: str) -> NoReturn:
     raise PayloadError(f"the body is not JSON: {name} is not a JSON value")
 
 
+# Made once: json.loads with options builds a new decoder on every call.
+_BODY_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_body(body: bytes) -> JSON:
     """Decode a body as strict UTF-8 JSON: no NaN or Infinity, no NUL or lone surrogate
     in any string, at most `MAX_DEPTH` levels.
@@ -134,7 +138,7 @@ def parse_body(body: bytes) -> JSON:
     except UnicodeDecodeError:
         raise PayloadError("the body is not UTF-8") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = _BODY_DECODER.decode(text)
     except PayloadError:
         raise
     except (ValueError, RecursionError) as exc:
