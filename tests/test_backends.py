@@ -904,3 +904,14 @@ def test_a_fal_error_webhook_keeps_the_reason_from_the_payload() -> None:
     ).encode()
     update = fal_profile().parse_callback(body).update
     assert "field required" in update.error.message
+
+
+def test_openai_needs_no_callback_url_and_others_still_do() -> None:
+    store = InMemoryJobStore()
+    fake = openai_fake()
+    client = GeneratorClient(
+        store, OPENAI, http_client=httpx.Client(transport=httpx.MockTransport(fake))
+    )
+    assert client.submit("x", job_id="j-1").remote_id == "resp_1"
+    with pytest.raises(ValidationError, match="callback_url"):
+        GeneratorClient(store, backends.Cog("http://cog"))

@@ -92,7 +92,7 @@ class _ClientCore:
         self,
         backend: Backend,
         *,
-        callback_url: str,
+        callback_url: str | None,
         timeout: float,
         token_secret: str | bytes | None,
         policy: RetryPolicy,
@@ -101,7 +101,9 @@ class _ClientCore:
             raise ValidationError(
                 f"backend must be a jobhook.backends profile or a base URL, got {backend!r}"
             )
-        if not isinstance(callback_url, str) or "{job_id}" not in callback_url:
+        if callback_url is None and not getattr(backend, "uses_callback_url", True):
+            callback_url = ""  # the backend calls one project-wide URL (OpenAI)
+        elif not isinstance(callback_url, str) or "{job_id}" not in callback_url:
             raise ValidationError(
                 f"callback_url must be a template containing {{job_id}}, got {callback_url!r}"
             )
@@ -116,7 +118,10 @@ class _ClientCore:
         self.policy = policy
 
     def callback_url_for(self, job_id: str) -> str:
-        """The URL the backend calls back for ``job_id``, with its token when configured."""
+        """The URL the backend calls back for ``job_id``, with its token when configured
+        (empty for a backend that takes none)."""
+        if not self.callback_url:
+            return ""
         url = self.callback_url.replace("{job_id}", quote(job_id, safe=""))
         if self.token_secret is None:
             return url
@@ -495,7 +500,7 @@ class _BaseGeneratorClient:
         self,
         backend: Backend | str,
         *,
-        callback_url: str,
+        callback_url: str | None,
         token_secret: str | bytes | None,
         retry: RetryPolicy | None,
         timeout: float,
@@ -570,7 +575,8 @@ class GeneratorClient(_BaseGeneratorClient):
     contract (`backends.Jobhook`) with the 0.1 keywords ``submit_path``,
     ``status_path``, ``cancel_path``, ``headers`` and ``payload_format``.
     ``callback_url`` is a template with ``{job_id}``; with ``token_secret`` each URL
-    carries the job's token. ``retry`` (a `RetryPolicy`, or the 0.1 keywords
+    carries the job's token (required, but for a backend that takes no callback URL:
+    OpenAI calls one project-wide URL). ``retry`` (a `RetryPolicy`, or the 0.1 keywords
     ``max_attempts``, ``backoff``, ``max_backoff``, ``rng``) says how transient
     failures are retried: a request that was surely not taken may always be sent
     again, one that may have arrived only where the backend takes a repeat as the same
@@ -584,7 +590,7 @@ class GeneratorClient(_BaseGeneratorClient):
         store: JobStore,
         backend: Backend | str,
         *,
-        callback_url: str,
+        callback_url: str | None = None,
         token_secret: str | bytes | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 10.0,
@@ -701,7 +707,7 @@ class AsyncGeneratorClient(_BaseGeneratorClient):
         store: AsyncJobStore,
         backend: Backend | str,
         *,
-        callback_url: str,
+        callback_url: str | None = None,
         token_secret: str | bytes | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 10.0,

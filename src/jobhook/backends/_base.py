@@ -194,6 +194,8 @@ class ProfileBase:
     - ``busy_statuses``: submit answers meaning "every slot is taken": after the
       retries the job stays ``pending`` (idempotent backends only).
     - ``has_status_endpoint``: false when `refresh` can never work (Cog).
+    - ``uses_callback_url``: false when the backend calls one fixed URL (OpenAI), so
+      the client needs no ``callback_url``.
     """
 
     name = "backend"
@@ -205,6 +207,7 @@ class ProfileBase:
     max_callback_bytes = 1_048_576
     busy_statuses: frozenset[int] = frozenset()
     has_status_endpoint = True
+    uses_callback_url = True
     _retryable: frozenset[int] = RETRYABLE_STATUSES
     _parse: Callable[[bytes], ParsedPayload]
 

@@ -109,6 +109,8 @@ class OpenAI(HostedProfile):
     #: Webhooks name only a remote id and must be completed by a fetch.
     thin_callbacks = True
     callbacks_by_remote_id = True
+    #: Webhooks go to the project's one URL: the client needs no ``callback_url``.
+    uses_callback_url = False
 
     def __init__(
         self,
