@@ -379,3 +379,28 @@ def test_on_postgres_every_delivery_is_one_statement_refused_and_duplicates_too(
     refused = store.apply(job.id, JobUpdate("running"), delivery_id="d-3")
     assert refused.job is not None
     assert refused.job.status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "sqlite-core"])
+def test_a_writer_blocked_past_the_busy_timeout_is_unavailable_on_every_path(
+    make_store: Any, kind: str
+) -> None:
+    import sqlite3
+
+    store = make_store(kind)
+    job = store.create({})
+    store.engine.dispose()  # new connections get the short busy timeout below
+    sa.event.listen(
+        store.engine,
+        "connect",
+        lambda dbapi, record: dbapi.execute("PRAGMA busy_timeout = 50"),
+    )
+    blocker = sqlite3.connect(store.engine.url.database, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailableError, match="locked"):
+            store.apply(job.id, JobUpdate("running"))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert store.apply(job.id, JobUpdate("running")).applied

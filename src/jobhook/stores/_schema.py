@@ -179,12 +179,9 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     # transaction that reads and then writes must upgrade its lock, and two of them
     # doing so at once deadlock: one gets SQLITE_BUSY at once, whatever the timeout.
     statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get("jobhook_write") else "BEGIN"
-    if conn.dialect.is_async:
-        conn.exec_driver_sql(statement)
-    else:
-        # Straight to the driver: this runs once per transaction, and SQLAlchemy's
-        # statement machinery costs more than the BEGIN itself.
-        conn.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
+    # Through SQLAlchemy (its pysqlite recipe), so that a writer blocked past the busy
+    # timeout gets SQLAlchemy's OperationalError, which the store maps like any other.
+    conn.exec_driver_sql(statement)
 
 
 def install_sqlite_pragmas(engine: Engine) -> None:
