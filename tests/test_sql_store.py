@@ -404,3 +404,27 @@ def test_a_writer_blocked_past_the_busy_timeout_is_unavailable_on_every_path(
         blocker.execute("ROLLBACK")
         blocker.close()
     assert store.apply(job.id, JobUpdate("running")).applied
+
+
+def test_a_second_store_over_the_engines_execution_options_installs_nothing_twice(
+    tmp_path: Any,
+) -> None:
+    from jobhook.stores._schema import engine_options, sync_url
+
+    url = sync_url(f"sqlite:///{tmp_path / 'shared.db'}")
+    engine = sa.create_engine(url, **engine_options(url))
+    begins: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda c, cur, sql, *a: begins.append(sql))
+    first = SQLJobStore(engine, create_schema=True)
+    with engine.connect() as held:  # a connection the app has pooled
+        held.exec_driver_sql("SELECT 1")
+    pool = engine.pool
+    second = SQLJobStore(engine.execution_options(tenant="t1"))
+    assert engine.pool is pool  # the app's pool was not disposed a second time
+    job = second.create({})
+    assert [j.id for j in second.list()] == [job.id]
+    assert [j.id for j in first.list()] == [job.id]
+    begins.clear()
+    second.apply(job.id, JobUpdate("running"))
+    assert [s for s in begins if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
+    engine.dispose()

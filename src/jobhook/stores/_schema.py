@@ -184,15 +184,23 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql(statement)
 
 
-def install_sqlite_pragmas(engine: Engine) -> None:
-    """Make a SQLite engine safe for concurrent writers (idempotent).
+def install_sqlite_pragmas(engine: Engine) -> bool:
+    """Make a SQLite engine safe for concurrent writers, once per engine and pool.
 
     WAL (readers never block the writer), a busy timeout, and explicit
-    ``BEGIN IMMEDIATE`` for write transactions.
+    ``BEGIN IMMEDIATE`` for write transactions. An engine made with
+    ``engine.execution_options(...)`` shares its parent's pool and listeners: what the
+    parent has is not installed again (twice, every transaction would BEGIN twice).
+    Returns whether anything was installed now.
     """
     if engine.dialect.name != "sqlite":
-        return
-    if not event.contains(engine, "connect", _sqlite_connect):
+        return False
+    installed = False
+    # The dispatch collections include what the parent engine and its pool carry.
+    if _sqlite_connect not in tuple(engine.pool.dispatch.connect):
         event.listen(engine, "connect", _sqlite_connect)
-    if not event.contains(engine, "begin", _sqlite_begin):
+        installed = True
+    if _sqlite_begin not in tuple(engine.dispatch.begin):
         event.listen(engine, "begin", _sqlite_begin)
+        installed = True
+    return installed
