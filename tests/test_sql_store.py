@@ -428,3 +428,37 @@ def test_a_second_store_over_the_engines_execution_options_installs_nothing_twic
     second.apply(job.id, JobUpdate("running"))
     assert [s for s in begins if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
     engine.dispose()
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+def test_schema_translation_and_transaction_listeners_see_every_operation() -> None:
+    # SQLAlchemy's multi-tenant recipe: every statement goes to the tenant's schema.
+    import uuid
+
+    assert PG_URL is not None
+    schema = f"tenant_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(sa.engine.make_url(PG_URL).set(drivername="postgresql+psycopg"))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        tenant = admin.execution_options(schema_translate_map={None: schema})
+        store = SQLJobStore(tenant, table_prefix="tr_")
+        store.create_schema()
+        begun: list[str] = []
+        sa.event.listen(tenant, "begin", lambda conn: begun.append("begin"))
+        job = store.create({"tenant": schema})
+        assert [j.id for j in store.list()] == [job.id]
+        assert store.get(job.id).input == {"tenant": schema}
+        assert store.apply(job.id, JobUpdate("running"), delivery_id="d-1").applied
+        assert len(begun) >= 3  # create, list, get and apply all went through SQLAlchemy
+        with admin.connect() as conn:
+            rows = conn.exec_driver_sql(f"SELECT count(*) FROM {schema}.tr_jobs").scalar()
+            public = conn.exec_driver_sql(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'tr_jobs' "
+                "AND table_schema = 'public'"
+            ).scalar()
+        assert (rows, public) == (1, 0)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()

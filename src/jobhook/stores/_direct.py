@@ -33,6 +33,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
+from jobhook.stores._schema import JOBHOOK_LISTENERS
+
 T = TypeVar("T")
 #: What every statement hands back to the step that yielded it: its rows, as mappings.
 Rows = list[Mapping[str, Any]]
@@ -159,7 +161,11 @@ class DirectRunner:
 
     @property
     def usable(self) -> bool:
-        """Whether statements may bypass `Connection.execute` right now."""
+        """Whether statements may bypass `Connection.execute` right now: only when that
+        changes nothing an app could see. Execution options that reshape statements
+        (``schema_translate_map``), statement or transaction listeners the app added
+        (tracing, ``begin``/``commit`` hooks) and ``echo`` send everything through
+        SQLAlchemy instead."""
         dispatch = self.engine.dispatch
         return (
             self._supported
@@ -168,6 +174,10 @@ class DirectRunner:
             and not dispatch.after_cursor_execute
             and not dispatch.before_execute
             and not dispatch.after_execute
+            and all(fn in JOBHOOK_LISTENERS for fn in dispatch.begin)
+            and not dispatch.commit
+            and not dispatch.rollback
+            and not self.engine.get_execution_options().get("schema_translate_map")
         )
 
     def prepared(self, statement: sa.Executable) -> Prepared:

@@ -204,3 +204,8 @@ def install_sqlite_pragmas(engine: Engine) -> bool:
         event.listen(engine, "begin", _sqlite_begin)
         installed = True
     return installed
+
+
+#: The listeners jobhook itself installs (the driver path may run beside them).
+JOBHOOK_LISTENERS = (_sqlite_connect, _sqlite_begin)
+__all__ += ["JOBHOOK_LISTENERS"]
