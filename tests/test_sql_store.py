@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from jobhook import JobError, JobStatus, JobUpdate, Outcome, StoreUnavailableError
 from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
-from .conftest import PG_SKIP_REASON, PG_URL, SQL_KINDS, SyncFacade
+from .conftest import PG_SKIP_REASON, PG_URL, SQL_KINDS, SyncFacade, _drop_tables
 
 
 def free_port() -> int:
@@ -462,3 +462,38 @@ def test_schema_translation_and_transaction_listeners_see_every_operation() -> N
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_async_single_statement_operations_run_in_autocommit_on_postgres(driver: str) -> None:
+    # No BEGIN and no COMMIT around one atomic statement: a delivery is one round trip.
+    import uuid
+
+    assert PG_URL is not None
+    url = sa.engine.make_url(PG_URL).set(drivername=f"postgresql+{driver}")
+    store = SyncFacade(AsyncSQLJobStore(url, table_prefix=f"ac{uuid.uuid4().hex[:8]}_"))
+    store.create_schema()
+    modes: list[tuple[str, bool]] = []
+    sa.event.listen(
+        store.inner.engine.sync_engine,
+        "before_cursor_execute",
+        lambda conn, cursor, sql, *rest: modes.append(
+            (sql.split()[0], bool(conn.connection.dbapi_connection.autocommit))
+        ),
+    )
+    try:
+        job = store.create({})
+        store.apply(job.id, JobUpdate("running"), delivery_id="d-1")
+        store.get(job.id)
+        store.events()
+        assert modes
+        assert all(autocommit for _, autocommit in modes), modes
+        modes.clear()
+        store.list()  # built per call: still one transaction
+        assert modes
+        assert not any(autocommit for _, autocommit in modes)
+    finally:
+        prefix = store.inner.tables.prefix
+        store.close()
+        _drop_tables(PG_URL, prefix)

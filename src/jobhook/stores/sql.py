@@ -246,6 +246,8 @@ class AsyncSQLJobStore:
         install_sqlite_pragmas(self.engine.sync_engine)
         self.tables = Tables(table_prefix)
         self._ops = Operations(self.tables, self.engine.dialect.name)
+        # Single-statement operations skip BEGIN/COMMIT where that saves round trips.
+        self._autocommit = self.engine.dialect.name == "postgresql"
 
     def __repr__(self) -> str:
         return f"<AsyncSQLJobStore {self.engine.url.render_as_string(hide_password=True)!s}>"
@@ -263,9 +265,20 @@ class AsyncSQLJobStore:
         except DATABASE_ERRORS as exc:
             raise store_error(exc, self.engine.url) from exc
 
-    async def _run(self, steps: Steps[T], *, write: bool) -> T:
+    async def _run(self, steps: Steps[T], *, write: bool, standalone: bool = False) -> T:
+        """Run ``steps`` in one transaction. ``standalone``: each statement they yield is
+        atomic alone, so on PostgreSQL they run in autocommit (SQLAlchemy's public
+        ``isolation_level="AUTOCOMMIT"``): no ``BEGIN``, no ``COMMIT``, one round trip
+        per statement. A `_Rollback` they raise then comes before anything was written."""
         try:
             async with self.engine.connect() as conn:
+                if standalone and self._autocommit:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    try:
+                        return await _adrive(conn, steps)
+                    except _Rollback as rollback:
+                        value: T = rollback.value
+                        return value
                 if write:
                     await conn.execution_options(jobhook_write=True)
                 try:
@@ -288,15 +301,16 @@ class AsyncSQLJobStore:
     ) -> Job:
         """Create and commit a ``pending`` job. See `JobStore.create`."""
         steps = self._ops.create(input, kind, owner_id, job_id, metadata)
-        return await self._run(steps, write=True)
+        return await self._run(steps, write=True, standalone=True)
 
     async def get(self, job_id: str) -> Job:
         """Return the job. Raises `JobNotFoundError`."""
-        return await self._run(self._ops.get(job_id), write=False)
+        return await self._run(self._ops.get(job_id), write=False, standalone=True)
 
     async def get_by_remote_id(self, remote_id: str) -> Job:
         """The newest job carrying ``remote_id``. See `JobStore.get_by_remote_id`."""
-        return await self._run(self._ops.get_by_remote_id(remote_id), write=False)
+        steps = self._ops.get_by_remote_id(remote_id)
+        return await self._run(steps, write=False, standalone=True)
 
     async def list(
         self,
@@ -315,15 +329,17 @@ class AsyncSQLJobStore:
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
         """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
-        return await self._run(self._ops.apply(job_id, update, delivery_id), write=True)
+        steps = self._ops.apply(job_id, update, delivery_id)
+        return await self._run(steps, write=True, standalone=self._ops.apply_stands_alone)
 
     async def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
         """Non-terminal jobs last updated before ``updated_before``, oldest first."""
-        return await self._run(self._ops.stale(updated_before, limit), write=False)
+        steps = self._ops.stale(updated_before, limit)
+        return await self._run(steps, write=False, standalone=True)
 
     async def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
         """Outbox events with an id greater than ``after``, in order."""
-        return await self._run(self._ops.events(after, limit), write=False)
+        return await self._run(self._ops.events(after, limit), write=False, standalone=True)
 
     async def add_dead_letter(
         self,
@@ -336,7 +352,7 @@ class AsyncSQLJobStore:
     ) -> DeadLetter:
         """Keep a delivery that named an unknown job."""
         steps = self._ops.add_dead_letter(job_id, update, delivery_id, body, reason)
-        return await self._run(steps, write=True)
+        return await self._run(steps, write=True, standalone=True)
 
     async def dead_letters(
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
