@@ -238,8 +238,9 @@ def test_a_constraint_error_on_the_driver_path_is_the_store_error(tmp_path: Any)
 
 
 @pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+@pytest.mark.parametrize("kind", ["postgres", "postgres-core"])
 def test_postgres_single_statement_operations_send_no_begin_or_commit(
-    make_store: Any, monkeypatch: pytest.MonkeyPatch
+    make_store: Any, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     """create, get and apply are one statement each on PostgreSQL, atomic alone: they
     run in autocommit (no BEGIN, no COMMIT round trips); replaying a dead letter takes
@@ -247,7 +248,7 @@ def test_postgres_single_statement_operations_send_no_begin_or_commit(
     back in transaction mode."""
     import psycopg
 
-    store = make_store("postgres")
+    store = make_store(kind)  # the driver path, and SQLAlchemy's path (a tracing listener)
     modes: list[bool] = []
     execute = psycopg.Cursor.execute
 
@@ -259,7 +260,7 @@ def test_postgres_single_statement_operations_send_no_begin_or_commit(
     job = store.create({})
     store.get(job.id)
     store.apply(job.id, JobUpdate("running"), delivery_id="d1")
-    store.apply(job.id, JobUpdate("running"), delivery_id="d1")  # duplicate: two statements
+    store.apply(job.id, JobUpdate("running"), delivery_id="d1")  # duplicate: one statement
     assert set(modes) == {True}
     letter = store.add_dead_letter(job.id, JobUpdate("succeeded"), delivery_id="d2")
     modes.clear()

@@ -80,6 +80,8 @@ class SQLJobStore:
         self.tables = Tables(table_prefix)
         self._ops = Operations(self.tables, self.engine.dialect.name)
         self._direct = DirectRunner(self.engine)
+        # Single-statement operations skip BEGIN/COMMIT where that saves round trips.
+        self._autocommit = self.engine.dialect.name == "postgresql"
         if create_schema:
             self.create_schema()
 
@@ -110,6 +112,14 @@ class SQLJobStore:
             if static and self._direct.usable:
                 return self._direct.run(steps, write=write, standalone=standalone)
             with self.engine.connect() as conn:
+                if standalone and self._autocommit:
+                    # As on the driver path, through SQLAlchemy's public isolation level.
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    try:
+                        return _drive(conn, steps)
+                    except _Rollback as rollback:
+                        value: T = rollback.value
+                        return value
                 if write:
                     conn.execution_options(jobhook_write=True)
                 try:
