@@ -432,9 +432,10 @@ def test_a_crash_between_update_and_event_leaves_nothing_half_done(
 
         after, events_after = store.get(job.id), store.events()
         retry = store.apply(job.id, JobUpdate("succeeded", output={"x": 1}), delivery_id="d-1")
-        if kind == "postgres" and path == "direct":
+        if kind == "postgres":
             # There the delivery id, the UPDATE and the event are one statement that
-            # commits on its own: the process died after all of it was done.
+            # commits on its own (autocommit, on either path): the process died after
+            # all of it was done.
             assert (after.status, after.version, after.output) == (
                 JobStatus.SUCCEEDED,
                 2,
