@@ -379,41 +379,26 @@ def test_connections_killed_mid_stream_cost_a_retry_not_an_update(
     store.close()
 
 
-def crash_after_update(url: str, prefix: str, job_id: str, path: str) -> None:
-    """Apply one update, and die as soon as the guarded UPDATE has run, on the store's
-    direct driver path or (with a cursor listener installed) through SQLAlchemy."""
+def crash_after_update(url: str, prefix: str, job_id: str) -> None:
+    """Apply one update, and die as soon as the guarded UPDATE has run."""
     import os
 
     from sqlalchemy import event
 
-    from jobhook.stores import _direct
-
     store = SQLJobStore(url, table_prefix=prefix)
-    if path == "core":
 
-        @event.listens_for(store.engine, "after_cursor_execute")
-        def die(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if f"UPDATE {prefix}jobs" in statement:
-                os._exit(17)
-
-    else:
-        rows = _direct.Prepared.rows
-
-        def die_after(self: Any, cursor: Any, dialect: Any) -> Any:
-            if f"UPDATE {prefix}jobs" in self.sql:
-                os._exit(17)
-            return rows(self, cursor, dialect)
-
-        _direct.Prepared.rows = die_after  # type: ignore[method-assign]
+    @event.listens_for(store.engine, "after_cursor_execute")
+    def die(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if f"UPDATE {prefix}jobs" in statement:
+            os._exit(17)
 
     store.apply(job_id, JobUpdate("succeeded", output={"x": 1}), delivery_id="d-1")
     os._exit(0)  # not reached when the UPDATE ran
 
 
-@pytest.mark.parametrize("path", ["direct", "core"])
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=needs_pg)])
 def test_a_crash_between_update_and_event_leaves_nothing_half_done(
-    kind: str, path: str, tmp_path: Any
+    kind: str, tmp_path: Any
 ) -> None:
     if kind == "sqlite":
         url, prefix = f"sqlite:///{tmp_path / 'crash.db'}", "jobhook_"
@@ -424,7 +409,7 @@ def test_a_crash_between_update_and_event_leaves_nothing_half_done(
     try:
         job = store.create({"prompt": "fox"})
         process = multiprocessing.get_context("spawn").Process(
-            target=crash_after_update, args=(url, prefix, job.id, path)
+            target=crash_after_update, args=(url, prefix, job.id)
         )
         process.start()
         process.join(timeout=120)
@@ -434,7 +419,7 @@ def test_a_crash_between_update_and_event_leaves_nothing_half_done(
         retry = store.apply(job.id, JobUpdate("succeeded", output={"x": 1}), delivery_id="d-1")
         if kind == "postgres":
             # There the delivery id, the UPDATE and the event are one statement that
-            # commits on its own (autocommit, on either path): the process died after
+            # commits on its own (autocommit): the process died after
             # all of it was done.
             assert (after.status, after.version, after.output) == (
                 JobStatus.SUCCEEDED,

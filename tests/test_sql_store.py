@@ -161,7 +161,7 @@ def test_postgres_outbox_never_skips_an_event_committed_late(make_store: Any) ->
     assert store.events(after=events[0].id) == events[1:]
 
 
-# -- the direct driver path ------------------------------------------------------------
+# -- one execution path ------------------------------------------------------------------
 
 SYNC_KINDS = [
     "sqlite",
@@ -170,71 +170,84 @@ SYNC_KINDS = [
 
 
 @pytest.mark.parametrize("kind", SYNC_KINDS)
-def test_hot_operations_run_on_the_driver_directly(
-    make_store: Any, kind: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_operation_runs_through_connection_execute(make_store: Any, kind: str) -> None:
+    """Every statement of every operation goes through SQLAlchemy's public
+    `Connection.execute`, so what an app attached to its engine sees all of them."""
     store = make_store(kind)
-    assert store._direct.usable
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("Connection.execute was used on a hot path")
-
-    monkeypatch.setattr(sa.Connection, "execute", refuse)
+    executed: list[str] = []
+    sa.event.listen(
+        store.engine,
+        "before_execute",
+        lambda conn, clause, *rest: executed.append(type(clause).__name__),
+    )
+    cursors: list[str] = []
+    sa.event.listen(
+        store.engine, "before_cursor_execute", lambda c, cur, sql, *a: cursors.append(sql)
+    )
     job = store.create({"prompt": "fox"}, owner_id="u1")
     assert store.apply(job.id, JobUpdate("running", progress=5), delivery_id="d1").applied
-    assert store.apply(job.id, JobUpdate("running", progress=5), delivery_id="d1").outcome is (
-        Outcome.DUPLICATE
-    )
+    duplicate = store.apply(job.id, JobUpdate("running", progress=5), delivery_id="d1")
+    assert duplicate.outcome is Outcome.DUPLICATE
     assert store.apply(job.id, JobUpdate("submitted")).outcome is Outcome.STALE
     assert store.get(job.id).progress == 5.0
     assert [e.version for e in store.events()] == [2]
     assert store.stale(updated_before=job.created_at.replace(year=3000)) != []
-    monkeypatch.undo()
     assert [j.id for j in store.list(owner_id="u1")] == [job.id]
+    letter = store.add_dead_letter("nope", JobUpdate("succeeded"), delivery_id="d9")
+    assert store.replay_dead_letter(letter.id, job_id=job.id).outcome is Outcome.APPLIED
+    # Every statement the driver ran (but SQLite's BEGIN, sent by jobhook's listener
+    # through exec_driver_sql) came through Connection.execute.
+    statements = [sql for sql in cursors if not sql.startswith("BEGIN")]
+    assert len(statements) == len(executed) - executed.count("str"), (statements, executed)
+    assert any(f"UPDATE {store.tables.jobs.name}" in sql for sql in statements)
 
 
 @pytest.mark.parametrize("kind", SYNC_KINDS)
-@pytest.mark.parametrize("how", ["listener", "echo"])
-def test_instrumented_engines_see_every_statement(make_store: Any, kind: str, how: str) -> None:
-    """Tracing (cursor listeners) and echo keep working: the store then goes through
-    SQLAlchemy's Connection.execute for every statement."""
+def test_echo_engines_log_every_statement(
+    make_store: Any, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     store = make_store(kind)
-    seen: list[str] = []
-    if how == "listener":
-        sa.event.listen(store.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
-    else:
-        store.engine.echo = True
-    assert not store._direct.usable
-    job = store.create({})
-    store.apply(job.id, JobUpdate("succeeded"))
+    store.engine.echo = True
+    with caplog.at_level("INFO", logger="sqlalchemy.engine.Engine"):
+        job = store.create({})
+        store.apply(job.id, JobUpdate("succeeded"))
     store.engine.echo = False
-    if how == "listener":
-        assert any(s.startswith(f"INSERT INTO {store.tables.jobs.name}") for s in seen)
-        assert any(f"UPDATE {store.tables.jobs.name}" in s for s in seen)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"INSERT INTO {store.tables.jobs.name}" in logged
+    assert f"UPDATE {store.tables.jobs.name}" in logged
     assert store.get(job.id).status is JobStatus.SUCCEEDED
 
 
-def test_a_statement_with_expanding_parameters_is_not_prepared(tmp_path: Any) -> None:
-    from jobhook.stores._direct import Prepared
-
-    store = SQLJobStore(f"sqlite:///{tmp_path / 'p.db'}")
-    jobs = store.tables.jobs
-    with pytest.raises(ValueError, match="expanding"):
-        Prepared(sa.select(jobs).where(jobs.c.status.in_(["a", "b"])), store.engine.dialect)
-    store.close()
-
-
-def test_a_constraint_error_on_the_driver_path_is_the_store_error(tmp_path: Any) -> None:
+def test_a_constraint_error_is_the_store_error_and_the_connection_is_reused(
+    tmp_path: Any,
+) -> None:
     store = SQLJobStore(f"sqlite:///{tmp_path / 'dup.db'}", create_schema=True)
     store.create({}, job_id="same")
     from jobhook import JobExistsError
 
     with pytest.raises(JobExistsError):
         store.create({}, job_id="same")
-    # The failed transaction was rolled back and its connection is fine to reuse.
+    # The failed statement left nothing open and its connection is fine to reuse.
     assert store.create({}, job_id="other").id == "other"
     assert store.engine.pool.checkedout() == 0
     store.close()
+
+
+def test_sqlite_single_statement_operations_open_no_transaction(make_store: Any) -> None:
+    """create, get and add_dead_letter are one statement each, atomic alone: on SQLite
+    they run in the driver's autocommit mode, without BEGIN and COMMIT; apply takes the
+    write lock up front in one BEGIN IMMEDIATE transaction."""
+    store = make_store("sqlite")
+    sent: list[str] = []
+    sa.event.listen(store.engine, "before_cursor_execute", lambda c, cur, sql, *a: sent.append(sql))
+    job = store.create({})
+    store.get(job.id)
+    assert not any(sql.startswith("BEGIN") for sql in sent), sent
+    sent.clear()
+    store.apply(job.id, JobUpdate("running"), delivery_id="d1")
+    assert sent[0] == "BEGIN IMMEDIATE"
+    with store.engine.connect() as conn:
+        assert conn.connection.dbapi_connection.in_transaction is False  # type: ignore[union-attr]
 
 
 @pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
@@ -248,7 +261,7 @@ def test_postgres_single_statement_operations_send_no_begin_or_commit(
     back in transaction mode."""
     import psycopg
 
-    store = make_store(kind)  # the driver path, and SQLAlchemy's path (a tracing listener)
+    store = make_store(kind)  # a plain engine, and one with a tracing listener
     modes: list[bool] = []
     execute = psycopg.Cursor.execute
 
@@ -301,12 +314,18 @@ def test_get_by_remote_id_is_served_by_its_index(make_store: Any, kind: str) -> 
     with store.engine.begin() as conn:
         conn.execute(jobs.insert(), rows)
         conn.exec_driver_sql(f"ANALYZE {jobs.name}")
+    sent: list[tuple[str, Any]] = []
+    sa.event.listen(
+        store.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, sql, params, *rest: sent.append((sql, params)),
+    )
     assert store.get_by_remote_id("r-4321").id == "j04321"
-    prepared = store._direct.prepared(store._ops.select_job_by_remote_id)
+    ((sql, params),) = sent
     explain = "EXPLAIN QUERY PLAN " if kind == "sqlite" else "EXPLAIN "
     with store.engine.connect() as conn:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(explain + prepared.sql, prepared.parameters({"remote_id": "r-4321"}))
+        cursor.execute(explain + sql, params)
         plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
         cursor.close()
     assert f"ix_{store.tables.prefix}jobs_remote_id" in plan, plan
@@ -348,25 +367,14 @@ def test_a_guard_and_rules_that_disagree_are_a_reported_bug_not_a_retry_loop(
 def test_on_postgres_every_delivery_is_one_statement_refused_and_duplicates_too(
     make_store: Any, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jobhook.stores._direct import DirectRunner
-
     store = make_store(kind)
     job = store.create({})
     statements: list[str] = []
-    if kind == "postgres":
-        real = DirectRunner._execute
-
-        def counted(self: Any, cursor: Any, statement: Any, params: Any) -> Any:
-            statements.append(self.prepared(statement).sql)
-            return real(self, cursor, statement, params)
-
-        monkeypatch.setattr(DirectRunner, "_execute", counted)
-    else:
-        sa.event.listen(
-            store.engine,
-            "before_cursor_execute",
-            lambda conn, cursor, sql, *rest: statements.append(sql),
-        )
+    sa.event.listen(
+        store.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, sql, *rest: statements.append(sql),
+    )
 
     def trips(update: JobUpdate, delivery_id: str | None) -> tuple[Outcome, int]:
         statements.clear()

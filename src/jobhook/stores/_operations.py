@@ -26,8 +26,8 @@ from jobhook.exceptions import (
     JobExistsError,
     JobNotFoundError,
 )
-from jobhook.stores._direct import Rollback as _Rollback
-from jobhook.stores._direct import Steps
+from jobhook.stores._steps import Rollback as _Rollback
+from jobhook.stores._steps import Steps
 from jobhook.stores.protocol import StatusFilter, check_limit, status_values
 
 __all__ = ["Operations"]
@@ -46,7 +46,7 @@ from jobhook.stores._statements import BEFORE, Shape, Statements
 
 
 class Operations(Statements):
-    """Every store operation as steps (see `jobhook.stores._direct.Steps`): each yields
+    """Every store operation as steps (see `jobhook.stores._steps.Steps`): each yields
     ``(statement, parameters)`` and receives the rows, so that the sync and the async
     store run the same rules."""
 

@@ -22,7 +22,7 @@ from jobhook._models import (
 from jobhook.exceptions import (
     ValidationError,
 )
-from jobhook.stores._direct import Rows
+from jobhook.stores._steps import Rows
 
 __all__ = [
     "applied",

@@ -175,10 +175,13 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
+    options = conn.get_execution_options()
+    if options.get("jobhook_autocommit"):
+        return  # one statement, atomic alone: SQLite's own autocommit
     # Write transactions take the write lock up front (BEGIN IMMEDIATE). A DEFERRED
     # transaction that reads and then writes must upgrade its lock, and two of them
     # doing so at once deadlock: one gets SQLITE_BUSY at once, whatever the timeout.
-    statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get("jobhook_write") else "BEGIN"
+    statement = "BEGIN IMMEDIATE" if options.get("jobhook_write") else "BEGIN"
     # Through SQLAlchemy (its pysqlite recipe), so that a writer blocked past the busy
     # timeout gets SQLAlchemy's OperationalError, which the store maps like any other.
     conn.exec_driver_sql(statement)
@@ -206,6 +209,21 @@ def install_sqlite_pragmas(engine: Engine) -> bool:
     return installed
 
 
-#: The listeners jobhook itself installs (the driver path may run beside them).
-JOBHOOK_LISTENERS = (_sqlite_connect, _sqlite_begin)
-__all__ += ["JOBHOOK_LISTENERS"]
+def standalone_options(dialect: str) -> dict[str, Any]:
+    """Execution options for a connection whose statements are each atomic alone (a
+    single INSERT or SELECT, PostgreSQL's one-statement apply): they run without
+    ``BEGIN`` and ``COMMIT``, which on PostgreSQL are a network round trip each.
+
+    PostgreSQL takes SQLAlchemy's public ``isolation_level="AUTOCOMMIT"`` (the driver's
+    autocommit mode, reset when the connection goes back to the pool); SQLite's
+    connections are in the driver's autocommit mode already, and ``jobhook_autocommit``
+    tells jobhook's ``begin`` listener not to open a transaction. Empty: always a
+    transaction."""
+    if dialect == "postgresql":
+        return {"isolation_level": "AUTOCOMMIT"}
+    if dialect == "sqlite":
+        return {"jobhook_autocommit": True}
+    return {}
+
+
+__all__ += ["standalone_options"]

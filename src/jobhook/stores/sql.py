@@ -33,16 +33,17 @@ from jobhook._models import (
     JobEvent,
     JobUpdate,
 )
-from jobhook.stores._direct import DirectRunner, Rows, Steps, drive
-from jobhook.stores._direct import Rollback as _Rollback
 from jobhook.stores._errors import DATABASE_ERRORS, create_engine_for, store_error
 from jobhook.stores._operations import Operations
 from jobhook.stores._schema import (
     Tables,
     async_url,
     install_sqlite_pragmas,
+    standalone_options,
     sync_url,
 )
+from jobhook.stores._steps import Rollback as _Rollback
+from jobhook.stores._steps import Rows, Steps, drive
 from jobhook.stores.protocol import StatusFilter
 
 __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
@@ -79,9 +80,7 @@ class SQLJobStore:
             self.engine.dispose(close=False)
         self.tables = Tables(table_prefix)
         self._ops = Operations(self.tables, self.engine.dialect.name)
-        self._direct = DirectRunner(self.engine)
-        # Single-statement operations skip BEGIN/COMMIT where that saves round trips.
-        self._autocommit = self.engine.dialect.name == "postgresql"
+        self._standalone_options = standalone_options(self.engine.dialect.name)
         if create_schema:
             self.create_schema()
 
@@ -101,20 +100,17 @@ class SQLJobStore:
         except DATABASE_ERRORS as exc:
             raise store_error(exc, self.engine.url) from exc
 
-    def _run(
-        self, steps: Steps[T], *, write: bool, static: bool = True, standalone: bool = False
-    ) -> T:
-        """Run ``steps`` in one transaction. ``static``: they only yield statements
-        built once per store, so they may run on the driver directly (`_direct`);
-        ``standalone``: each of those statements is atomic alone (see
-        `DirectRunner.run`)."""
+    def _run(self, steps: Steps[T], *, write: bool, standalone: bool = False) -> T:
+        """Run ``steps`` on one connection, through SQLAlchemy's `Connection.execute`.
+
+        ``standalone``: every statement the steps yield is atomic on its own, so they
+        run without ``BEGIN`` and ``COMMIT`` (see `standalone_options`); a `_Rollback`
+        they raise then comes before anything was written. Otherwise they run in one
+        transaction, a write transaction taking SQLite's write lock up front."""
         try:
-            if static and self._direct.usable:
-                return self._direct.run(steps, write=write, standalone=standalone)
             with self.engine.connect() as conn:
-                if standalone and self._autocommit:
-                    # As on the driver path, through SQLAlchemy's public isolation level.
-                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                if standalone and self._standalone_options:
+                    conn.execution_options(**self._standalone_options)
                     try:
                         return _drive(conn, steps)
                     except _Rollback as rollback:
@@ -164,7 +160,7 @@ class SQLJobStore:
     ) -> builtins.list[Job]:
         """Jobs newest first, ``limit`` at a time; ``before`` is the previous page's last id."""
         steps = self._ops.list(owner_id, status, kind, limit, before)
-        return self._run(steps, write=False, static=False)
+        return self._run(steps, write=False)
 
     def apply(
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
@@ -199,7 +195,7 @@ class SQLJobStore:
     ) -> builtins.list[DeadLetter]:
         """Kept deliveries, oldest first (not yet replayed ones unless asked)."""
         steps = self._ops.dead_letters(job_id, include_replayed, limit)
-        return self._run(steps, write=False, static=False)
+        return self._run(steps, write=False)
 
     def replay_dead_letter(self, dead_letter_id: int, *, job_id: str | None = None) -> ApplyResult:
         """Apply a kept delivery under its delivery id (to ``job_id`` when given).
@@ -256,8 +252,7 @@ class AsyncSQLJobStore:
         install_sqlite_pragmas(self.engine.sync_engine)
         self.tables = Tables(table_prefix)
         self._ops = Operations(self.tables, self.engine.dialect.name)
-        # Single-statement operations skip BEGIN/COMMIT where that saves round trips.
-        self._autocommit = self.engine.dialect.name == "postgresql"
+        self._standalone_options = standalone_options(self.engine.dialect.name)
 
     def __repr__(self) -> str:
         return f"<AsyncSQLJobStore {self.engine.url.render_as_string(hide_password=True)!s}>"
@@ -282,8 +277,8 @@ class AsyncSQLJobStore:
         per statement. A `_Rollback` they raise then comes before anything was written."""
         try:
             async with self.engine.connect() as conn:
-                if standalone and self._autocommit:
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                if standalone and self._standalone_options:
+                    await conn.execution_options(**self._standalone_options)
                     try:
                         return await _adrive(conn, steps)
                     except _Rollback as rollback:
