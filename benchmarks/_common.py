@@ -3,7 +3,8 @@
 Every number a script prints is measured in that one run: the library and its
 hand-written baselines take turns, round after round, so that a slow patch of the
 machine (other processes, a disk flush) falls on all of them alike. A ratio is the
-median of the library's rounds over the median of the baseline's.
+median of the per-round ratios (the library's round over the baseline's round next to
+it), printed with their range.
 """
 
 from __future__ import annotations
@@ -110,24 +111,57 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms"
 
 
+def round_ratios(mine: Sequence[float], theirs: Sequence[float]) -> list[float]:
+    """The per-round ratios of two contestants' interleaved rounds."""
+    return [a / b for a, b in zip(mine, theirs, strict=True)]
+
+
 @dataclass
 class Target:
-    """One target: ``value`` (a ratio) against ``limit``, ``below`` meaning strictly less."""
+    """One target: ``value`` (a ratio) against ``limit``, ``strict`` meaning strictly
+    less; ``low``/``high``: the range of the per-round ratios, when there are rounds."""
 
     name: str
     value: float
     limit: float
     strict: bool = False
+    low: float | None = None
+    high: float | None = None
+    higher_is_better: bool = False
+
+    @classmethod
+    def of_rounds(
+        cls,
+        name: str,
+        mine: Sequence[float],
+        theirs: Sequence[float],
+        limit: float,
+        *,
+        strict: bool = False,
+        higher_is_better: bool = False,
+    ) -> Target:
+        """Judge the median of the per-round ratios ``mine / theirs`` against ``limit``
+        (``higher_is_better``: ``theirs / mine``, as for throughput, must reach it)."""
+        ratios = round_ratios(theirs, mine) if higher_is_better else round_ratios(mine, theirs)
+        return cls(
+            name, median(ratios), limit, strict, min(ratios), max(ratios), higher_is_better
+        )
 
     @property
     def met(self) -> bool:
+        if self.higher_is_better:
+            return self.value > self.limit if self.strict else self.value >= self.limit
         return self.value < self.limit if self.strict else self.value <= self.limit
 
     def row(self) -> list[str]:
-        sign = "<" if self.strict else "<="
+        if self.higher_is_better:
+            sign = ">" if self.strict else ">="
+        else:
+            sign = "<" if self.strict else "<="
+        spread = "" if self.low is None else f" ({self.low:.2f}-{self.high:.2f})"
         return [
             self.name,
-            f"{self.value:.2f}x",
+            f"{self.value:.2f}x{spread}",
             f"{sign} {self.limit:g}x",
             "PASS" if self.met else "MISS",
         ]
@@ -149,7 +183,7 @@ class Report:
         table(self.header, self.rows)
         if self.targets:
             print()
-            table(["target", "ratio", "limit", "result"], [t.row() for t in self.targets])
+            table(["target", "ratio, median (range) of rounds", "limit", "result"], [t.row() for t in self.targets])
         sys.stdout.flush()
 
 

@@ -145,7 +145,8 @@ def test_postgres_outbox_never_skips_an_event_committed_late(make_store: Any) ->
     early, late = store.create({}), store.create({})
     with store.engine.connect() as blocker:
         # An apply of its own, held open: its transaction id is older than the next one's.
-        blocker.execution_options(jobhook_write=True)
+        # (The store's engine is in autocommit: this connection asks for a transaction.)
+        blocker.execution_options(isolation_level="READ COMMITTED")
         tx = blocker.begin()
         steps = store._ops.apply(early.id, JobUpdate("running", progress=5), None)
         from jobhook.stores.sql import _drive
@@ -233,21 +234,43 @@ def test_a_constraint_error_is_the_store_error_and_the_connection_is_reused(
     store.close()
 
 
-def test_sqlite_single_statement_operations_open_no_transaction(make_store: Any) -> None:
-    """create, get and add_dead_letter are one statement each, atomic alone: on SQLite
-    they run in the driver's autocommit mode, without BEGIN and COMMIT; apply takes the
-    write lock up front in one BEGIN IMMEDIATE transaction."""
+def test_sqlite_reads_open_no_transaction_and_writes_take_the_lock_up_front(
+    make_store: Any, tmp_path: Any
+) -> None:
+    """No BEGIN statement is sent: SQLite's driver begins a transaction itself, IMMEDIATE
+    (the write lock at once), before the first statement that writes; reads run
+    without one. apply is one transaction: its statements all run inside it."""
+    import sqlite3
+
     store = make_store("sqlite")
-    sent: list[str] = []
-    sa.event.listen(store.engine, "before_cursor_execute", lambda c, cur, sql, *a: sent.append(sql))
     job = store.create({})
+    inside: list[tuple[str, bool]] = []
+    sa.event.listen(
+        store.engine,
+        "after_cursor_execute",
+        lambda conn, cur, sql, *a: inside.append(
+            (sql.split()[0], conn.connection.dbapi_connection.in_transaction)
+        ),
+    )
     store.get(job.id)
-    assert not any(sql.startswith("BEGIN") for sql in sent), sent
-    sent.clear()
+    assert inside == [("SELECT", False)]
+    inside.clear()
     store.apply(job.id, JobUpdate("running"), delivery_id="d1")
-    assert sent[0] == "BEGIN IMMEDIATE"
+    assert [verb for verb, _ in inside] == ["INSERT", "UPDATE", "INSERT"]
+    assert all(in_tx for _, in_tx in inside), inside
     with store.engine.connect() as conn:
-        assert conn.connection.dbapi_connection.in_transaction is False  # type: ignore[union-attr]
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi.isolation_level == "IMMEDIATE"  # type: ignore[union-attr]
+        assert dbapi.in_transaction is False  # type: ignore[union-attr]
+    # A write lock taken at the first write: another writer waits, it does not deadlock.
+    other = sqlite3.connect(store.engine.url.database, isolation_level=None, timeout=0.05)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailableError, match="locked"):
+            store.create({})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 @pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
@@ -281,7 +304,50 @@ def test_postgres_single_statement_operations_send_no_begin_or_commit(
     assert set(modes) == {False}
     monkeypatch.undo()
     with store.engine.connect() as conn:
-        assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+        # An engine the store made stays in autocommit: nothing is switched per call.
+        assert conn.connection.dbapi_connection.autocommit is True  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+def test_a_lent_postgres_engine_is_switched_per_call_and_given_back_as_it_was() -> None:
+    """On an engine the app lends, single statements still run in autocommit (through
+    SQLAlchemy's public isolation_level), and the pooled connection goes back to the
+    app in its own transaction mode; transactions run at READ COMMITTED."""
+    import uuid
+
+    import psycopg
+
+    assert PG_URL is not None
+    engine = sa.create_engine(
+        sa.engine.make_url(PG_URL).set(drivername="postgresql+psycopg"),
+        isolation_level="REPEATABLE READ",
+    )
+    store = SQLJobStore(engine, table_prefix=f"le{uuid.uuid4().hex[:8]}_", create_schema=True)
+    try:
+        modes: list[tuple[bool, Any]] = []
+        execute = psycopg.Cursor.execute
+
+        def spy(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            modes.append((self.connection.autocommit, self.connection.isolation_level))
+            return execute(self, query, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(psycopg.Cursor, "execute", spy)
+            job = store.create({})
+            assert store.apply(job.id, JobUpdate("running"), delivery_id="d1").applied
+            assert {autocommit for autocommit, _ in modes} == {True}
+            modes.clear()
+            letter = store.add_dead_letter(job.id, JobUpdate("succeeded"), delivery_id="d2")
+            modes.clear()
+            assert store.replay_dead_letter(letter.id).applied
+            assert {m for m in modes} == {(False, psycopg.IsolationLevel.READ_COMMITTED)}
+        with engine.connect() as conn:
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi.autocommit is False  # type: ignore[union-attr]
+            assert conn.get_isolation_level() == "REPEATABLE READ"
+    finally:
+        store.metadata.drop_all(engine)
+        engine.dispose()
 
 
 # -- the remote id index ---------------------------------------------------------------
@@ -422,8 +488,6 @@ def test_a_second_store_over_the_engines_execution_options_installs_nothing_twic
 
     url = sync_url(f"sqlite:///{tmp_path / 'shared.db'}")
     engine = sa.create_engine(url, **engine_options(url))
-    begins: list[str] = []
-    sa.event.listen(engine, "before_cursor_execute", lambda c, cur, sql, *a: begins.append(sql))
     first = SQLJobStore(engine, create_schema=True)
     with engine.connect() as held:  # a connection the app has pooled
         held.exec_driver_sql("SELECT 1")
@@ -433,9 +497,10 @@ def test_a_second_store_over_the_engines_execution_options_installs_nothing_twic
     job = second.create({})
     assert [j.id for j in second.list()] == [job.id]
     assert [j.id for j in first.list()] == [job.id]
-    begins.clear()
-    second.apply(job.id, JobUpdate("running"))
-    assert [s for s in begins if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
+    from jobhook.stores._schema import _sqlite_connect
+
+    assert list(engine.pool.dispatch.connect).count(_sqlite_connect) == 1
+    assert second.apply(job.id, JobUpdate("running")).applied
     engine.dispose()
 
 

@@ -90,8 +90,11 @@ class _Delivery:
     fetch: bool = False
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # made once: answers are small
+
+
 def _response(http_status: int, /, **fields: Any) -> WebhookResponse:
-    return WebhookResponse(http_status, json.dumps(fields, separators=(",", ":")).encode())
+    return WebhookResponse(http_status, _encode(fields).encode())
 
 
 def _raw(body: bytes | bytearray | memoryview | str) -> bytes:

@@ -42,7 +42,7 @@ from jobhook.stores._rows import (
     job_from_row,
     utc,
 )
-from jobhook.stores._statements import BEFORE, Shape, Statements
+from jobhook.stores._statements import Shape, Statements
 
 
 class Operations(Statements):
@@ -178,9 +178,7 @@ class Operations(Statements):
             # Nothing was written (a delivery id is only recorded for a known job).
             raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
         # Refused or a duplicate: answered from the job as the statement saw it.
-        before = job_from_row(
-            {k[len(BEFORE) :]: v for k, v in done.items() if k.startswith(BEFORE)}
-        )
+        before = job_from_row(done)
         if not done["fresh"]:
             return ApplyResult(Outcome.DUPLICATE, before)
         outcome = judge(before, update)

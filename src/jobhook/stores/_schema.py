@@ -151,6 +151,10 @@ __all__ += ["async_url"]
 def engine_options(url: URL) -> dict[str, Any]:
     """Keyword arguments for ``create_engine`` / ``create_async_engine``."""
     options: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": loads}
+    if url.get_backend_name() == "postgresql":
+        # Most operations are one statement, atomic alone: the pool's connections stay
+        # in autocommit, and the few multi-statement ones ask for a transaction.
+        options["isolation_level"] = "AUTOCOMMIT"
     if url.get_backend_name() == "sqlite":
         if url.database in (None, "", ":memory:"):
             # One shared connection, or every connection would see its own empty database.
@@ -163,9 +167,14 @@ def engine_options(url: URL) -> dict[str, Any]:
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Hand transaction control to SQLAlchemy's "begin" event below: the stdlib driver
-    # would otherwise start transactions lazily, as DEFERRED.
-    dbapi_connection.isolation_level = None
+    # The stdlib driver opens a transaction itself before the first INSERT, UPDATE or
+    # DELETE of a transaction (never for a SELECT). IMMEDIATE makes that transaction
+    # take the write lock at once: a DEFERRED one that reads and then writes must
+    # upgrade its lock, and two of them doing so at once deadlock (one gets SQLITE_BUSY
+    # at once, whatever the timeout). Begun inside the statement's own execute, so a
+    # writer blocked past the busy timeout gets SQLAlchemy's OperationalError, mapped
+    # like any other, and no extra statement is sent.
+    dbapi_connection.isolation_level = "IMMEDIATE"
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -174,56 +183,41 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _sqlite_begin(conn: sa.Connection) -> None:
-    options = conn.get_execution_options()
-    if options.get("jobhook_autocommit"):
-        return  # one statement, atomic alone: SQLite's own autocommit
-    # Write transactions take the write lock up front (BEGIN IMMEDIATE). A DEFERRED
-    # transaction that reads and then writes must upgrade its lock, and two of them
-    # doing so at once deadlock: one gets SQLITE_BUSY at once, whatever the timeout.
-    statement = "BEGIN IMMEDIATE" if options.get("jobhook_write") else "BEGIN"
-    # Through SQLAlchemy (its pysqlite recipe), so that a writer blocked past the busy
-    # timeout gets SQLAlchemy's OperationalError, which the store maps like any other.
-    conn.exec_driver_sql(statement)
-
-
 def install_sqlite_pragmas(engine: Engine) -> bool:
     """Make a SQLite engine safe for concurrent writers, once per engine and pool.
 
-    WAL (readers never block the writer), a busy timeout, and explicit
-    ``BEGIN IMMEDIATE`` for write transactions. An engine made with
-    ``engine.execution_options(...)`` shares its parent's pool and listeners: what the
-    parent has is not installed again (twice, every transaction would BEGIN twice).
+    One ``connect`` listener: WAL (readers never block the writer), a busy timeout of
+    30 s, and write transactions that begin ``IMMEDIATE`` (the driver's
+    ``isolation_level``). An engine made with ``engine.execution_options(...)`` shares
+    its parent's pool and listeners: what the parent has is not installed again.
     Returns whether anything was installed now.
     """
     if engine.dialect.name != "sqlite":
         return False
-    installed = False
-    # The dispatch collections include what the parent engine and its pool carry.
-    if _sqlite_connect not in tuple(engine.pool.dispatch.connect):
-        event.listen(engine, "connect", _sqlite_connect)
-        installed = True
-    if _sqlite_begin not in tuple(engine.dispatch.begin):
-        event.listen(engine, "begin", _sqlite_begin)
-        installed = True
-    return installed
+    # The dispatch collection includes what the parent engine and its pool carry.
+    if _sqlite_connect in tuple(engine.pool.dispatch.connect):
+        return False
+    event.listen(engine, "connect", _sqlite_connect)
+    return True
 
 
-def standalone_options(dialect: str) -> dict[str, Any]:
-    """Execution options for a connection whose statements are each atomic alone (a
-    single INSERT or SELECT, PostgreSQL's one-statement apply): they run without
-    ``BEGIN`` and ``COMMIT``, which on PostgreSQL are a network round trip each.
+def run_options(dialect: str, *, owned: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The execution options of a store's connections: for steps whose statements are
+    each atomic alone, and for steps that need one transaction.
 
-    PostgreSQL takes SQLAlchemy's public ``isolation_level="AUTOCOMMIT"`` (the driver's
-    autocommit mode, reset when the connection goes back to the pool); SQLite's
-    connections are in the driver's autocommit mode already, and ``jobhook_autocommit``
-    tells jobhook's ``begin`` listener not to open a transaction. Empty: always a
-    transaction."""
-    if dialect == "postgresql":
-        return {"isolation_level": "AUTOCOMMIT"}
-    if dialect == "sqlite":
-        return {"jobhook_autocommit": True}
-    return {}
+    On PostgreSQL, single statements (``create``, ``get``, the one-statement ``apply``)
+    run in autocommit: no ``BEGIN`` and no ``COMMIT``, a network round trip each. An
+    engine the store made is in autocommit already (`engine_options`), so nothing is
+    switched per call; a lent engine's connection is switched through SQLAlchemy's
+    public ``isolation_level`` and reset when it goes back to the pool. Transactions
+    run at READ COMMITTED, the level the store's statements are written for, whatever
+    the engine's default. SQLite needs neither (its driver begins a transaction only
+    before a statement that writes).
+    """
+    if dialect != "postgresql":
+        return {}, {}
+    standalone = {} if owned else {"isolation_level": "AUTOCOMMIT"}
+    return standalone, {"isolation_level": "READ COMMITTED"}
 
 
-__all__ += ["standalone_options"]
+__all__ += ["run_options"]

@@ -22,10 +22,7 @@ from jobhook._models import (
 from jobhook.stores._rows import bound
 from jobhook.stores._schema import Tables
 
-__all__ = ["BEFORE", "Shape", "Statements"]
-
-#: The prefix of `Statements.one_trip`'s columns that hold the job before the update.
-BEFORE = "before_"
+__all__ = ["Shape", "Statements"]
 
 #: What an update's statements depend on: status, the fields it sets, has a sequence.
 Shape = tuple[JobStatus, tuple[str, ...], bool]
@@ -148,9 +145,9 @@ class Statements:
 
         Its one row has ``found`` (whether the job exists), ``seen`` (whether the
         delivery id was recorded before), ``fresh`` (whether this statement recorded
-        it: never for a missing job, so nothing is written then), ``event_id``, the
-        updated job's columns (all NULL when nothing was updated), and the job's columns
-        as the statement's snapshot saw it, prefixed `BEFORE`.
+        it: never for a missing job, so nothing is written then), ``event_id``, and the
+        job's columns: as updated when it was (``event_id`` is set), else as the
+        statement's snapshot saw it (all NULL for a missing job).
         """
         assert self._one_trip is not None
         key = (shape, with_delivery)
@@ -215,13 +212,17 @@ class Statements:
         # delivery is answered with, without a second round trip.
         before = sa.select(jobs).where(jobs.c.id == job_id).cte("before")
         one = sa.select(sa.literal(1).label("one")).subquery("one")
+        # One job per row: the updated one, or the one the statement's snapshot saw.
+        updated = job.c.id.is_not(None)
         return sa.select(
             found.label("found"),
             seen.label("seen"),
             fresh.label("fresh"),
             event.c.id.label("event_id"),
-            *job.c,
-            *(c.label(f"{BEFORE}{c.name}") for c in before.c),
+            *(
+                sa.case((updated, job.c[c.name]), else_=before.c[c.name]).label(c.name)
+                for c in jobs.c
+            ),
         ).select_from(
             one.outerjoin(job, sa.true()).outerjoin(event, sa.true()).outerjoin(before, sa.true())
         )

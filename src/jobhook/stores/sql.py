@@ -39,7 +39,7 @@ from jobhook.stores._schema import (
     Tables,
     async_url,
     install_sqlite_pragmas,
-    standalone_options,
+    run_options,
     sync_url,
 )
 from jobhook.stores._steps import Rollback as _Rollback
@@ -80,7 +80,9 @@ class SQLJobStore:
             self.engine.dispose(close=False)
         self.tables = Tables(table_prefix)
         self._ops = Operations(self.tables, self.engine.dialect.name)
-        self._standalone_options = standalone_options(self.engine.dialect.name)
+        self._standalone, self._transaction = run_options(
+            self.engine.dialect.name, owned=self._owns_engine
+        )
         if create_schema:
             self.create_schema()
 
@@ -100,24 +102,27 @@ class SQLJobStore:
         except DATABASE_ERRORS as exc:
             raise store_error(exc, self.engine.url) from exc
 
-    def _run(self, steps: Steps[T], *, write: bool, standalone: bool = False) -> T:
+    def _run(self, steps: Steps[T], *, standalone: bool = False) -> T:
         """Run ``steps`` on one connection, through SQLAlchemy's `Connection.execute`.
 
         ``standalone``: every statement the steps yield is atomic on its own, so they
-        run without ``BEGIN`` and ``COMMIT`` (see `standalone_options`); a `_Rollback`
+        run without ``BEGIN`` and ``COMMIT`` (see `run_options`); a `_Rollback`
         they raise then comes before anything was written. Otherwise they run in one
-        transaction, a write transaction taking SQLite's write lock up front."""
+        transaction (on SQLite, one that takes the write lock at its first write)."""
         try:
             with self.engine.connect() as conn:
-                if standalone and self._standalone_options:
-                    conn.execution_options(**self._standalone_options)
+                if standalone:
+                    if self._standalone:
+                        conn.execution_options(**self._standalone)
                     try:
-                        return _drive(conn, steps)
+                        value = _drive(conn, steps)
                     except _Rollback as rollback:
-                        value: T = rollback.value
-                        return value
-                if write:
-                    conn.execution_options(jobhook_write=True)
+                        skipped: T = rollback.value
+                        return skipped
+                    conn.commit()  # SQLite: its write; autocommit: sends nothing
+                    return value
+                if self._transaction:
+                    conn.execution_options(**self._transaction)
                 try:
                     with conn.begin():
                         return _drive(conn, steps)
@@ -138,16 +143,16 @@ class SQLJobStore:
     ) -> Job:
         """Create and commit a ``pending`` job. See `JobStore.create`."""
         steps = self._ops.create(input, kind, owner_id, job_id, metadata)
-        return self._run(steps, write=True, standalone=True)
+        return self._run(steps, standalone=True)
 
     def get(self, job_id: str) -> Job:
         """Return the job. Raises `JobNotFoundError`."""
-        return self._run(self._ops.get(job_id), write=False, standalone=True)
+        return self._run(self._ops.get(job_id), standalone=True)
 
     def get_by_remote_id(self, remote_id: str) -> Job:
         """The newest job carrying ``remote_id``. See `JobStore.get_by_remote_id`."""
         steps = self._ops.get_by_remote_id(remote_id)
-        return self._run(steps, write=False, standalone=True)
+        return self._run(steps, standalone=True)
 
     def list(
         self,
@@ -160,22 +165,22 @@ class SQLJobStore:
     ) -> builtins.list[Job]:
         """Jobs newest first, ``limit`` at a time; ``before`` is the previous page's last id."""
         steps = self._ops.list(owner_id, status, kind, limit, before)
-        return self._run(steps, write=False)
+        return self._run(steps)
 
     def apply(
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
         """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
         steps = self._ops.apply(job_id, update, delivery_id)
-        return self._run(steps, write=True, standalone=self._ops.apply_stands_alone)
+        return self._run(steps, standalone=self._ops.apply_stands_alone)
 
     def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
         """Non-terminal jobs last updated before ``updated_before``, oldest first."""
-        return self._run(self._ops.stale(updated_before, limit), write=False, standalone=True)
+        return self._run(self._ops.stale(updated_before, limit), standalone=True)
 
     def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
         """Outbox events with an id greater than ``after``, in order."""
-        return self._run(self._ops.events(after, limit), write=False, standalone=True)
+        return self._run(self._ops.events(after, limit), standalone=True)
 
     def add_dead_letter(
         self,
@@ -188,19 +193,19 @@ class SQLJobStore:
     ) -> DeadLetter:
         """Keep a delivery that named an unknown job."""
         steps = self._ops.add_dead_letter(job_id, update, delivery_id, body, reason)
-        return self._run(steps, write=True, standalone=True)
+        return self._run(steps, standalone=True)
 
     def dead_letters(
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
     ) -> builtins.list[DeadLetter]:
         """Kept deliveries, oldest first (not yet replayed ones unless asked)."""
         steps = self._ops.dead_letters(job_id, include_replayed, limit)
-        return self._run(steps, write=False)
+        return self._run(steps)
 
     def replay_dead_letter(self, dead_letter_id: int, *, job_id: str | None = None) -> ApplyResult:
         """Apply a kept delivery under its delivery id (to ``job_id`` when given).
         Raises `DeadLetterNotFoundError`."""
-        return self._run(self._ops.replay_dead_letter(dead_letter_id, job_id), write=True)
+        return self._run(self._ops.replay_dead_letter(dead_letter_id, job_id))
 
     def close(self) -> None:
         """Close the engine's connections (only if this store created the engine)."""
@@ -209,7 +214,10 @@ class SQLJobStore:
 
 
 def _rows(result: CursorResult[Any]) -> Rows:
-    return [dict(row) for row in result.mappings()] if result.returns_rows else []
+    if not result.returns_rows:
+        return []
+    keys = result.keys()
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def _drive(conn: sa.Connection, steps: Steps[T]) -> T:
@@ -252,7 +260,9 @@ class AsyncSQLJobStore:
         install_sqlite_pragmas(self.engine.sync_engine)
         self.tables = Tables(table_prefix)
         self._ops = Operations(self.tables, self.engine.dialect.name)
-        self._standalone_options = standalone_options(self.engine.dialect.name)
+        self._standalone, self._transaction = run_options(
+            self.engine.dialect.name, owned=self._owns_engine
+        )
 
     def __repr__(self) -> str:
         return f"<AsyncSQLJobStore {self.engine.url.render_as_string(hide_password=True)!s}>"
@@ -270,22 +280,25 @@ class AsyncSQLJobStore:
         except DATABASE_ERRORS as exc:
             raise store_error(exc, self.engine.url) from exc
 
-    async def _run(self, steps: Steps[T], *, write: bool, standalone: bool = False) -> T:
+    async def _run(self, steps: Steps[T], *, standalone: bool = False) -> T:
         """Run ``steps`` in one transaction. ``standalone``: each statement they yield is
         atomic alone, so on PostgreSQL they run in autocommit (SQLAlchemy's public
         ``isolation_level="AUTOCOMMIT"``): no ``BEGIN``, no ``COMMIT``, one round trip
         per statement. A `_Rollback` they raise then comes before anything was written."""
         try:
             async with self.engine.connect() as conn:
-                if standalone and self._standalone_options:
-                    await conn.execution_options(**self._standalone_options)
+                if standalone:
+                    if self._standalone:
+                        await conn.execution_options(**self._standalone)
                     try:
-                        return await _adrive(conn, steps)
+                        value = await _adrive(conn, steps)
                     except _Rollback as rollback:
-                        value: T = rollback.value
-                        return value
-                if write:
-                    await conn.execution_options(jobhook_write=True)
+                        skipped: T = rollback.value
+                        return skipped
+                    await conn.commit()  # SQLite: its write; autocommit: sends nothing
+                    return value
+                if self._transaction:
+                    await conn.execution_options(**self._transaction)
                 try:
                     async with conn.begin():
                         return await _adrive(conn, steps)
@@ -306,16 +319,16 @@ class AsyncSQLJobStore:
     ) -> Job:
         """Create and commit a ``pending`` job. See `JobStore.create`."""
         steps = self._ops.create(input, kind, owner_id, job_id, metadata)
-        return await self._run(steps, write=True, standalone=True)
+        return await self._run(steps, standalone=True)
 
     async def get(self, job_id: str) -> Job:
         """Return the job. Raises `JobNotFoundError`."""
-        return await self._run(self._ops.get(job_id), write=False, standalone=True)
+        return await self._run(self._ops.get(job_id), standalone=True)
 
     async def get_by_remote_id(self, remote_id: str) -> Job:
         """The newest job carrying ``remote_id``. See `JobStore.get_by_remote_id`."""
         steps = self._ops.get_by_remote_id(remote_id)
-        return await self._run(steps, write=False, standalone=True)
+        return await self._run(steps, standalone=True)
 
     async def list(
         self,
@@ -328,23 +341,23 @@ class AsyncSQLJobStore:
     ) -> builtins.list[Job]:
         """Jobs newest first, ``limit`` at a time; ``before`` is the previous page's last id."""
         steps = self._ops.list(owner_id, status, kind, limit, before)
-        return await self._run(steps, write=False)
+        return await self._run(steps)
 
     async def apply(
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
         """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
         steps = self._ops.apply(job_id, update, delivery_id)
-        return await self._run(steps, write=True, standalone=self._ops.apply_stands_alone)
+        return await self._run(steps, standalone=self._ops.apply_stands_alone)
 
     async def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
         """Non-terminal jobs last updated before ``updated_before``, oldest first."""
         steps = self._ops.stale(updated_before, limit)
-        return await self._run(steps, write=False, standalone=True)
+        return await self._run(steps, standalone=True)
 
     async def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
         """Outbox events with an id greater than ``after``, in order."""
-        return await self._run(self._ops.events(after, limit), write=False, standalone=True)
+        return await self._run(self._ops.events(after, limit), standalone=True)
 
     async def add_dead_letter(
         self,
@@ -357,14 +370,14 @@ class AsyncSQLJobStore:
     ) -> DeadLetter:
         """Keep a delivery that named an unknown job."""
         steps = self._ops.add_dead_letter(job_id, update, delivery_id, body, reason)
-        return await self._run(steps, write=True, standalone=True)
+        return await self._run(steps, standalone=True)
 
     async def dead_letters(
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
     ) -> builtins.list[DeadLetter]:
         """Kept deliveries, oldest first (not yet replayed ones unless asked)."""
         steps = self._ops.dead_letters(job_id, include_replayed, limit)
-        return await self._run(steps, write=False)
+        return await self._run(steps)
 
     async def replay_dead_letter(
         self, dead_letter_id: int, *, job_id: str | None = None
@@ -372,7 +385,7 @@ class AsyncSQLJobStore:
         """Apply a kept delivery under its delivery id (to ``job_id`` when given).
         Raises `DeadLetterNotFoundError`."""
         steps = self._ops.replay_dead_letter(dead_letter_id, job_id)
-        return await self._run(steps, write=True)
+        return await self._run(steps)
 
     async def close(self) -> None:
         """Close the engine's connections (only if this store created the engine)."""
