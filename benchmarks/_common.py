@@ -143,9 +143,7 @@ class Target:
         """Judge the median of the per-round ratios ``mine / theirs`` against ``limit``
         (``higher_is_better``: ``theirs / mine``, as for throughput, must reach it)."""
         ratios = round_ratios(theirs, mine) if higher_is_better else round_ratios(mine, theirs)
-        return cls(
-            name, median(ratios), limit, strict, min(ratios), max(ratios), higher_is_better
-        )
+        return cls(name, median(ratios), limit, strict, min(ratios), max(ratios), higher_is_better)
 
     @property
     def met(self) -> bool:
@@ -183,7 +181,8 @@ class Report:
         table(self.header, self.rows)
         if self.targets:
             print()
-            table(["target", "ratio, median (range) of rounds", "limit", "result"], [t.row() for t in self.targets])
+            header = ["target", "ratio, median (range) of rounds", "limit", "result"]
+            table(header, [t.row() for t in self.targets])
         sys.stdout.flush()
 
 

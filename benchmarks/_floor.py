@@ -92,9 +92,7 @@ SQLITE_NAMES = {
 
 def pg_apply(prefix: str) -> str:
     """PostgreSQL's one statement, with psycopg's ``%(name)s`` parameters."""
-    return PG_APPLY.format(
-        p=prefix, sets=SETS.format(**PG_NAMES), guard=GUARD.format(**PG_NAMES)
-    )
+    return PG_APPLY.format(p=prefix, sets=SETS.format(**PG_NAMES), guard=GUARD.format(**PG_NAMES))
 
 
 def asyncpg_query(sql: str) -> tuple[str, list[str]]:
@@ -181,10 +179,9 @@ def parse(key: bytes, headers: dict[str, str], body: bytes, *, sqlite: bool) -> 
 
 
 def pg_answer(row: Any) -> int:
-    previous, recorded, event_id = row
-    if previous is None:
-        return 404
-    return 200  # applied (event_id), a duplicate (not recorded) or refused: all 200
+    """The answer from the one statement's row (previous status, recorded, event id):
+    404 for an unknown job; applied, duplicate (not recorded) or refused are all 200."""
+    return 404 if row[0] is None else 200
 
 
 class SyncFloor:

@@ -340,7 +340,7 @@ def test_a_lent_postgres_engine_is_switched_per_call_and_given_back_as_it_was() 
             letter = store.add_dead_letter(job.id, JobUpdate("succeeded"), delivery_id="d2")
             modes.clear()
             assert store.replay_dead_letter(letter.id).applied
-            assert {m for m in modes} == {(False, psycopg.IsolationLevel.READ_COMMITTED)}
+            assert set(modes) == {(False, psycopg.IsolationLevel.READ_COMMITTED)}
         with engine.connect() as conn:
             dbapi = conn.connection.dbapi_connection
             assert dbapi.autocommit is False  # type: ignore[union-attr]
