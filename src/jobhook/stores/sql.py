@@ -21,9 +21,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, CursorResult, Engine
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jobhook._models import (
     JSON,
@@ -103,32 +102,11 @@ class SQLJobStore:
             raise store_error(exc, self.engine.url) from exc
 
     def _run(self, steps: Steps[T], *, standalone: bool = False) -> T:
-        """Run ``steps`` on one connection, through SQLAlchemy's `Connection.execute`.
-
-        ``standalone``: every statement the steps yield is atomic on its own, so they
-        run without ``BEGIN`` and ``COMMIT`` (see `run_options`); a `_Rollback`
-        they raise then comes before anything was written. Otherwise they run in one
-        transaction (on SQLite, one that takes the write lock at its first write)."""
+        """Run ``steps`` on a pooled connection (see `_run_on`)."""
+        options = self._standalone if standalone else self._transaction
         try:
             with self.engine.connect() as conn:
-                if standalone:
-                    if self._standalone:
-                        conn.execution_options(**self._standalone)
-                    try:
-                        value = _drive(conn, steps)
-                    except _Rollback as rollback:
-                        skipped: T = rollback.value
-                        return skipped
-                    conn.commit()  # SQLite: its write; autocommit: sends nothing
-                    return value
-                if self._transaction:
-                    conn.execution_options(**self._transaction)
-                try:
-                    with conn.begin():
-                        return _drive(conn, steps)
-                except _Rollback as rollback:
-                    result: T = rollback.value
-                    return result
+                return _run_on(conn, steps, standalone, options)
         except DATABASE_ERRORS as exc:
             raise store_error(exc, self.engine.url) from exc
 
@@ -225,19 +203,31 @@ def _drive(conn: sa.Connection, steps: Steps[T]) -> T:
     return drive(steps, lambda statement, params: _rows(conn.execute(statement, params)))
 
 
-async def _adrive(conn: AsyncConnection, steps: Steps[T]) -> T:
-    try:
-        statement, params = next(steps)
-        while True:
-            try:
-                result = await conn.execute(statement, params)
-            except sa_exc.IntegrityError as exc:
-                statement, params = steps.throw(exc)
-            else:
-                statement, params = steps.send(_rows(result))
-    except StopIteration as stop:
-        value: T = stop.value
+def _run_on(conn: sa.Connection, steps: Steps[T], standalone: bool, options: dict[str, Any]) -> T:
+    """Run ``steps`` on ``conn`` through SQLAlchemy's `Connection.execute`, for the sync
+    store and, inside ``AsyncConnection.run_sync``, the async one.
+
+    ``standalone``: every statement the steps yield is atomic on its own, so they run
+    without ``BEGIN`` and ``COMMIT`` (see `run_options`, which gives ``options``); a
+    `_Rollback` they raise then comes before anything was written. Otherwise they run
+    in one transaction (on SQLite, one that takes the write lock at its first write).
+    """
+    if options:
+        conn.execution_options(**options)
+    if standalone:
+        try:
+            value = _drive(conn, steps)
+        except _Rollback as rollback:
+            skipped: T = rollback.value
+            return skipped
+        conn.commit()  # SQLite: its write; autocommit: sends nothing
         return value
+    try:
+        with conn.begin():
+            return _drive(conn, steps)
+    except _Rollback as rollback:
+        result: T = rollback.value
+        return result
 
 
 class AsyncSQLJobStore:
@@ -281,30 +271,12 @@ class AsyncSQLJobStore:
             raise store_error(exc, self.engine.url) from exc
 
     async def _run(self, steps: Steps[T], *, standalone: bool = False) -> T:
-        """Run ``steps`` in one transaction. ``standalone``: each statement they yield is
-        atomic alone, so on PostgreSQL they run in autocommit (SQLAlchemy's public
-        ``isolation_level="AUTOCOMMIT"``): no ``BEGIN``, no ``COMMIT``, one round trip
-        per statement. A `_Rollback` they raise then comes before anything was written."""
+        """Run ``steps`` on a pooled connection: the sync store's `_run_on`, in one
+        ``run_sync`` (one switch into SQLAlchemy's greenlet, not one per statement)."""
+        options = self._standalone if standalone else self._transaction
         try:
             async with self.engine.connect() as conn:
-                if standalone:
-                    if self._standalone:
-                        await conn.execution_options(**self._standalone)
-                    try:
-                        value = await _adrive(conn, steps)
-                    except _Rollback as rollback:
-                        skipped: T = rollback.value
-                        return skipped
-                    await conn.commit()  # SQLite: its write; autocommit: sends nothing
-                    return value
-                if self._transaction:
-                    await conn.execution_options(**self._transaction)
-                try:
-                    async with conn.begin():
-                        return await _adrive(conn, steps)
-                except _Rollback as rollback:
-                    result: T = rollback.value
-                    return result
+                return await conn.run_sync(_run_on, steps, standalone, options)
         except DATABASE_ERRORS as exc:
             raise store_error(exc, self.engine.url) from exc
 
