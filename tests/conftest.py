@@ -5,6 +5,8 @@ facade that runs each call on a private event loop, so one contract suite covers
 async twins too. PostgreSQL stores use ``JOBHOOK_TEST_POSTGRES_URL`` and a table prefix
 of their own per test, dropped afterwards; ``async-postgres`` runs the async store on
 psycopg 3, ``async-postgres-asyncpg`` on asyncpg (the same URL, its driver switched).
+The ``-lent`` kinds run the store on an engine the app made and lends it, with
+execution options (a tenant schema on PostgreSQL) and listeners.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ STORE_KINDS = [
     "memory",
     "async-memory",
     "sqlite",
-    "sqlite-core",
+    "sqlite-lent",
     "async-sqlite",
     "postgres",
-    "postgres-core",
+    "postgres-lent",
     "async-postgres",
     "async-postgres-asyncpg",
 ]
@@ -138,11 +140,9 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
                 _drop_tables(url, prefix)
 
         return facade, close_async
+    if kind.endswith("-lent"):
+        return _lent_engine_store(kind, url, prefix)
     sync_store = SQLJobStore(url, table_prefix=prefix, create_schema=True)
-    if kind.endswith("-core"):
-        # An engine with a cursor listener, as tracing instrumentation adds.
-        sa.event.listen(sync_store.engine, "before_cursor_execute", lambda *args: None)
-
     release_sync = _wait_for_outbox(sync_store, url, prefix) if "postgres" in kind else None
 
     def close_sync() -> None:
@@ -152,6 +152,47 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
             _drop_tables(url, prefix)
 
     return sync_store, close_sync
+
+
+def _lent_engine_store(kind: str, url: str, prefix: str) -> tuple[Any, Callable[[], None]]:
+    """A store on an engine the app made and lends, configured as apps configure theirs:
+    execution options (on PostgreSQL, SQLAlchemy's multi-tenant ``schema_translate_map``
+    into a schema of its own), a cursor listener (as tracing instrumentation adds), and
+    transaction listeners."""
+    from jobhook.stores.sql import SQLJobStore
+
+    base = sa.create_engine(sa.engine.make_url(url).set(drivername=_sync_driver(url)))
+    schema = None
+    options: dict[str, Any] = {"logging_token": "app"}
+    if "postgres" in kind:
+        schema = f"s{uuid.uuid4().hex[:10]}"
+        with base.begin() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        options["schema_translate_map"] = {None: schema}
+    engine = base.execution_options(**options)
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: None)
+    sa.event.listen(engine, "begin", lambda conn: seen.append("begin"))
+    sa.event.listen(engine, "commit", lambda conn: seen.append("commit"))
+    store = SQLJobStore(engine, table_prefix=prefix, create_schema=True)
+    release = None
+    if schema is not None:
+        release = _wait_for_outbox(store, url, f"{schema}.{prefix}")
+
+    def close() -> None:
+        store.close()
+        if release is not None:
+            release()
+        if schema is not None:
+            with base.begin() as conn:
+                conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        base.dispose()
+
+    return store, close
+
+
+def _sync_driver(url: str) -> str:
+    return "postgresql+psycopg" if "postgres" in url else sa.engine.make_url(url).drivername
 
 
 @pytest.fixture(params=STORE_KINDS)
