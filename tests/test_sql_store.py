@@ -466,11 +466,10 @@ def test_a_writer_blocked_past_the_busy_timeout_is_unavailable_on_every_path(
 
     store = make_store(kind)
     job = store.create({})
-    store.engine.dispose()  # new connections get the short busy timeout below
-    sa.event.listen(
+    sa.event.listen(  # after the store's own checkout listener: a short busy timeout
         store.engine,
-        "connect",
-        lambda dbapi, record: dbapi.execute("PRAGMA busy_timeout = 50"),
+        "checkout",
+        lambda dbapi, record, proxy: dbapi.execute("PRAGMA busy_timeout = 50"),
     )
     blocker = sqlite3.connect(store.engine.url.database, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -490,18 +489,23 @@ def test_a_second_store_over_the_engines_execution_options_installs_nothing_twic
 
     url = sync_url(f"sqlite:///{tmp_path / 'shared.db'}")
     engine = sa.create_engine(url, **engine_options(url))
-    first = SQLJobStore(engine, create_schema=True)
-    with engine.connect() as held:  # a connection the app has pooled
+    with engine.connect() as held:  # a connection the app pooled before any store
         held.exec_driver_sql("SELECT 1")
+        pooled = held.connection.dbapi_connection
     pool = engine.pool
+    first = SQLJobStore(engine, create_schema=True)
+    with engine.connect() as conn:
+        # Not disposed: the app's pooled connection is configured on its next checkout.
+        assert conn.connection.dbapi_connection is pooled
+        assert pooled.isolation_level == "IMMEDIATE"  # type: ignore[union-attr]
     second = SQLJobStore(engine.execution_options(tenant="t1"))
     assert engine.pool is pool  # the app's pool was not disposed a second time
     job = second.create({})
     assert [j.id for j in second.list()] == [job.id]
     assert [j.id for j in first.list()] == [job.id]
-    from jobhook.stores._schema import _sqlite_connect
+    from jobhook.stores._schema import _sqlite_checkout
 
-    assert list(engine.pool.dispatch.connect).count(_sqlite_connect) == 1
+    assert list(engine.pool.dispatch.checkout).count(_sqlite_checkout) == 1
     assert second.apply(job.id, JobUpdate("running")).applied
     engine.dispose()
 

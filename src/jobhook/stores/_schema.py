@@ -166,7 +166,15 @@ def engine_options(url: URL) -> dict[str, Any]:
     return options
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+_CONFIGURED = "jobhook_sqlite"
+
+
+def _sqlite_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Configure each SQLite connection once, the first time it is checked out."""
+    # The record's ``info`` lives as long as its driver connection: a new connection
+    # after an invalidation is configured again.
+    if record.info.get(_CONFIGURED):
+        return
     # The stdlib driver opens a transaction itself before the first INSERT, UPDATE or
     # DELETE of a transaction (never for a SELECT). IMMEDIATE makes that transaction
     # take the write lock at once: a DEFERRED one that reads and then writes must
@@ -181,24 +189,24 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
     finally:
         cursor.close()
+    record.info[_CONFIGURED] = True
 
 
-def install_sqlite_pragmas(engine: Engine) -> bool:
-    """Make a SQLite engine safe for concurrent writers, once per engine and pool.
+def install_sqlite_pragmas(engine: Engine) -> None:
+    """Make a SQLite engine safe for concurrent writers: one ``checkout`` listener,
+    installed once per engine and pool, that configures each connection the first time
+    it is used: WAL (readers never block the writer), a busy timeout of 30 s, and write
+    transactions that begin ``IMMEDIATE`` (the driver's ``isolation_level``).
 
-    One ``connect`` listener: WAL (readers never block the writer), a busy timeout of
-    30 s, and write transactions that begin ``IMMEDIATE`` (the driver's
-    ``isolation_level``). An engine made with ``engine.execution_options(...)`` shares
+    Connections the pool made before are configured as they are next checked out, so the
+    pool is never disposed. An engine made with ``engine.execution_options(...)`` shares
     its parent's pool and listeners: what the parent has is not installed again.
-    Returns whether anything was installed now.
     """
     if engine.dialect.name != "sqlite":
-        return False
+        return
     # The dispatch collection includes what the parent engine and its pool carry.
-    if _sqlite_connect in tuple(engine.pool.dispatch.connect):
-        return False
-    event.listen(engine, "connect", _sqlite_connect)
-    return True
+    if _sqlite_checkout not in tuple(engine.pool.dispatch.checkout):
+        event.listen(engine, "checkout", _sqlite_checkout)
 
 
 def run_options(dialect: str, *, owned: bool) -> tuple[dict[str, Any], dict[str, Any]]:

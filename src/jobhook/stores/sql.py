@@ -74,9 +74,7 @@ class SQLJobStore:
             extra = "postgres" if url.get_backend_name() == "postgresql" else "all"
             self.engine = create_engine_for(sa.create_engine, url, extra)
             self._owns_engine = True
-        if install_sqlite_pragmas(self.engine) and not self._owns_engine:
-            # Pooled connections made before the pragmas were installed lack them.
-            self.engine.dispose(close=False)
+        install_sqlite_pragmas(self.engine)
         self.tables = Tables(table_prefix)
         self._ops = Operations(self.tables, self.engine.dialect.name)
         self._standalone, self._transaction = run_options(
