@@ -5,7 +5,9 @@ Each process is an app server of its own: its own ``SQLJobStore`` and
 update and a terminal one per job, shuffled, one in ten sent twice). The processes
 start together; throughput is every delivery over the time until the last process
 is done. Each process count runs several times, taking turns; the table shows the
-median. Run:
+median. There is no target: how throughput grows with processes depends on the cores
+the app processes and PostgreSQL share, not on jobhook (on 2 cores, two processes
+already fill them). Run:
 
     python benchmarks/bench_throughput.py [--quick]
 """
@@ -18,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from _common import SECRET, Report, Target, machine, median, parse_args, sqlalchemy_pg_url, summary
+from _common import SECRET, Report, machine, median, parse_args, sqlalchemy_pg_url, summary
 from bench_webhook import Delivery, plan, seed_jobs, sign
 
 from jobhook import WebhookHandler
@@ -90,11 +92,6 @@ def main() -> None:
         ["processes", "deliveries/s (median)", "vs 1 process"],
     )
     report.rows = [[str(p), f"{rate[p]:,.0f}", f"{rate[p] / rate[1]:.2f}x"] for p in COUNTS]
-    # "Growing": each step up in processes must beat the one before (ratio above 1).
-    report.targets = [
-        Target("throughput 1 / 2 processes", rate[1] / rate[2], 1.0, strict=True),
-        Target("throughput 2 / 4 processes", rate[2] / rate[4], 1.0, strict=True),
-    ]
     report.print()
     summary(report.targets)
 

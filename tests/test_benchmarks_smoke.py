@@ -6,7 +6,6 @@ checked here (see docs/performance.md for the measured ones).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,5 +38,5 @@ def test_benchmark_runs_in_quick_mode(script: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "targets met:" in done.stdout
-    if script != "bench_throughput.py" or os.environ.get("JOBHOOK_TEST_POSTGRES_URL"):
+    if script != "bench_throughput.py":  # throughput is reported, not judged
         assert "| target" in done.stdout
