@@ -132,15 +132,19 @@ def _parse_float(text: str) -> float | int:
     return float(text)
 
 
-def loads(text: str | bytes) -> JSON:
+def loads(text: str | bytes | int | float) -> JSON:
     """Parse JSON text (the inverse of `dumps`) as every store reads it back.
 
     Numbers written with a positive exponent that are whole (``1e+16``) come back as
-    ints, as PostgreSQL's JSONB returns them.
+    ints, as PostgreSQL's JSONB returns them. A number instead of text is what SQLite
+    hands back from a JSON column made before its columns had TEXT affinity (a bare
+    JSON number stored as INTEGER or REAL): it is read as the JSON text it came from.
     """
     try:
         if isinstance(text, str):
             return _DECODER.decode(text)
+        if isinstance(text, (int, float)):
+            return _DECODER.decode(repr(text))
         return _DECODER.decode(text.decode("utf-8"))
     except RecursionError:
         raise ValidationError(f"JSON nested more than {MAX_DEPTH} levels deep") from None

@@ -158,6 +158,22 @@ def test_json_round_trip_is_the_same_everywhere(store: Any) -> None:
     assert store.get("j").input == job.input
 
 
+@pytest.mark.parametrize(
+    "number", [0, -7, 1.5, 12345678901234567890, 6.553542983589422e16, True, "0"]
+)
+def test_a_bare_json_value_round_trips_exactly(store: Any, number: Any) -> None:
+    # SQLite gave JSON columns NUMERIC affinity: a bare number lost its JSON text (and
+    # a large one its digits) and could not be read back.
+    expected = 65535429835894220 if number == 6.553542983589422e16 else number
+    job = store.create(number, metadata={"n": number})
+    result = store.apply(job.id, JobUpdate("succeeded", output=number))
+    assert result.job is not None
+    assert result.job.output == expected
+    stored = store.get(job.id)
+    assert (stored.input, stored.output) == (expected, expected)
+    assert type(stored.output) is type(expected)
+
+
 def test_returned_jobs_never_alias_stored_state(store: Any) -> None:
     job = store.create({"prompt": "fox"})
     job.input["prompt"] = "changed"

@@ -16,7 +16,31 @@ __all__ = ["Tables", "engine_options", "install_sqlite_pragmas", "sync_url"]
 
 _NON_TERMINAL = tuple(s.value for s in JobStatus if not s.terminal)
 _ID = sa.String(255)
-_JSON = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+class _SQLiteJSON(sa.TypeDecorator[Any]):
+    """SQLite's JSON column: JSON text in a ``TEXT`` column, written and read by
+    jobhook's own encoder and decoder.
+
+    SQLite gives a column declared ``JSON`` NUMERIC affinity, which turns a stored JSON
+    text that is a bare number (``0``, ``1.5``, ``12345678901234567890``) into an
+    INTEGER or REAL: the JSON text is lost and a large number loses digits. TEXT
+    affinity keeps the text exactly as written, and the engine's own
+    ``json_serializer`` (an engine the app lends may have its own) plays no part, so
+    every store reads values back alike.
+    """
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str:
+        return dumps(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else loads(value)
+
+
+_JSON = sa.JSON().with_variant(JSONB(), "postgresql").with_variant(_SQLiteJSON(), "sqlite")
 _TIMESTAMP = sa.DateTime(timezone=True)
 # INTEGER PRIMARY KEY is SQLite's rowid (autoincrementing); BIGINT identity elsewhere.
 _SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
