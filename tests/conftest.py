@@ -5,6 +5,8 @@ facade that runs each call on a private event loop, so one contract suite covers
 async twins too. PostgreSQL stores use ``JOBHOOK_TEST_POSTGRES_URL`` and a table prefix
 of their own per test, dropped afterwards; ``async-postgres`` runs the async store on
 psycopg 3, ``async-postgres-asyncpg`` on asyncpg (the same URL, its driver switched).
+``mariadb`` and ``async-mariadb`` (PyMySQL, aiomysql) do the same with
+``JOBHOOK_TEST_MYSQL_URL``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from jobhook import AsyncInMemoryJobStore, InMemoryJobStore
 PG_URL = os.environ.get("JOBHOOK_TEST_POSTGRES_URL")
 PG_SKIP_REASON = "PostgreSQL tests need JOBHOOK_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
 
+MYSQL_URL = os.environ.get("JOBHOOK_TEST_MYSQL_URL")
+MYSQL_SKIP_REASON = (
+    "MariaDB/MySQL tests need JOBHOOK_TEST_MYSQL_URL (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
+)
+
 STORE_KINDS = [
     "memory",
     "async-memory",
@@ -35,6 +42,8 @@ STORE_KINDS = [
     "postgres-core",
     "async-postgres",
     "async-postgres-asyncpg",
+    "mariadb",
+    "async-mariadb",
 ]
 SQL_KINDS = [kind for kind in STORE_KINDS if "memory" not in kind]
 
@@ -113,6 +122,8 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
         return facade, facade.close
     if "postgres" in kind and not PG_URL:
         pytest.skip(PG_SKIP_REASON)
+    if "mariadb" in kind:
+        return _build_mysql_store(kind)
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
     if "sqlite" in kind:
@@ -154,6 +165,31 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
             _drop_tables(url, prefix)
 
     return sync_store, close_sync
+
+
+def _build_mysql_store(kind: str) -> tuple[Any, Callable[[], None]]:
+    """A MariaDB/MySQL store under a table prefix of its own, dropped when closed."""
+    if not MYSQL_URL:
+        pytest.skip(MYSQL_SKIP_REASON)
+    from jobhook.stores._schema import sync_url
+    from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
+
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    store: Any
+    if kind.startswith("async-"):
+        store = SyncFacade(AsyncSQLJobStore(MYSQL_URL, table_prefix=prefix))
+    else:
+        store = SQLJobStore(MYSQL_URL, table_prefix=prefix)
+    store.create_schema()
+
+    def close() -> None:
+        store.close()
+        engine = sa.create_engine(sync_url(MYSQL_URL))
+        with engine.begin() as conn:
+            store.tables.drop(conn)
+        engine.dispose()
+
+    return store, close
 
 
 @pytest.fixture(params=STORE_KINDS)

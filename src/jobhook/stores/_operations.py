@@ -139,6 +139,8 @@ class Operations(Statements):
         if self._one_trip is not None:
             steps = self._apply_by_statement(job_id, update, delivery_id, now, shape, params)
             return (yield from steps)
+        if self.mysql is not None:
+            return (yield from self._apply_locked(job_id, update, delivery_id, now, shape, params))
         if delivery_id is not None:
             inserted = yield (
                 self.insert_delivery,
@@ -190,6 +192,50 @@ class Operations(Statements):
         # statement waited for the row's lock): read the job as it is now.
         return (yield from self._refused(job_id, update))
 
+    def _apply_locked(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        delivery_id: str | None,
+        now: datetime,
+        shape: Shape,
+        params: dict[str, Any],
+    ) -> Steps[ApplyResult]:
+        """MySQL's apply, in one transaction (no RETURNING there; see `_mysql`): the
+        guarded UPDATE decides, then one locking read says whether it updated, gives
+        the job, and hands out the next outbox id in commit order."""
+        m = self.mysql
+        assert m is not None
+        if delivery_id is not None:
+            try:
+                yield (
+                    self.insert_delivery,
+                    {"id": delivery_id, "job_id": job_id, "received_at": now},
+                )
+            except sa_exc.IntegrityError:
+                row = first((yield self.select_job, {"id": job_id}))
+                return ApplyResult(Outcome.DUPLICATE, job_from_row(row) if row else None)
+        yield self.guarded_update(shape), params
+        row = first((yield m.select_updated, {"id": job_id}))
+        if row is None:
+            # Roll back the delivery id too: a retry after the job exists must apply.
+            raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+        job = job_from_row(row)
+        if not row["updated"]:
+            # Locked and read after the guard: the rules see what the guard saw, or
+            # a job further along (see `_refused`).
+            outcome = judge(job, update)
+            if outcome is Outcome.APPLIED:
+                raise RuntimeError(
+                    f"the guarded UPDATE refused an update the lifecycle rules apply to "
+                    f"job {job_id!r} ({job.status} <- {update.status}): a bug in jobhook"
+                )
+            return ApplyResult(outcome, job)
+        event_id = int(row["last_event_id"]) + 1
+        yield m.insert_event, {**event_row(job, delivery_id, now), "id": event_id}
+        yield m.advance_event_ids, {"b_last_id": event_id}
+        return applied(job, delivery_id, now, event_id)
+
     def _refused(
         self, job_id: str, update: JobUpdate, *, duplicate: bool = False
     ) -> Steps[ApplyResult]:
@@ -237,18 +283,25 @@ class Operations(Statements):
             check_delivery_id(delivery_id)
         check_reason(reason)
         check_output(update)
-        rows = yield (
-            self.insert_dead_letter,
-            {
-                "job_id": job_id,
-                "delivery_id": delivery_id,
-                "update": update_to_dict(update),
-                "body": bytes(body),
-                "reason": reason,
-                "received_at": utcnow(),
-                "replayed_at": None,
-            },
-        )
+        letter = {
+            "job_id": job_id,
+            "delivery_id": delivery_id,
+            "update": update_to_dict(update),
+            "body": bytes(body),
+            "reason": reason,
+            "received_at": utcnow(),
+            "replayed_at": None,
+        }
+        if self.mysql is not None:
+            # No ON CONFLICT or RETURNING: the unique key refuses a second letter.
+            try:
+                yield self.insert_dead_letter, letter
+            except sa_exc.IntegrityError:
+                rows = yield self.select_dead_letter_of, {"delivery_id": delivery_id}
+            else:
+                rows = yield self.mysql.select_inserted_dead_letter, None
+            return dead_letter_from_row(rows[0])
+        rows = yield self.insert_dead_letter, letter
         if not rows:
             # This delivery is kept already (the unique key on delivery_id said so).
             rows = yield self.select_dead_letter_of, {"delivery_id": delivery_id}

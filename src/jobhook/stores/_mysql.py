@@ -1,0 +1,65 @@
+"""MySQL and MariaDB: the statements that stand in for what they lack.
+
+They have no ``UPDATE … RETURNING`` and no ``ON CONFLICT``, so an apply there is one
+transaction of plain statements (`jobhook.stores._operations.Operations.apply`):
+
+1. ``INSERT`` the delivery id; the unique key refusing it (a duplicate) is caught.
+2. The guarded ``UPDATE … WHERE id = :id AND <lifecycle rules>`` decides the
+   transition in the database, as on the other databases.
+3. `MySQLStatements.select_updated` reads, in one round trip, ``ROW_COUNT()`` (whether
+   step 2 updated the row), the job as it is now, and the last outbox id, under
+   ``FOR UPDATE``: the job row (which step 2 already locked when it updated it) and
+   the one row of the ``{prefix}event_ids`` counter.
+4. When the job was updated: the event is inserted with the next id, and the counter
+   advanced to it.
+
+Why a counter: readers page the outbox with ``events(after=last_id)`` and never look
+back, so an id must never become visible after a greater one. ``AUTO_INCREMENT`` cannot
+promise that: a transaction may take id 10, another id 11 and commit first, and a
+reader that saw 11 skips 10 forever. The counter row is locked from the moment an
+apply reads it until that apply commits, so the next apply can only take its id after
+the previous one has committed: ids are handed out in commit order, and a rolled-back
+apply gives its id back. The lock is the last one an apply takes (delivery id, then
+job, then counter), and every apply takes them in that order, so they queue, never
+deadlock; what they serialise is the end of each transaction, not the whole of it.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from jobhook.stores._rows import bound
+from jobhook.stores._schema import Tables
+
+__all__ = ["MySQLStatements"]
+
+
+class MySQLStatements:
+    """The statements MySQL and MariaDB run in place of RETURNING and ON CONFLICT."""
+
+    def __init__(self, tables: Tables) -> None:
+        jobs, events, counter = tables.jobs, tables.events, tables.event_ids
+        dl = tables.dead_letters
+        # A duplicate delivery id raises IntegrityError (caught by the steps); INSERT
+        # IGNORE would also turn other refusals (a value too long) into warnings.
+        self.insert_delivery = sa.insert(tables.deliveries).values(bound(tables.deliveries))
+        self.select_updated = (
+            sa.select(
+                sa.func.row_count().label("updated"),
+                counter.c.last_id.label("last_event_id"),
+                *jobs.c,
+            )
+            # One job row and the counter's one row: a join on nothing, said so.
+            .select_from(jobs.join(counter, counter.c.id == 1))
+            .where(jobs.c.id == sa.bindparam("id"))
+            .with_for_update()
+        )
+        self.insert_event = sa.insert(events).values(bound(events))
+        self.advance_event_ids = (
+            sa.update(counter)
+            .where(counter.c.id == 1)
+            .values(last_id=sa.bindparam("b_last_id", type_=counter.c.last_id.type))
+        )
+        self.insert_dead_letter = sa.insert(dl).values(bound(dl, id=None))
+        # The letter just inserted on this connection (its AUTO_INCREMENT id).
+        self.select_inserted_dead_letter = sa.select(dl).where(dl.c.id == sa.func.last_insert_id())
