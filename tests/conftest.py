@@ -5,7 +5,7 @@ facade that runs each call on a private event loop, so one contract suite covers
 async twins too. PostgreSQL stores use ``JOBHOOK_TEST_POSTGRES_URL`` and a table prefix
 of their own per test, dropped afterwards; ``async-postgres`` runs the async store on
 psycopg 3, ``async-postgres-asyncpg`` on asyncpg (the same URL, its driver switched).
-``mariadb`` and ``async-mariadb`` (PyMySQL, aiomysql) do the same with
+``mariadb`` and ``async-mariadb`` (PyMySQL, asyncmy) do the same with
 ``JOBHOOK_TEST_MYSQL_URL``.
 """
 

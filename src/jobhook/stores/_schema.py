@@ -185,7 +185,7 @@ def sync_url(url: str | URL) -> URL:
 
 def async_url(url: str | URL) -> URL:
     """The URL with an async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL,
-    aiomysql for MySQL and MariaDB."""
+    asyncmy for MySQL and MariaDB."""
     url = make_url(url)
     if url.drivername in ("sqlite", "sqlite+pysqlite"):
         url = url.set(drivername="sqlite+aiosqlite")
@@ -195,8 +195,8 @@ def async_url(url: str | URL) -> URL:
         "pymysql",
         "mysqldb",
     ):
-        # The sync default (PyMySQL), or no driver named: aiomysql speaks PyMySQL's protocol.
-        url = url.set(drivername=f"{url.get_backend_name()}+aiomysql")
+        # The sync default (PyMySQL), or no driver named: its async twin is asyncmy.
+        url = url.set(drivername=f"{url.get_backend_name()}+asyncmy")
     return url
 
 
