@@ -3,15 +3,17 @@
 They have no ``UPDATE … RETURNING`` and no ``ON CONFLICT``, so an apply there is one
 transaction of plain statements (`jobhook.stores._operations.Operations.apply`):
 
-1. ``INSERT`` the delivery id; the unique key refusing it (a duplicate) is caught.
-2. The guarded ``UPDATE … WHERE id = :id AND <lifecycle rules>`` decides the
-   transition in the database, as on the other databases.
-3. `MySQLStatements.select_updated` reads, in one round trip, ``ROW_COUNT()`` (whether
-   step 2 updated the row), the job as it is now, and the last outbox id, under
-   ``FOR UPDATE``: the job row (which step 2 already locked when it updated it) and
-   the one row of the ``{prefix}event_ids`` counter.
-4. When the job was updated: the event is inserted with the next id, and the counter
-   advanced to it.
+1. `MySQLStatements.lock_job` reads the job ``FOR UPDATE``: an unknown job ends the
+   apply before anything is written, and the row cannot change until commit, so
+   concurrent deliveries to one job queue here.
+2. ``INSERT`` the delivery id; the unique key refusing it (a duplicate) is caught.
+3. The lifecycle rules judge the locked row; a refused update ends here (the delivery
+   id stays recorded). Otherwise the guarded ``UPDATE … WHERE id = :id AND <rules>``
+   writes it, deciding in the database as on the other databases.
+4. `MySQLStatements.select_updated` reads, in one round trip, ``ROW_COUNT()`` (that
+   step 3 updated the row), the job as it is now, and the last outbox id, locking the
+   one row of the ``{prefix}event_ids`` counter.
+5. The event is inserted with the next id, and the counter advanced to it.
 
 Why a counter: readers page the outbox with ``events(after=last_id)`` and never look
 back, so an id must never become visible after a greater one. ``AUTO_INCREMENT`` cannot
@@ -19,8 +21,8 @@ promise that: a transaction may take id 10, another id 11 and commit first, and 
 reader that saw 11 skips 10 forever. The counter row is locked from the moment an
 apply reads it until that apply commits, so the next apply can only take its id after
 the previous one has committed: ids are handed out in commit order, and a rolled-back
-apply gives its id back. The lock is the last one an apply takes (delivery id, then
-job, then counter), and every apply takes them in that order, so they queue, never
+apply gives its id back. The lock is the last one an apply takes (job, then delivery
+id, then counter), and every apply takes them in that order, so they queue, never
 deadlock; what they serialise is the end of each transaction, not the whole of it.
 """
 
@@ -43,6 +45,7 @@ class MySQLStatements:
         # A duplicate delivery id raises IntegrityError (caught by the steps); INSERT
         # IGNORE would also turn other refusals (a value too long) into warnings.
         self.insert_delivery = sa.insert(tables.deliveries).values(bound(tables.deliveries))
+        self.lock_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id")).with_for_update()
         self.select_updated = (
             sa.select(
                 sa.func.row_count().label("updated"),

@@ -202,10 +202,16 @@ class Operations(Statements):
         params: dict[str, Any],
     ) -> Steps[ApplyResult]:
         """MySQL's apply, in one transaction (no RETURNING there; see `_mysql`): the
-        guarded UPDATE decides, then one locking read says whether it updated, gives
-        the job, and hands out the next outbox id in commit order."""
+        job row is locked first, so nothing is written for an unknown job and the
+        lifecycle rules judge the row as it stays until commit; the guarded UPDATE
+        still decides in the database, and one locking read after it confirms it,
+        reads the updated job and hands out the next outbox id in commit order."""
         m = self.mysql
         assert m is not None
+        row = first((yield m.lock_job, {"id": job_id}))
+        if row is None:
+            raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+        current = job_from_row(row)
         if delivery_id is not None:
             try:
                 yield (
@@ -213,24 +219,18 @@ class Operations(Statements):
                     {"id": delivery_id, "job_id": job_id, "received_at": now},
                 )
             except sa_exc.IntegrityError:
-                row = first((yield self.select_job, {"id": job_id}))
-                return ApplyResult(Outcome.DUPLICATE, job_from_row(row) if row else None)
+                return ApplyResult(Outcome.DUPLICATE, current)
+        outcome = judge(current, update)
+        if outcome is not Outcome.APPLIED:
+            return ApplyResult(outcome, current)
         yield self.guarded_update(shape), params
         row = first((yield m.select_updated, {"id": job_id}))
-        if row is None:
-            # Roll back the delivery id too: a retry after the job exists must apply.
-            raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+        if row is None or not row["updated"]:
+            raise RuntimeError(
+                f"the guarded UPDATE refused an update the lifecycle rules apply to "
+                f"job {job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
+            )
         job = job_from_row(row)
-        if not row["updated"]:
-            # Locked and read after the guard: the rules see what the guard saw, or
-            # a job further along (see `_refused`).
-            outcome = judge(job, update)
-            if outcome is Outcome.APPLIED:
-                raise RuntimeError(
-                    f"the guarded UPDATE refused an update the lifecycle rules apply to "
-                    f"job {job_id!r} ({job.status} <- {update.status}): a bug in jobhook"
-                )
-            return ApplyResult(outcome, job)
         event_id = int(row["last_event_id"]) + 1
         yield m.insert_event, {**event_row(job, delivery_id, now), "id": event_id}
         yield m.advance_event_ids, {"b_last_id": event_id}
