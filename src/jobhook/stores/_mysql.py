@@ -46,6 +46,10 @@ class MySQLStatements:
         # IGNORE would also turn other refusals (a value too long) into warnings.
         self.insert_delivery = sa.insert(tables.deliveries).values(bound(tables.deliveries))
         self.lock_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id")).with_for_update()
+        deliveries = tables.deliveries
+        self.select_delivery = sa.select(deliveries.c.id).where(
+            deliveries.c.id == sa.bindparam("id")
+        )
         self.select_updated = (
             sa.select(
                 sa.func.row_count().label("updated"),

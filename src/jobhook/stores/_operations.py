@@ -210,6 +210,9 @@ class Operations(Statements):
         assert m is not None
         row = first((yield m.lock_job, {"id": job_id}))
         if row is None:
+            # A delivery id seen before (for any job) is a duplicate first, as elsewhere.
+            if delivery_id is not None and (yield m.select_delivery, {"id": delivery_id}):
+                return ApplyResult(Outcome.DUPLICATE, None)
             raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
         current = job_from_row(row)
         if delivery_id is not None:
