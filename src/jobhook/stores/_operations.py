@@ -228,15 +228,15 @@ class Operations(Statements):
             return ApplyResult(outcome, current)
         yield self.guarded_update(shape), params
         row = first((yield m.select_updated, {"id": job_id}))
+        # The UPDATE matched the job and the counter row (or nothing at all).
         if row is None or not row["updated"]:
             raise RuntimeError(
                 f"the guarded UPDATE refused an update the lifecycle rules apply to "
                 f"job {job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
             )
         job = job_from_row(row)
-        event_id = int(row["last_event_id"]) + 1
+        event_id = int(row["event_id"])
         yield m.insert_event, {**event_row(job, delivery_id, now), "id": event_id}
-        yield m.advance_event_ids, {"b_last_id": event_id}
         return applied(job, delivery_id, now, event_id)
 
     def _refused(

@@ -285,8 +285,10 @@ class Statements:
                 (sa.or_(c.sequence.is_(None), c.sequence < seq), seq), else_=c.sequence
             )
         stmt = sa.update(jobs).where(*guard).values(**sets)
-        # MySQL has no UPDATE … RETURNING: the row is read after it (`_mysql`).
-        return stmt if self.mysql is not None else stmt.returning(*jobs.c)
+        if self.mysql is not None:
+            # No UPDATE … RETURNING there: the row is read after it (`_mysql`).
+            return self.mysql.taking_event_id(stmt)
+        return stmt.returning(*jobs.c)
 
     @staticmethod
     def update_params(
