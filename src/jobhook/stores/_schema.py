@@ -214,8 +214,13 @@ def engine_options(url: URL) -> dict[str, Any]:
         else:
             # The busy timeout: how long a writer waits for the lock before giving up.
             options["connect_args"] = {"timeout": 30}
-    elif url.get_backend_name() in MYSQL_DIALECTS and "charset" not in url.query:
-        options["connect_args"] = {"charset": "utf8mb4"}
+    elif url.get_backend_name() in MYSQL_DIALECTS:
+        if "charset" not in url.query:
+            options["connect_args"] = {"charset": "utf8mb4"}
+        # The store ends every transaction it opens (commit, or rollback on error)
+        # before it returns a connection, so the pool's own ROLLBACK on return would
+        # only cost a round trip per operation. Only on engines the store creates.
+        options["pool_reset_on_return"] = None
     return options
 
 
