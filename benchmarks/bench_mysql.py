@@ -64,12 +64,10 @@ class FloorHandler:
         try:
             data = json.loads(body)
             job_id = data.pop("job_id")
-            data["status"]  # noqa: B018 (a payload without a status is refused)
+            data["status"]  # a payload without a status is refused
         except (ValueError, KeyError, TypeError, AttributeError):
             return 400
-        previous = floor_apply(
-            self.conn, job_id, headers["webhook-id"], data, prefix=self.prefix
-        )
+        previous = floor_apply(self.conn, job_id, headers["webhook-id"], data, prefix=self.prefix)
         return 404 if previous is None else 200
 
 
@@ -131,7 +129,9 @@ def run(url: str, args: Any) -> list[Target]:
         ["implementation", "per delivery (median)", "deliveries/s"],
     )
     report.rows.append(["jobhook WebhookHandler + SQLJobStore", ms(lib_t), f"{1 / lib_t:,.0f}"])
-    report.rows.append(["floor: raw PyMySQL, hmac, one transaction", ms(floor_t), f"{1 / floor_t:,.0f}"])
+    report.rows.append(
+        ["floor: raw PyMySQL, hmac, one transaction", ms(floor_t), f"{1 / floor_t:,.0f}"]
+    )
     report.targets = [Target("MariaDB/MySQL: jobhook / floor (median of rounds)", ratio, 1.5)]
     report.print()
     return report.targets

@@ -28,9 +28,7 @@ PG_URL = os.environ.get("JOBHOOK_TEST_POSTGRES_URL")
 PG_SKIP_REASON = "PostgreSQL tests need JOBHOOK_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
 
 MYSQL_URL = os.environ.get("JOBHOOK_TEST_MYSQL_URL")
-MYSQL_SKIP_REASON = (
-    "MariaDB/MySQL tests need JOBHOOK_TEST_MYSQL_URL (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
-)
+MYSQL_SKIP_REASON = "MariaDB/MySQL tests need JOBHOOK_TEST_MYSQL_URL (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
 
 STORE_KINDS = [
     "memory",

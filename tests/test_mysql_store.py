@@ -68,7 +68,9 @@ def test_a_reader_paging_the_outbox_during_concurrent_applies_misses_no_event(
         try:
             for status in ("submitted", "running", "succeeded"):
                 for job_id in job_ids:
-                    result = store.apply(job_id, JobUpdate(status), delivery_id=f"{job_id}-{status}")
+                    result = store.apply(
+                        job_id, JobUpdate(status), delivery_id=f"{job_id}-{status}"
+                    )
                     assert result.event is not None
                     with lock:
                         applied_ids.append(result.event.id)
@@ -235,6 +237,4 @@ def test_concurrent_retries_of_one_404_keep_one_mariadb_dead_letter(make_store: 
 def test_concurrent_async_retries_of_one_404_keep_one_mariadb_dead_letter(
     make_store: Any,
 ) -> None:
-    races.test_concurrent_async_retries_of_one_404_keep_one_dead_letter(
-        make_store, "async-mariadb"
-    )
+    races.test_concurrent_async_retries_of_one_404_keep_one_dead_letter(make_store, "async-mariadb")

@@ -31,7 +31,7 @@ _BODY = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL_DIALECTS)
 _SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # MySQL tables: InnoDB, utf8mb4 (every character a JSON string can hold), and a binary
 # collation, so that ids compare as they do elsewhere ("Job-1" is not "job-1").
-_MYSQL_TABLE = {
+_MYSQL_TABLE: dict[str, Any] = {
     f"{dialect}_{key}": value
     for dialect in MYSQL_DIALECTS
     for key, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
@@ -161,9 +161,7 @@ class Tables:
             # Its one row, seeded past any event already written; kept if it exists.
             seed = sa.select(sa.literal(1), sa.func.coalesce(sa.func.max(self.events.c.id), 0))
             conn.execute(
-                sa.insert(self.event_ids)
-                .prefix_with("IGNORE")
-                .from_select(["id", "last_id"], seed)
+                sa.insert(self.event_ids).prefix_with("IGNORE").from_select(["id", "last_id"], seed)
             )
 
     def drop(self, conn: sa.Connection) -> None:
