@@ -12,8 +12,9 @@ transaction of plain statements (`jobhook.stores._operations.Operations.apply`):
    writes it, deciding in the database as on the other databases; the same statement
    advances the one row of the ``{prefix}event_ids`` counter
    (`MySQLStatements.taking_event_id`), locking it until commit.
-4. `MySQLStatements.select_updated` reads, in one round trip, ``ROW_COUNT()`` (that
-   step 3 updated), ``LAST_INSERT_ID()`` (the outbox id it took) and the job as it is.
+4. `MySQLStatements.select_taken` reads ``ROW_COUNT()`` (that step 3 updated) and
+   ``LAST_INSERT_ID()`` (the outbox id it took). The job is the rules' transition of
+   the row locked in step 1, which is what step 3 wrote.
 5. The event is inserted with that id, and the transaction commits.
 
 Five statements and a COMMIT: as many as the best hand-written code with the same
@@ -54,13 +55,11 @@ class MySQLStatements:
         self.select_delivery = sa.select(deliveries.c.id).where(
             deliveries.c.id == sa.bindparam("id")
         )
-        # Right after the guarded UPDATE (`taking_event_id`): how many rows it matched,
-        # the outbox id it took, and the job as it is now.
-        self.select_updated = sa.select(
-            sa.func.row_count().label("updated"),
-            sa.func.last_insert_id().label("event_id"),
-            *jobs.c,
-        ).where(jobs.c.id == sa.bindparam("id"))
+        # Right after the guarded UPDATE (`taking_event_id`): whether it updated, and
+        # the outbox id it took.
+        self.select_taken = sa.select(
+            sa.func.row_count().label("updated"), sa.func.last_insert_id().label("event_id")
+        )
         self.insert_event = sa.insert(events).values(bound(events))
         self.insert_dead_letter = sa.insert(dl).values(bound(dl, id=None))
         # The letter just inserted on this connection (its AUTO_INCREMENT id).

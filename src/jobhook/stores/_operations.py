@@ -6,12 +6,13 @@ import builtins
 from datetime import datetime
 from typing import Any
 
+import attrs
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from jobhook._convert import update_to_dict
+from jobhook._convert import normalize_json, update_to_dict
 from jobhook._ids import check_delivery_id, utcnow
-from jobhook._lifecycle import changes, check_id, check_reason, judge, new_job
+from jobhook._lifecycle import changes, check_id, check_reason, judge, new_job, transition
 from jobhook._models import (
     JSON,
     ApplyResult,
@@ -34,6 +35,7 @@ __all__ = ["Operations"]
 
 from jobhook.stores._rows import (
     applied,
+    as_float,
     check_output,
     dead_letter_from_row,
     event_from_row,
@@ -204,8 +206,7 @@ class Operations(Statements):
         """MySQL's apply, in one transaction (no RETURNING there; see `_mysql`): the
         job row is locked first, so nothing is written for an unknown job and the
         lifecycle rules judge the row as it stays until commit; the guarded UPDATE
-        still decides in the database, and one locking read after it confirms it,
-        reads the updated job and hands out the next outbox id in commit order."""
+        still decides in the database and takes the next outbox id in commit order."""
         m = self.mysql
         assert m is not None
         row = first((yield m.lock_job, {"id": job_id}))
@@ -227,15 +228,22 @@ class Operations(Statements):
         if outcome is not Outcome.APPLIED:
             return ApplyResult(outcome, current)
         yield self.guarded_update(shape), params
-        row = first((yield m.select_updated, {"id": job_id}))
+        (taken,) = yield m.select_taken, None
         # The UPDATE matched the job and the counter row (or nothing at all).
-        if row is None or not row["updated"]:
+        if not taken["updated"]:
             raise RuntimeError(
                 f"the guarded UPDATE refused an update the lifecycle rules apply to "
                 f"job {job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
             )
-        job = job_from_row(row)
-        event_id = int(row["event_id"])
+        # The row is locked and was read in this transaction, and the UPDATE wrote
+        # the rules' transition of it: the job is that transition, computed here
+        # rather than read back (a wide row costs more to read than the database
+        # takes to write it). Values as a JSON column and a DOUBLE give them back.
+        if update.output is not None:
+            update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
+        job = transition(current, update, now)
+        job = attrs.evolve(job, progress=as_float(job.progress))
+        event_id = int(taken["event_id"])
         yield m.insert_event, {**event_row(job, delivery_id, now), "id": event_id}
         return applied(job, delivery_id, now, event_id)
 
