@@ -6,12 +6,14 @@ async twins too. PostgreSQL stores use ``JOBHOOK_TEST_POSTGRES_URL`` and a table
 of their own per test, dropped afterwards; ``async-postgres`` runs the async store on
 psycopg 3, ``async-postgres-asyncpg`` on asyncpg (the same URL, its driver switched).
 ``mariadb`` and ``async-mariadb`` (PyMySQL, asyncmy) do the same with
-``JOBHOOK_TEST_MYSQL_URL``.
+``JOBHOOK_TEST_MYSQL_URL``; on a MariaDB server the async kind connects with a
+``mariadb://`` URL, so that both of the store's MySQL-family apply paths run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -165,6 +167,18 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
     return sync_store, close_sync
 
 
+@functools.cache
+def _mysql_server_is_mariadb() -> bool:
+    from jobhook.stores._schema import sync_url
+
+    assert MYSQL_URL is not None
+    engine = sa.create_engine(sync_url(MYSQL_URL))
+    with engine.connect() as conn:
+        version = str(conn.exec_driver_sql("SELECT VERSION()").scalar())
+    engine.dispose()
+    return "mariadb" in version.lower()
+
+
 def _build_mysql_store(kind: str) -> tuple[Any, Callable[[], None]]:
     """A MariaDB/MySQL store under a table prefix of its own, dropped when closed."""
     if not MYSQL_URL:
@@ -175,7 +189,12 @@ def _build_mysql_store(kind: str) -> tuple[Any, Callable[[], None]]:
     prefix = f"t{uuid.uuid4().hex[:10]}_"
     store: Any
     if kind.startswith("async-"):
-        store = SyncFacade(AsyncSQLJobStore(MYSQL_URL, table_prefix=prefix))
+        # On a MariaDB server, as a mariadb:// URL: MariaDB's own apply (INSERT …
+        # RETURNING) runs here, the portable MySQL one in the sync kind.
+        url = make_url(MYSQL_URL)
+        if _mysql_server_is_mariadb():
+            url = url.set(drivername="mariadb+asyncmy")
+        store = SyncFacade(AsyncSQLJobStore(url, table_prefix=prefix))
     else:
         store = SQLJobStore(MYSQL_URL, table_prefix=prefix)
     store.create_schema()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -17,7 +19,7 @@ from jobhook.exceptions import StoreUnavailableError
 from jobhook.stores._schema import async_url, sync_url
 
 from . import test_store_races as races
-from .conftest import MYSQL_SKIP_REASON, MYSQL_URL
+from .conftest import MYSQL_SKIP_REASON, MYSQL_URL, _mysql_server_is_mariadb
 
 needs_mysql = pytest.mark.skipif(not MYSQL_URL, reason=MYSQL_SKIP_REASON)
 
@@ -40,16 +42,32 @@ def test_mysql_urls_pick_pymysql_and_asyncmy(given: str, sync: str, async_: str)
 # -- the outbox never skips an event ------------------------------------------------
 
 
+@pytest.fixture(params=["mysql+pymysql", "mariadb+pymysql"])
+def either_store(request: pytest.FixtureRequest) -> Iterator[SQLJobStore]:
+    """A sync store on each of the two apply paths: MySQL's, and MariaDB's (a
+    ``mariadb://`` URL, only on a MariaDB server)."""
+    if not MYSQL_URL:
+        pytest.skip(MYSQL_SKIP_REASON)
+    if request.param.startswith("mariadb") and not _mysql_server_is_mariadb():
+        pytest.skip("mariadb:// URLs need a MariaDB server")
+    url = sa.make_url(MYSQL_URL).set(drivername=request.param)
+    store = SQLJobStore(url, table_prefix=f"t{uuid.uuid4().hex[:10]}_", create_schema=True)
+    yield store
+    with store.engine.begin() as conn:
+        store.tables.drop(conn)
+    store.close()
+
+
 @needs_mysql
 def test_a_reader_paging_the_outbox_during_concurrent_applies_misses_no_event(
-    make_store: Any,
+    either_store: SQLJobStore,
 ) -> None:
     """Writers on 6 threads apply to their own jobs while a reader pages with
     ``events(after=last)``, as an outbox consumer does. Each commit is delayed by a
     random moment (a ``commit`` listener), so a transaction that took an id early
     often commits after one that took a later id: were ids not handed out in commit
     order, the reader would see the later one first and skip the other for good."""
-    store = make_store("mariadb")
+    store = either_store
     rng = random.Random(5)
 
     def jitter(_conn: Any) -> None:
@@ -122,12 +140,19 @@ def test_outbox_ids_continue_after_create_schema_runs_again(make_store: Any) -> 
 
 @needs_mysql
 def test_a_rolled_back_apply_gives_its_outbox_id_back(make_store: Any) -> None:
+    """The counter is advanced inside the apply's transaction: an apply that fails after
+    taking an id (here the event INSERT: its table is gone) leaves no gap."""
     store = make_store("mariadb")
     job = store.create({})
     assert store.apply("nobody", JobUpdate("running")).outcome is Outcome.NOT_FOUND
-    result = store.apply(job.id, JobUpdate("running"))
+    store.tables.events.drop(store.engine)
+    with pytest.raises(StoreUnavailableError):
+        store.apply(job.id, JobUpdate("running"), delivery_id="d1")
+    store.tables.events.create(store.engine)
+    result = store.apply(job.id, JobUpdate("running"), delivery_id="d1")
     assert result.event is not None
     assert result.event.id == 1
+    assert [e.id for e in store.events()] == [1]
 
 
 # -- column types -------------------------------------------------------------------

@@ -18,7 +18,8 @@ transaction of plain statements (`jobhook.stores._operations.Operations.apply`):
 5. The event is inserted with that id, and the transaction commits.
 
 Five statements and a COMMIT: as many as the best hand-written code with the same
-guarantees (``benchmarks/_floor_mysql.py``).
+guarantees (``benchmarks/_floor_mysql.py``). On MariaDB (``mariadb://`` URLs), steps 4
+and 5 are one ``INSERT … SELECT … WHERE ROW_COUNT() > 0 RETURNING id``.
 
 Why a counter: readers page the outbox with ``events(after=last_id)`` and never look
 back, so an id must never become visible after a greater one. ``AUTO_INCREMENT`` cannot
@@ -44,7 +45,7 @@ __all__ = ["MySQLStatements"]
 class MySQLStatements:
     """The statements MySQL and MariaDB run in place of RETURNING and ON CONFLICT."""
 
-    def __init__(self, tables: Tables) -> None:
+    def __init__(self, tables: Tables, *, mariadb: bool = False) -> None:
         jobs, events, counter = tables.jobs, tables.events, tables.event_ids
         dl = tables.dead_letters
         # A duplicate delivery id raises IntegrityError (caught by the steps); INSERT
@@ -61,6 +62,21 @@ class MySQLStatements:
             sa.func.row_count().label("updated"), sa.func.last_insert_id().label("event_id")
         )
         self.insert_event = sa.insert(events).values(bound(events))
+        #: MariaDB (``mariadb://`` URLs) has ``INSERT … RETURNING``: steps 4 and 5 in one
+        #: statement, which inserts the event only if the guarded UPDATE just updated.
+        self.insert_taken_event: sa.Insert | None = None
+        if mariadb:
+            values = bound(events, id=None)
+            self.insert_taken_event = (
+                sa.insert(events)
+                .from_select(
+                    ["id", *values],
+                    sa.select(sa.func.last_insert_id(), *values.values()).where(
+                        sa.func.row_count() > 0
+                    ),
+                )
+                .returning(events.c.id)
+            )
         self.insert_dead_letter = sa.insert(dl).values(bound(dl, id=None))
         # The letter just inserted on this connection (its AUTO_INCREMENT id).
         self.select_inserted_dead_letter = sa.select(dl).where(dl.c.id == sa.func.last_insert_id())

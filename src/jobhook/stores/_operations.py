@@ -228,13 +228,6 @@ class Operations(Statements):
         if outcome is not Outcome.APPLIED:
             return ApplyResult(outcome, current)
         yield self.guarded_update(shape), params
-        (taken,) = yield m.select_taken, None
-        # The UPDATE matched the job and the counter row (or nothing at all).
-        if not taken["updated"]:
-            raise RuntimeError(
-                f"the guarded UPDATE refused an update the lifecycle rules apply to "
-                f"job {job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
-            )
         # The row is locked and was read in this transaction, and the UPDATE wrote
         # the rules' transition of it: the job is that transition, computed here
         # rather than read back (a wide row costs more to read than the database
@@ -243,8 +236,22 @@ class Operations(Statements):
             update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
         job = transition(current, update, now)
         job = attrs.evolve(job, progress=as_float(job.progress))
-        event_id = int(taken["event_id"])
-        yield m.insert_event, {**event_row(job, delivery_id, now), "id": event_id}
+        event = event_row(job, delivery_id, now)
+        if m.insert_taken_event is not None:
+            # Inserted only if the UPDATE updated; its id is the one the UPDATE took.
+            taken = first((yield m.insert_taken_event, event))
+            event_id = None if taken is None else int(taken["id"])
+        else:
+            (taken,) = yield m.select_taken, None
+            # The UPDATE matched the job and the counter row (or nothing at all).
+            event_id = int(taken["event_id"]) if taken["updated"] else None
+            if event_id is not None:
+                yield m.insert_event, {**event, "id": event_id}
+        if event_id is None:
+            raise RuntimeError(
+                f"the guarded UPDATE refused an update the lifecycle rules apply to "
+                f"job {job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
+            )
         return applied(job, delivery_id, now, event_id)
 
     def _refused(

@@ -46,7 +46,7 @@ class Statements:
         elif dialect == "sqlite":
             insert = sqlite.insert
         elif dialect in MYSQL_DIALECTS:
-            self.mysql = MySQLStatements(tables)
+            self.mysql = MySQLStatements(tables, mariadb=dialect == "mariadb")
         else:
             raise ValueError(
                 f"SQLJobStore supports SQLite, PostgreSQL and MySQL/MariaDB, not {dialect!r}"
