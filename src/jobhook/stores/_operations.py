@@ -236,23 +236,30 @@ class Operations(Statements):
             update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
         job = transition(current, update, now)
         job = attrs.evolve(job, progress=as_float(job.progress))
-        event = event_row(job, delivery_id, now)
-        if m.insert_taken_event is not None:
-            # Inserted only if the UPDATE updated; its id is the one the UPDATE took.
-            taken = first((yield m.insert_taken_event, event))
-            event_id = None if taken is None else int(taken["id"])
-        else:
-            (taken,) = yield m.select_taken, None
-            # The UPDATE matched the job and the counter row (or nothing at all).
-            event_id = int(taken["event_id"]) if taken["updated"] else None
-            if event_id is not None:
-                yield m.insert_event, {**event, "id": event_id}
+        event_id = yield from self._insert_taken_event(event_row(job, delivery_id, now))
         if event_id is None:
             raise RuntimeError(
                 f"the guarded UPDATE refused an update the lifecycle rules apply to "
                 f"job {job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
             )
         return applied(job, delivery_id, now, event_id)
+
+    def _insert_taken_event(self, event: dict[str, Any]) -> Steps[int | None]:
+        """MySQL: insert the outbox event under the id the guarded UPDATE just took;
+        None (nothing inserted) if that UPDATE updated nothing."""
+        m = self.mysql
+        assert m is not None
+        if m.insert_taken_event is not None:
+            # MariaDB: inserted only if the UPDATE updated, in the same statement.
+            taken = first((yield m.insert_taken_event, event))
+            return None if taken is None else int(taken["id"])
+        (taken,) = yield m.select_taken, None
+        # The UPDATE matched the job and the counter row, or nothing at all.
+        if not taken["updated"]:
+            return None
+        event_id = int(taken["event_id"])
+        yield m.insert_event, {**event, "id": event_id}
+        return event_id
 
     def _refused(
         self, job_id: str, update: JobUpdate, *, duplicate: bool = False

@@ -286,7 +286,7 @@ class Statements:
             )
         stmt = sa.update(jobs).where(*guard).values(**sets)
         if self.mysql is not None:
-            # No UPDATE … RETURNING there: the row is read after it (`_mysql`).
+            # No UPDATE … RETURNING there; it takes the outbox id instead (`_mysql`).
             return self.mysql.taking_event_id(stmt)
         return stmt.returning(*jobs.c)
 
