@@ -149,7 +149,10 @@ def main() -> None:
 
     args = parse_args((__doc__ or "bench_mysql").splitlines()[0], extra)
     if not args.mysql:
-        raise SystemExit("no MariaDB/MySQL URL: pass --mysql or set $JOBHOOK_TEST_MYSQL_URL")
+        print(f"# bench_mysql ({machine(None)})")
+        print("\nMariaDB/MySQL skipped: no URL (--mysql or $JOBHOOK_TEST_MYSQL_URL)")
+        summary([])
+        return
     engine = sa.create_engine(args.mysql)
     with engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT VERSION()").scalar()

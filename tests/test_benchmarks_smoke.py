@@ -19,6 +19,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
 
 def test_every_benchmark_is_covered() -> None:
     assert SCRIPTS == [
+        "bench_mysql.py",
         "bench_scale.py",
         "bench_submit.py",
         "bench_throughput.py",
@@ -38,5 +39,9 @@ def test_benchmark_runs_in_quick_mode(script: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "targets met:" in done.stdout
-    if script != "bench_throughput.py" or os.environ.get("JOBHOOK_TEST_POSTGRES_URL"):
+    needs = {
+        "bench_throughput.py": "JOBHOOK_TEST_POSTGRES_URL",
+        "bench_mysql.py": "JOBHOOK_TEST_MYSQL_URL",
+    }
+    if script not in needs or os.environ.get(needs[script]):
         assert "| target" in done.stdout
