@@ -7,11 +7,15 @@ of their own per test, dropped afterwards; ``async-postgres`` runs the async sto
 psycopg 3, ``async-postgres-asyncpg`` on asyncpg (the same URL, its driver switched).
 The ``-lent`` kinds run the store on an engine the app made and lends it, with
 execution options (a tenant schema on PostgreSQL) and listeners.
+``mariadb`` and ``async-mariadb`` (PyMySQL, asyncmy) do the same with
+``JOBHOOK_TEST_MYSQL_URL``; on a MariaDB server the async kind connects with a
+``mariadb://`` URL, so that both of the store's MySQL-family apply paths run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
@@ -27,6 +31,9 @@ from jobhook import AsyncInMemoryJobStore, InMemoryJobStore
 PG_URL = os.environ.get("JOBHOOK_TEST_POSTGRES_URL")
 PG_SKIP_REASON = "PostgreSQL tests need JOBHOOK_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
 
+MYSQL_URL = os.environ.get("JOBHOOK_TEST_MYSQL_URL")
+MYSQL_SKIP_REASON = "MariaDB/MySQL tests need JOBHOOK_TEST_MYSQL_URL (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
+
 STORE_KINDS = [
     "memory",
     "async-memory",
@@ -37,6 +44,8 @@ STORE_KINDS = [
     "postgres-lent",
     "async-postgres",
     "async-postgres-asyncpg",
+    "mariadb",
+    "async-mariadb",
 ]
 SQL_KINDS = [kind for kind in STORE_KINDS if "memory" not in kind]
 
@@ -115,6 +124,8 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
         return facade, facade.close
     if "postgres" in kind and not PG_URL:
         pytest.skip(PG_SKIP_REASON)
+    if "mariadb" in kind:
+        return _build_mysql_store(kind)
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
     if "sqlite" in kind:
@@ -187,6 +198,48 @@ def _lent_engine_store(kind: str, url: str, prefix: str) -> tuple[Any, Callable[
             with base.begin() as conn:
                 conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         base.dispose()
+
+    return store, close
+
+
+@functools.cache
+def _mysql_server_is_mariadb() -> bool:
+    from jobhook.stores._schema import sync_url
+
+    assert MYSQL_URL is not None
+    engine = sa.create_engine(sync_url(MYSQL_URL))
+    with engine.connect() as conn:
+        version = str(conn.exec_driver_sql("SELECT VERSION()").scalar())
+    engine.dispose()
+    return "mariadb" in version.lower()
+
+
+def _build_mysql_store(kind: str) -> tuple[Any, Callable[[], None]]:
+    """A MariaDB/MySQL store under a table prefix of its own, dropped when closed."""
+    if not MYSQL_URL:
+        pytest.skip(MYSQL_SKIP_REASON)
+    from jobhook.stores._schema import sync_url
+    from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
+
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    store: Any
+    if kind.startswith("async-"):
+        # On a MariaDB server, as a mariadb:// URL: MariaDB's own apply (INSERT …
+        # RETURNING) runs here, the portable MySQL one in the sync kind.
+        url = make_url(MYSQL_URL)
+        if _mysql_server_is_mariadb():
+            url = url.set(drivername="mariadb+asyncmy")
+        store = SyncFacade(AsyncSQLJobStore(url, table_prefix=prefix))
+    else:
+        store = SQLJobStore(MYSQL_URL, table_prefix=prefix)
+    store.create_schema()
+
+    def close() -> None:
+        store.close()
+        engine = sa.create_engine(sync_url(MYSQL_URL))
+        with engine.begin() as conn:
+            store.tables.drop(conn)
+        engine.dispose()
 
     return store, close
 

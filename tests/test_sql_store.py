@@ -106,7 +106,10 @@ def test_job_change_and_event_are_one_transaction(make_store: Any, kind: str) ->
     if sync_engine is None:
         # The async store: drop and recreate the table through a sync engine on the same DB.
         url = store.engine.url
-        driver = "sqlite" if url.get_backend_name() == "sqlite" else "postgresql+psycopg"
+        backend = url.get_backend_name()
+        driver = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}.get(
+            backend, f"{backend}+pymysql"
+        )
         sync_engine = sa.create_engine(url.set(drivername=driver))
     tables.events.drop(sync_engine)
     with pytest.raises(StoreUnavailableError):

@@ -14,6 +14,7 @@ from jobhook.exceptions import (
     ValidationError,
 )
 from jobhook.stores._schema import (
+    MYSQL_DIALECTS,
     engine_options,
 )
 
@@ -22,9 +23,30 @@ __all__ = ["DATABASE_ERRORS", "create_engine_for", "store_error"]
 T = TypeVar("T")
 
 
-def _missing_tables(exc: sa_exc.DBAPIError) -> bool:
+# MySQL/MariaDB error numbers (PyMySQL and aiomysql raise the same errors, errno first).
+_MYSQL_NO_SUCH_TABLE = 1146
+#: A value a CHECK constraint refused (MariaDB 4025, MySQL 3819) or JSON MySQL refused:
+#: PyMySQL raises these as OperationalError.
+_MYSQL_REFUSED_VALUE = frozenset({4025, 3819, 3140})
+#: Lock wait timeout and deadlock: nothing was written, the caller may retry.
+_MYSQL_LOCK_TIMEOUT = frozenset({1205, 1213})
+
+
+def _mysql_errno(exc: Exception, url: URL) -> int | None:
+    """The MySQL error number of a driver error, or None (not MySQL, or none given)."""
+    if url.get_backend_name() not in MYSQL_DIALECTS or not isinstance(exc, sa_exc.DBAPIError):
+        return None
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _missing_tables(exc: sa_exc.DBAPIError, url: URL) -> bool:
     # SQLite says "no such table"; PostgreSQL raises UndefinedTable (SQLSTATE 42P01).
-    return "no such table" in str(exc.orig) or getattr(exc.orig, "sqlstate", None) == "42P01"
+    return (
+        "no such table" in str(exc.orig)
+        or getattr(exc.orig, "sqlstate", None) == "42P01"
+        or _mysql_errno(exc, url) == _MYSQL_NO_SUCH_TABLE
+    )
 
 
 def store_error(exc: Exception, url: URL) -> JobhookError:
@@ -36,9 +58,16 @@ def store_error(exc: Exception, url: URL) -> JobhookError:
     """
     where = url.render_as_string(hide_password=True)
     text = str(getattr(exc, "orig", None) or exc).strip()
-    if isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)):
+    errno = _mysql_errno(exc, url)
+    if isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)) or errno in _MYSQL_REFUSED_VALUE:
         return ValidationError(f"the database refused a value: {text}")
-    if isinstance(exc, sa_exc.DBAPIError) and _missing_tables(exc):
+    if errno in _MYSQL_LOCK_TIMEOUT:
+        # Rolled back whole: answered 503 by the webhook handler, so the sender retries.
+        return StoreUnavailableError(
+            f"the database {where} gave up waiting for a lock (rolled back, nothing "
+            f"written; retry): {text}"
+        )
+    if isinstance(exc, sa_exc.DBAPIError) and _missing_tables(exc, url):
         return StoreUnavailableError(
             f"the jobhook tables are missing in {where}: call store.create_schema() "
             f"or run `jobhook db init --db {where}` ({text})"

@@ -6,12 +6,13 @@ import builtins
 from datetime import datetime
 from typing import Any
 
+import attrs
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from jobhook._convert import update_to_dict
+from jobhook._convert import normalize_json, update_to_dict
 from jobhook._ids import check_delivery_id, utcnow
-from jobhook._lifecycle import changes, check_id, check_reason, judge, new_job
+from jobhook._lifecycle import changes, check_id, check_reason, judge, new_job, transition
 from jobhook._models import (
     JSON,
     ApplyResult,
@@ -34,6 +35,7 @@ __all__ = ["Operations"]
 
 from jobhook.stores._rows import (
     applied,
+    as_float,
     check_output,
     dead_letter_from_row,
     event_from_row,
@@ -139,6 +141,8 @@ class Operations(Statements):
         if self._one_trip is not None:
             steps = self._apply_by_statement(job_id, update, delivery_id, now, shape, params)
             return (yield from steps)
+        if self.mysql is not None:
+            return (yield from self._apply_locked(job_id, update, delivery_id, now, shape, params))
         if delivery_id is not None:
             inserted = yield (
                 self.insert_delivery,
@@ -188,6 +192,73 @@ class Operations(Statements):
         # statement waited for the row's lock): read the job as it is now.
         return (yield from self._refused(job_id, update))
 
+    def _apply_locked(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        delivery_id: str | None,
+        now: datetime,
+        shape: Shape,
+        params: dict[str, Any],
+    ) -> Steps[ApplyResult]:
+        """MySQL's apply, in one transaction (no RETURNING there; see `_mysql`): the
+        job row is locked first, so nothing is written for an unknown job and the
+        lifecycle rules judge the row as it stays until commit; the guarded UPDATE
+        still decides in the database and takes the next outbox id in commit order."""
+        m = self.mysql
+        assert m is not None
+        row = first((yield m.lock_job, {"id": job_id}))
+        if row is None:
+            # A delivery id seen before (for any job) is a duplicate first, as elsewhere.
+            if delivery_id is not None and (yield m.select_delivery, {"id": delivery_id}):
+                return ApplyResult(Outcome.DUPLICATE, None)
+            raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
+        current = job_from_row(row)
+        if delivery_id is not None:
+            try:
+                yield (
+                    self.insert_delivery,
+                    {"id": delivery_id, "job_id": job_id, "received_at": now},
+                )
+            except sa_exc.IntegrityError:
+                return ApplyResult(Outcome.DUPLICATE, current)
+        outcome = judge(current, update)
+        if outcome is not Outcome.APPLIED:
+            return ApplyResult(outcome, current)
+        yield self.guarded_update(shape), params
+        # The row is locked and was read in this transaction, and the UPDATE wrote
+        # the rules' transition of it: the job is that transition, computed here
+        # rather than read back (a wide row costs more to read than the database
+        # takes to write it). Values as a JSON column and a DOUBLE give them back.
+        if update.output is not None:
+            update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
+        job = transition(current, update, now)
+        job = attrs.evolve(job, progress=as_float(job.progress))
+        event_id = yield from self._insert_taken_event(event_row(job, delivery_id, now))
+        if event_id is None:
+            raise RuntimeError(
+                f"the guarded UPDATE refused an update the lifecycle rules apply to "
+                f"job {job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
+            )
+        return applied(job, delivery_id, now, event_id)
+
+    def _insert_taken_event(self, event: dict[str, Any]) -> Steps[int | None]:
+        """MySQL: insert the outbox event under the id the guarded UPDATE just took;
+        None (nothing inserted) if that UPDATE updated nothing."""
+        m = self.mysql
+        assert m is not None
+        if m.insert_taken_event is not None:
+            # MariaDB: inserted only if the UPDATE updated, in the same statement.
+            taken = first((yield m.insert_taken_event, event))
+            return None if taken is None else int(taken["id"])
+        (taken,) = yield m.select_taken, None
+        # The UPDATE matched the job and the counter row, or nothing at all.
+        if not taken["updated"]:
+            return None
+        event_id = int(taken["event_id"])
+        yield m.insert_event, {**event, "id": event_id}
+        return event_id
+
     def _refused(
         self, job_id: str, update: JobUpdate, *, duplicate: bool = False
     ) -> Steps[ApplyResult]:
@@ -235,18 +306,25 @@ class Operations(Statements):
             check_delivery_id(delivery_id)
         check_reason(reason)
         check_output(update)
-        rows = yield (
-            self.insert_dead_letter,
-            {
-                "job_id": job_id,
-                "delivery_id": delivery_id,
-                "update": update_to_dict(update),
-                "body": bytes(body),
-                "reason": reason,
-                "received_at": utcnow(),
-                "replayed_at": None,
-            },
-        )
+        letter = {
+            "job_id": job_id,
+            "delivery_id": delivery_id,
+            "update": update_to_dict(update),
+            "body": bytes(body),
+            "reason": reason,
+            "received_at": utcnow(),
+            "replayed_at": None,
+        }
+        if self.mysql is not None:
+            # No ON CONFLICT or RETURNING: the unique key refuses a second letter.
+            try:
+                yield self.insert_dead_letter, letter
+            except sa_exc.IntegrityError:
+                rows = yield self.select_dead_letter_of, {"delivery_id": delivery_id}
+            else:
+                rows = yield self.mysql.select_inserted_dead_letter, None
+            return dead_letter_from_row(rows[0])
+        rows = yield self.insert_dead_letter, letter
         if not rows:
             # This delivery is kept already (the unique key on delivery_id said so).
             rows = yield self.select_dead_letter_of, {"delivery_id": delivery_id}

@@ -40,8 +40,9 @@ __all__ = [
 
 
 def aware(value: datetime | None) -> datetime | None:
-    # SQLite keeps no time zone; everything jobhook writes is UTC. PostgreSQL answers
-    # in the session's zone: convert, so that every store returns the same values.
+    # SQLite and MySQL's DATETIME keep no time zone; everything jobhook writes is UTC.
+    # PostgreSQL answers in the session's zone: convert, so that every store returns the
+    # same values.
     if value is None:
         return None
     if value.tzinfo is None:

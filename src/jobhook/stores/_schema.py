@@ -6,13 +6,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, Engine, make_url
 
 from jobhook._convert import dumps, loads
 from jobhook._models import JobStatus
 
-__all__ = ["Tables", "engine_options", "install_sqlite_pragmas", "sync_url"]
+__all__ = ["MYSQL_DIALECTS", "Tables", "engine_options", "install_sqlite_pragmas", "sync_url"]
 
 _NON_TERMINAL = tuple(s.value for s in JobStatus if not s.terminal)
 _ID = sa.String(255)
@@ -41,9 +42,24 @@ class _SQLiteJSON(sa.TypeDecorator[Any]):
 
 
 _JSON = sa.JSON().with_variant(JSONB(), "postgresql").with_variant(_SQLiteJSON(), "sqlite")
-_TIMESTAMP = sa.DateTime(timezone=True)
+#: The dialect names SQLAlchemy gives MySQL and MariaDB (``mariadb://`` URLs).
+MYSQL_DIALECTS = ("mysql", "mariadb")
+# MySQL's DATETIME keeps whole seconds unless told otherwise; no zone (UTC is written,
+# and `_rows.aware` marks it UTC on the way back, as on SQLite).
+_TIMESTAMP = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), *MYSQL_DIALECTS)
+# MySQL's FLOAT is single precision: 40.1 would come back as 40.099998.
+_FLOAT = sa.Float().with_variant(mysql.DOUBLE(), *MYSQL_DIALECTS)
+# MySQL's BLOB holds 64 KiB; a kept webhook body may be larger.
+_BODY = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL_DIALECTS)
 # INTEGER PRIMARY KEY is SQLite's rowid (autoincrementing); BIGINT identity elsewhere.
 _SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# MySQL tables: InnoDB, utf8mb4 (every character a JSON string can hold), and a binary
+# collation, so that ids compare as they do elsewhere ("Job-1" is not "job-1").
+_MYSQL_TABLE: dict[str, Any] = {
+    f"{dialect}_{key}": value
+    for dialect in MYSQL_DIALECTS
+    for key, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
+}
 
 
 class Tables:
@@ -64,7 +80,7 @@ class Tables:
             sa.Column("owner_id", _ID, nullable=True),
             sa.Column("input", _JSON, nullable=True),
             sa.Column("status", sa.String(16), nullable=False),
-            sa.Column("progress", sa.Float, nullable=True),
+            sa.Column("progress", _FLOAT, nullable=True),
             sa.Column("output", _JSON, nullable=True),
             sa.Column("error_code", sa.String(255), nullable=True),
             sa.Column("error_message", sa.Text, nullable=True),
@@ -83,6 +99,7 @@ class Tables:
                 "progress IS NULL OR (progress >= 0 AND progress <= 100)",
                 name=f"ck_{prefix}jobs_progress",
             ),
+            **_MYSQL_TABLE,
         )
         jobs = self.jobs
         # list(owner_id=...) newest first, and list() without an owner.
@@ -112,6 +129,7 @@ class Tables:
             sa.Column("id", sa.String(255), primary_key=True),
             sa.Column("job_id", _ID, nullable=False),
             sa.Column("received_at", _TIMESTAMP, nullable=False),
+            **_MYSQL_TABLE,
         )
         self.events = sa.Table(
             f"{prefix}events",
@@ -121,10 +139,11 @@ class Tables:
             sa.Column("owner_id", _ID, nullable=True),
             sa.Column("kind", sa.String(255), nullable=False),
             sa.Column("status", sa.String(16), nullable=False),
-            sa.Column("progress", sa.Float, nullable=True),
+            sa.Column("progress", _FLOAT, nullable=True),
             sa.Column("version", sa.Integer, nullable=False),
             sa.Column("delivery_id", sa.String(255), nullable=True),
             sa.Column("created_at", _TIMESTAMP, nullable=False),
+            **_MYSQL_TABLE,
         )
         self.dead_letters = sa.Table(
             f"{prefix}dead_letters",
@@ -133,14 +152,26 @@ class Tables:
             sa.Column("job_id", _ID, nullable=False, index=True),
             sa.Column("delivery_id", sa.String(255), nullable=True),
             sa.Column("update", _JSON, nullable=False),
-            sa.Column("body", sa.LargeBinary, nullable=False),
+            sa.Column("body", _BODY, nullable=False),
             sa.Column("reason", sa.String(255), nullable=False),
             sa.Column("received_at", _TIMESTAMP, nullable=False),
             sa.Column("replayed_at", _TIMESTAMP, nullable=True),
+            **_MYSQL_TABLE,
         )
         # One letter per delivery id: a sender retrying a 404 adds nothing (NULLs, for
         # letters kept without an id, do not collide).
         sa.Index(f"ux_{prefix}dead_letters_delivery", self.dead_letters.c.delivery_id, unique=True)
+
+        # MySQL/MariaDB only: the one-row counter that hands out outbox event ids in
+        # commit order (see `jobhook.stores._mysql`). Kept out of `metadata`: the other
+        # databases order their outbox without it.
+        self.event_ids = sa.Table(
+            f"{prefix}event_ids",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("last_id", sa.BigInteger, nullable=False),
+            **_MYSQL_TABLE,
+        )
 
     def create(self, conn: sa.Connection) -> None:
         """Create what does not exist yet: tables, and indexes added to existing tables
@@ -149,23 +180,45 @@ class Tables:
         for table in self.metadata.sorted_tables:
             for index in table.indexes:
                 index.create(conn, checkfirst=True)
+        if conn.dialect.name in MYSQL_DIALECTS:
+            self.event_ids.create(conn, checkfirst=True)
+            # Its one row, seeded past any event already written; kept if it exists.
+            seed = sa.select(sa.literal(1), sa.func.coalesce(sa.func.max(self.events.c.id), 0))
+            conn.execute(
+                sa.insert(self.event_ids).prefix_with("IGNORE").from_select(["id", "last_id"], seed)
+            )
+
+    def drop(self, conn: sa.Connection) -> None:
+        """Drop every jobhook table under this prefix that exists (for tests and tools)."""
+        self.event_ids.drop(conn, checkfirst=True)
+        self.metadata.drop_all(conn, checkfirst=True)
 
 
 def sync_url(url: str | URL) -> URL:
-    """The URL with a driver jobhook installs: ``postgresql://`` means psycopg 3."""
+    """The URL with a driver jobhook installs: ``postgresql://`` means psycopg 3,
+    ``mysql://`` and ``mariadb://`` mean PyMySQL."""
     url = make_url(url)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
+    elif url.drivername in MYSQL_DIALECTS:
+        url = url.set(drivername=f"{url.drivername}+pymysql")
     return url
 
 
 def async_url(url: str | URL) -> URL:
-    """The URL with an async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL."""
+    """The URL with an async driver: aiosqlite for SQLite, psycopg 3 for PostgreSQL,
+    asyncmy for MySQL and MariaDB."""
     url = make_url(url)
     if url.drivername in ("sqlite", "sqlite+pysqlite"):
         url = url.set(drivername="sqlite+aiosqlite")
     elif url.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         url = url.set(drivername="postgresql+psycopg")
+    elif url.get_backend_name() in MYSQL_DIALECTS and url.get_driver_name() in (
+        "pymysql",
+        "mysqldb",
+    ):
+        # The sync default (PyMySQL), or no driver named: its async twin is asyncmy.
+        url = url.set(drivername=f"{url.get_backend_name()}+asyncmy")
     return url
 
 
@@ -187,6 +240,13 @@ def engine_options(url: URL) -> dict[str, Any]:
         else:
             # The busy timeout: how long a writer waits for the lock before giving up.
             options["connect_args"] = {"timeout": 30}
+    elif url.get_backend_name() in MYSQL_DIALECTS:
+        if "charset" not in url.query:
+            options["connect_args"] = {"charset": "utf8mb4"}
+        # The store ends every transaction it opens (commit, or rollback on error)
+        # before it returns a connection, so the pool's own ROLLBACK on return would
+        # only cost a round trip per operation. Only on engines the store creates.
+        options["pool_reset_on_return"] = None
     return options
 
 

@@ -19,8 +19,9 @@ from jobhook._models import (
     JobStatus,
     JobUpdate,
 )
+from jobhook.stores._mysql import MySQLStatements
 from jobhook.stores._rows import bound
-from jobhook.stores._schema import Tables
+from jobhook.stores._schema import MYSQL_DIALECTS, Tables
 
 __all__ = ["Shape", "Statements"]
 
@@ -35,12 +36,18 @@ class Statements:
         self.t = tables
         jobs, events = tables.jobs, tables.events
         insert: Callable[[sa.Table], Any]
+        #: MySQL and MariaDB: what they run in place of RETURNING and ON CONFLICT.
+        self.mysql: MySQLStatements | None = None
         if dialect == "postgresql":
             insert = postgresql.insert
         elif dialect == "sqlite":
             insert = sqlite.insert
+        elif dialect in MYSQL_DIALECTS:
+            self.mysql = MySQLStatements(tables, mariadb=dialect == "mariadb")
         else:
-            raise ValueError(f"SQLJobStore supports SQLite and PostgreSQL, not {dialect!r}")
+            raise ValueError(
+                f"SQLJobStore supports SQLite, PostgreSQL and MySQL/MariaDB, not {dialect!r}"
+            )
         self.select_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
         # Remote ids of two backends can collide: the newest job wins (ix_…_remote_id
         # serves both the match and the order).
@@ -55,13 +62,16 @@ class Statements:
         self.insert_job = sa.insert(jobs).values(
             bound(jobs, **dict.fromkeys((*unset, "completed_at"), sa.null()))
         )
-        # RETURNING tells whether the row was written (rowcount is -1 on some drivers).
-        self.insert_delivery = (
-            insert(tables.deliveries)
-            .values(bound(tables.deliveries))
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(tables.deliveries.c.id)
-        )
+        if self.mysql is not None:
+            self.insert_delivery = self.mysql.insert_delivery
+        else:
+            # RETURNING tells whether the row was written (rowcount is -1 on some drivers).
+            self.insert_delivery = (
+                insert(tables.deliveries)
+                .values(bound(tables.deliveries))
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(tables.deliveries.c.id)
+            )
         self.insert_event = sa.insert(events).values(bound(events, id=None)).returning(events.c.id)
         self.select_events = (
             sa.select(events)
@@ -97,12 +107,15 @@ class Statements:
             .limit(sa.bindparam("limit"))
         )
         dl = tables.dead_letters
-        self.insert_dead_letter = (
-            insert(dl)
-            .values(bound(dl, id=None))
-            .on_conflict_do_nothing(index_elements=["delivery_id"])
-            .returning(*dl.c)
-        )
+        if self.mysql is not None:
+            self.insert_dead_letter = self.mysql.insert_dead_letter
+        else:
+            self.insert_dead_letter = (
+                insert(dl)
+                .values(bound(dl, id=None))
+                .on_conflict_do_nothing(index_elements=["delivery_id"])
+                .returning(*dl.c)
+            )
         self.select_dead_letter_of = sa.select(dl).where(
             dl.c.delivery_id == sa.bindparam("delivery_id")
         )
@@ -272,7 +285,11 @@ class Statements:
             sets["sequence"] = sa.case(
                 (sa.or_(c.sequence.is_(None), c.sequence < seq), seq), else_=c.sequence
             )
-        return sa.update(jobs).where(*guard).values(**sets).returning(*jobs.c)
+        stmt = sa.update(jobs).where(*guard).values(**sets)
+        if self.mysql is not None:
+            # No UPDATE … RETURNING there; it takes the outbox id instead (`_mysql`).
+            return self.mysql.taking_event_id(stmt)
+        return stmt.returning(*jobs.c)
 
     @staticmethod
     def update_params(

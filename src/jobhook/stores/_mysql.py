@@ -1,0 +1,96 @@
+"""MySQL and MariaDB: the statements that stand in for what they lack.
+
+They have no ``UPDATE … RETURNING`` and no ``ON CONFLICT``, so an apply there is one
+transaction of plain statements (`jobhook.stores._operations.Operations.apply`):
+
+1. `MySQLStatements.lock_job` reads the job ``FOR UPDATE``: an unknown job ends the
+   apply before anything is written, and the row cannot change until commit, so
+   concurrent deliveries to one job queue here.
+2. ``INSERT`` the delivery id; the unique key refusing it (a duplicate) is caught.
+3. The lifecycle rules judge the locked row; a refused update ends here (the delivery
+   id stays recorded). Otherwise the guarded ``UPDATE … WHERE id = :id AND <rules>``
+   writes it, deciding in the database as on the other databases; the same statement
+   advances the one row of the ``{prefix}event_ids`` counter
+   (`MySQLStatements.taking_event_id`), locking it until commit.
+4. `MySQLStatements.select_taken` reads ``ROW_COUNT()`` (that step 3 updated) and
+   ``LAST_INSERT_ID()`` (the outbox id it took). The job is the rules' transition of
+   the row locked in step 1, which is what step 3 wrote.
+5. The event is inserted with that id, and the transaction commits.
+
+Five statements and a COMMIT: as many as the best hand-written code with the same
+guarantees (``benchmarks/_floor_mysql.py``). On MariaDB (``mariadb://`` URLs), steps 4
+and 5 are one ``INSERT … SELECT … WHERE ROW_COUNT() > 0 RETURNING id``.
+
+Why a counter: readers page the outbox with ``events(after=last_id)`` and never look
+back, so an id must never become visible after a greater one. ``AUTO_INCREMENT`` cannot
+promise that: a transaction may take id 10, another id 11 and commit first, and a
+reader that saw 11 skips 10 forever. The counter row is locked from the moment an
+apply advances it until that apply commits, so the next apply can only take its id after
+the previous one has committed: ids are handed out in commit order, and a rolled-back
+apply gives its id back. The lock is the last one an apply takes (job, then delivery
+id, then counter), and every apply takes them in that order, so applies wait for one
+another in a queue, not in a cycle; what they serialise is the end of each transaction.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from jobhook.stores._rows import bound
+from jobhook.stores._schema import Tables
+
+__all__ = ["MySQLStatements"]
+
+
+class MySQLStatements:
+    """The statements MySQL and MariaDB run in place of RETURNING and ON CONFLICT."""
+
+    def __init__(self, tables: Tables, *, mariadb: bool = False) -> None:
+        jobs, events, counter = tables.jobs, tables.events, tables.event_ids
+        dl = tables.dead_letters
+        # A duplicate delivery id raises IntegrityError (caught by the steps); INSERT
+        # IGNORE would also turn other refusals (a value too long) into warnings.
+        self.insert_delivery = sa.insert(tables.deliveries).values(bound(tables.deliveries))
+        self.lock_job = sa.select(jobs).where(jobs.c.id == sa.bindparam("id")).with_for_update()
+        deliveries = tables.deliveries
+        self.select_delivery = sa.select(deliveries.c.id).where(
+            deliveries.c.id == sa.bindparam("id")
+        )
+        # Right after the guarded UPDATE (`taking_event_id`): whether it updated, and
+        # the outbox id it took.
+        self.select_taken = sa.select(
+            sa.func.row_count().label("updated"), sa.func.last_insert_id().label("event_id")
+        )
+        self.insert_event = sa.insert(events).values(bound(events))
+        #: MariaDB (``mariadb://`` URLs) has ``INSERT … RETURNING``: steps 4 and 5 in one
+        #: statement, which inserts the event only if the guarded UPDATE just updated.
+        self.insert_taken_event: sa.Insert | None = None
+        if mariadb:
+            values = bound(events, id=None)
+            self.insert_taken_event = (
+                sa.insert(events)
+                .from_select(
+                    ["id", *values],
+                    sa.select(sa.func.last_insert_id(), *values.values()).where(
+                        sa.func.row_count() > 0
+                    ),
+                )
+                .returning(events.c.id)
+            )
+        self.insert_dead_letter = sa.insert(dl).values(bound(dl, id=None))
+        # The letter just inserted on this connection (its AUTO_INCREMENT id).
+        self.select_inserted_dead_letter = sa.select(dl).where(dl.c.id == sa.func.last_insert_id())
+        self._counter = counter
+        self._jobs = jobs
+
+    def taking_event_id(self, update: sa.Update) -> sa.Update:
+        """The guarded UPDATE of a job, made to advance the outbox counter in the same
+        statement (a multiple-table UPDATE): the counter row is then locked until
+        commit, and ``LAST_INSERT_ID()`` holds the id this job's event takes."""
+        counter, jobs = self._counter, self._jobs
+        return update.where(
+            # The counter's one row. Said as a comparison with the job row (its id is
+            # 1, a version is never below 1) so that SQLAlchemy sees the two tables
+            # joined on purpose, not an accidental cartesian product.
+            counter.c.id == sa.func.least(1, jobs.c.version)
+        ).values({counter.c.last_id: sa.func.last_insert_id(counter.c.last_id + 1)})
