@@ -1,4 +1,4 @@
-"""The SQL schema: four tables under one prefix, and the engine settings they need."""
+"""The SQL schema: six tables under one prefix, and the engine settings they need."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ _SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 class Tables:
     """The jobhook tables, named ``{prefix}jobs``, ``{prefix}deliveries``,
-    ``{prefix}events`` and ``{prefix}dead_letters``, in their own `MetaData`."""
+    ``{prefix}events``, ``{prefix}dead_letters``, ``{prefix}consumers`` and
+    ``{prefix}parked_events``, in their own `MetaData`."""
 
     def __init__(self, prefix: str = "jobhook_") -> None:
         if not prefix.replace("_", "").isalnum() and prefix:
@@ -117,6 +118,41 @@ class Tables:
         # One letter per delivery id: a sender retrying a 404 adds nothing (NULLs, for
         # letters kept without an id, do not collide).
         sa.Index(f"ux_{prefix}dead_letters_delivery", self.dead_letters.c.delivery_id, unique=True)
+        # Durable outbox consumers: a position and a lease per name (OutboxConsumer).
+        self.consumers = sa.Table(
+            f"{prefix}consumers",
+            self.metadata,
+            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("position", sa.BigInteger, nullable=False),
+            sa.Column("owner", sa.String(255), nullable=True),
+            sa.Column("lease_expires_at", _TIMESTAMP, nullable=True),
+            sa.Column("updated_at", _TIMESTAMP, nullable=False),
+        )
+        # Events a consumer's handler kept failing on, kept whole (pruning the outbox
+        # leaves them), once per consumer and event.
+        self.parked = sa.Table(
+            f"{prefix}parked_events",
+            self.metadata,
+            sa.Column("id", _SERIAL, primary_key=True, autoincrement=True),
+            sa.Column("consumer", sa.String(255), nullable=False),
+            sa.Column("event_id", sa.BigInteger, nullable=False),
+            sa.Column("event", _JSON, nullable=False),
+            sa.Column("attempts", sa.Integer, nullable=False),
+            sa.Column("error", sa.Text, nullable=False),
+            sa.Column("state", sa.String(16), nullable=False),
+            sa.Column("parked_at", _TIMESTAMP, nullable=False),
+        )
+        sa.Index(
+            f"ux_{prefix}parked_events_event",
+            self.parked.c.consumer,
+            self.parked.c.event_id,
+            unique=True,
+        )
+
+    @property
+    def notify_channel(self) -> str:
+        """The PostgreSQL channel the events table's trigger notifies on each insert."""
+        return f"{self.prefix}events"
 
     def create(self, conn: sa.Connection) -> None:
         """Create what does not exist yet: tables, and indexes added to existing tables
@@ -125,6 +161,28 @@ class Tables:
         for table in self.metadata.sorted_tables:
             for index in table.indexes:
                 index.create(conn, checkfirst=True)
+        if conn.dialect.name == "postgresql":
+            self._create_notify_trigger(conn)
+
+    def _create_notify_trigger(self, conn: sa.Connection) -> None:
+        """PostgreSQL: a statement-level trigger that wakes LISTENing consumers when
+        events commit (NOTIFY is delivered at commit), so the apply statement itself
+        stays as it is. One notification per inserting statement, coalesced by the
+        server within a transaction; the payload is empty (consumers read the outbox)."""
+        name = f"{self.prefix}events_notify"
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"BEGIN PERFORM pg_notify('{self.notify_channel}', ''); RETURN NULL; END $$"
+        )
+        exists = conn.execute(
+            sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass(:t)"),
+            {"name": name, "t": self.events.name},
+        ).first()
+        if exists is None:
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {name} AFTER INSERT ON {self.events.name} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+            )
 
 
 def sync_url(url: str | URL) -> URL:
