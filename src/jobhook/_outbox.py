@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -17,8 +17,12 @@ __all__ = [
     "ParkedEvent",
     "PruneReport",
     "check_consumer_name",
+    "check_lease",
+    "check_prune",
     "event_from_dict",
     "event_to_dict",
+    "prune_plan",
+    "prune_report",
 ]
 
 #: The states of a parked event: kept, asked to be handled again, handled.
@@ -112,3 +116,49 @@ def event_from_dict(data: dict[str, Any]) -> JobEvent:
         delivery_id=data["delivery_id"],
         created_at=datetime.fromisoformat(data["created_at"]),
     )
+
+
+def check_lease(lease: float) -> timedelta:
+    """A lease length in seconds, as a `timedelta` (refuses what is not positive)."""
+    from jobhook.exceptions import ValidationError
+
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
+        raise ValidationError(f"lease must be a positive number of seconds, got {lease!r}")
+    return timedelta(seconds=lease)
+
+
+def check_prune(
+    deliveries_older_than: timedelta, finished_jobs_older_than: timedelta | None, batch: int
+) -> None:
+    """Refuse retentions that are not durations of at least zero, or a bad batch."""
+    from jobhook.exceptions import ValidationError
+
+    for value in (deliveries_older_than, finished_jobs_older_than):
+        if value is not None and (not isinstance(value, timedelta) or value < timedelta(0)):
+            raise ValidationError(f"a retention is a timedelta of at least 0, got {value!r}")
+    from jobhook.stores.protocol import check_limit
+
+    check_limit(batch)
+
+
+def prune_plan(
+    deliveries_older_than: timedelta, finished_jobs_older_than: timedelta | None
+) -> list[tuple[str, datetime]]:
+    """What `prune` removes, in order, each kind with its cutoff. Events share the
+    deliveries' retention: a reader that resumes from an id (a browser's
+    ``Last-Event-ID``) finds recent events even when every consumer has passed them."""
+    from jobhook._ids import utcnow
+
+    now = utcnow()
+    plan = [
+        ("deliveries", now - deliveries_older_than),
+        ("events", now - deliveries_older_than),
+    ]
+    if finished_jobs_older_than is not None:
+        plan.append(("jobs", now - finished_jobs_older_than))
+    return plan
+
+
+def prune_report(kind: str, removed: int) -> PruneReport:
+    """A report of ``removed`` rows of ``kind``."""
+    return PruneReport(**{kind: removed})

@@ -43,6 +43,7 @@ from jobhook.stores._schema import (
     install_sqlite_pragmas,
     sync_url,
 )
+from jobhook.stores._sql_consumers import AsyncSQLConsumerMethods, SQLConsumerMethods
 from jobhook.stores.protocol import StatusFilter
 
 __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
@@ -50,7 +51,7 @@ __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
 T = TypeVar("T")
 
 
-class SQLJobStore:
+class SQLJobStore(SQLConsumerMethods):
     """A `JobStore` in a SQL database: SQLite (a file, WAL) or PostgreSQL (JSONB).
 
     ``url_or_engine`` is a URL (``sqlite:///jobs.db``, ``postgresql://…``; plain
@@ -236,7 +237,7 @@ async def _adrive(conn: AsyncConnection, steps: Steps[T]) -> T:
         return value
 
 
-class AsyncSQLJobStore:
+class AsyncSQLJobStore(AsyncSQLConsumerMethods):
     """The async twin of `SQLJobStore`: aiosqlite for SQLite, psycopg 3 (or asyncpg, if
     the URL says ``postgresql+asyncpg``) for PostgreSQL. Same tables, same statements."""
 
