@@ -76,15 +76,15 @@ class ConsumerOperations:
         c = tables.consumers
         free = sa.or_(
             c.c.owner.is_(None),
-            c.c.owner == sa.bindparam("owner"),
-            c.c.lease_expires_at < sa.bindparam("now"),
+            c.c.owner == sa.bindparam("c_owner"),
+            c.c.lease_expires_at < sa.bindparam("c_now"),
         )
         claim = insert(c).values(
-            name=sa.bindparam("name"),
+            name=sa.bindparam("c_name"),
             position=0,
-            owner=sa.bindparam("owner"),
-            lease_expires_at=sa.bindparam("expires"),
-            updated_at=sa.bindparam("now"),
+            owner=sa.bindparam("c_owner"),
+            lease_expires_at=sa.bindparam("c_expires"),
+            updated_at=sa.bindparam("c_now"),
         )
         self.claim = claim.on_conflict_do_update(
             index_elements=["name"],
@@ -95,16 +95,16 @@ class ConsumerOperations:
             },
             where=free,
         ).returning(c.c.position)
-        mine = sa.and_(c.c.name == sa.bindparam("name"), c.c.owner == sa.bindparam("owner"))
-        position = sa.bindparam("position", type_=sa.BigInteger)
+        mine = sa.and_(c.c.name == sa.bindparam("c_name"), c.c.owner == sa.bindparam("c_owner"))
+        position = sa.bindparam("c_position", type_=sa.BigInteger)
         self.advance = (
             sa.update(c)
             .where(mine)
             .values(
                 # A position only moves forward.
                 position=sa.case((c.c.position < position, position), else_=c.c.position),
-                lease_expires_at=sa.bindparam("expires"),
-                updated_at=sa.bindparam("now"),
+                lease_expires_at=sa.bindparam("c_expires"),
+                updated_at=sa.bindparam("c_now"),
             )
             .returning(c.c.position)
         )
@@ -119,13 +119,13 @@ class ConsumerOperations:
         self.insert_parked = (
             insert(p)
             .values(
-                consumer=sa.bindparam("name"),
-                event_id=sa.bindparam("event_id"),
-                event=sa.bindparam("event", type_=p.c.event.type),
-                attempts=sa.bindparam("attempts"),
-                error=sa.bindparam("error"),
+                consumer=sa.bindparam("c_name"),
+                event_id=sa.bindparam("c_event_id"),
+                event=sa.bindparam("c_event", type_=p.c.event.type),
+                attempts=sa.bindparam("c_attempts"),
+                error=sa.bindparam("c_error"),
                 state=PARKED,
-                parked_at=sa.bindparam("now"),
+                parked_at=sa.bindparam("c_now"),
             )
             .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
         )
@@ -133,33 +133,33 @@ class ConsumerOperations:
         self.select_parked: dict[tuple[bool, bool], sa.Select[Any]] = {}
         for by_consumer in (False, True):
             for by_state in (False, True):
-                query = sa.select(p).order_by(p.c.id).limit(sa.bindparam("limit"))
+                query = sa.select(p).order_by(p.c.id).limit(sa.bindparam("c_limit"))
                 if by_consumer:
-                    query = query.where(p.c.consumer == sa.bindparam("consumer"))
+                    query = query.where(p.c.consumer == sa.bindparam("c_consumer"))
                 if by_state:
-                    query = query.where(p.c.state == sa.bindparam("state"))
+                    query = query.where(p.c.state == sa.bindparam("c_state"))
                 self.select_parked[(by_consumer, by_state)] = query
-        self.select_parked_one = sa.select(p).where(p.c.id == sa.bindparam("id"))
+        self.select_parked_one = sa.select(p).where(p.c.id == sa.bindparam("c_id"))
         self.request_replay = (
             sa.update(p)
-            .where(p.c.id == sa.bindparam("id"), p.c.state == PARKED)
+            .where(p.c.id == sa.bindparam("c_id"), p.c.state == PARKED)
             .values(state=REPLAY)
         )
         self.settle = (
             sa.update(p)
-            .where(p.c.id == sa.bindparam("id"), p.c.state == REPLAY)
+            .where(p.c.id == sa.bindparam("c_id"), p.c.state == REPLAY)
             .values(
-                state=sa.bindparam("state"),
+                state=sa.bindparam("c_state"),
                 attempts=p.c.attempts + 1,
-                error=sa.func.coalesce(sa.bindparam("error", type_=sa.Text), p.c.error),
+                error=sa.func.coalesce(sa.bindparam("c_error", type_=sa.Text), p.c.error),
             )
         )
         # -- prune: each statement removes one batch, oldest rows first ------------------
         d = tables.deliveries
         old_deliveries = (
             sa.select(d.c.id)
-            .where(d.c.received_at < sa.bindparam("cutoff"))
-            .limit(sa.bindparam("batch"))
+            .where(d.c.received_at < sa.bindparam("c_cutoff"))
+            .limit(sa.bindparam("c_batch"))
         )
         self.prune_deliveries = (
             sa.delete(d).where(d.c.id.in_(old_deliveries.scalar_subquery())).returning(d.c.id)
@@ -169,9 +169,9 @@ class ConsumerOperations:
         passed = sa.select(sa.func.min(c.c.position)).scalar_subquery()
         old_events = (
             sa.select(e.c.id)
-            .where(e.c.id <= passed, e.c.created_at < sa.bindparam("cutoff"))
+            .where(e.c.id <= passed, e.c.created_at < sa.bindparam("c_cutoff"))
             .order_by(e.c.id)
-            .limit(sa.bindparam("batch"))
+            .limit(sa.bindparam("c_batch"))
         )
         self.prune_events = (
             sa.delete(e).where(e.c.id.in_(old_events.scalar_subquery())).returning(e.c.id)
@@ -180,8 +180,8 @@ class ConsumerOperations:
         terminal: list[Any] = [sa.literal_column(f"'{s.value}'") for s in JobStatus if s.terminal]
         old_jobs = (
             sa.select(j.c.id)
-            .where(j.c.status.in_(terminal), j.c.completed_at < sa.bindparam("cutoff"))
-            .limit(sa.bindparam("batch"))
+            .where(j.c.status.in_(terminal), j.c.completed_at < sa.bindparam("c_cutoff"))
+            .limit(sa.bindparam("c_batch"))
         )
         self.prune_jobs = (
             sa.delete(j).where(j.c.id.in_(old_jobs.scalar_subquery())).returning(j.c.id)
@@ -196,10 +196,10 @@ class ConsumerOperations:
         rows = yield (
             self.claim,
             {
-                "name": name,
-                "owner": owner,
-                "now": now,
-                "expires": now + check_lease(lease),
+                "c_name": name,
+                "c_owner": owner,
+                "c_now": now,
+                "c_expires": now + check_lease(lease),
             },
         )
         return int(rows[0]["position"]) if rows else None
@@ -209,17 +209,17 @@ class ConsumerOperations:
         rows = yield (
             self.advance,
             {
-                "name": name,
-                "owner": owner,
-                "position": position,
-                "now": now,
-                "expires": now + check_lease(lease),
+                "c_name": name,
+                "c_owner": owner,
+                "c_position": position,
+                "c_now": now,
+                "c_expires": now + check_lease(lease),
             },
         )
         return bool(rows)
 
     def release_consumer(self, name: str, owner: str) -> Steps[None]:
-        yield self.release, {"name": name, "owner": owner}
+        yield self.release, {"c_name": name, "c_owner": owner}
 
     def park_event(
         self, name: str, owner: str, event: JobEvent, error: str, attempts: int, lease: float
@@ -230,11 +230,11 @@ class ConsumerOperations:
         moved = yield (
             self.advance,
             {
-                "name": name,
-                "owner": owner,
-                "position": event.id,
-                "now": now,
-                "expires": now + check_lease(lease),
+                "c_name": name,
+                "c_owner": owner,
+                "c_position": event.id,
+                "c_now": now,
+                "c_expires": now + check_lease(lease),
             },
         )
         if not moved:
@@ -242,12 +242,12 @@ class ConsumerOperations:
         yield (
             self.insert_parked,
             {
-                "name": name,
-                "event_id": event.id,
-                "event": event_to_dict(event),
-                "attempts": attempts,
-                "error": error,
-                "now": now,
+                "c_name": name,
+                "c_event_id": event.id,
+                "c_event": event_to_dict(event),
+                "c_attempts": attempts,
+                "c_error": error,
+                "c_now": now,
             },
         )
         return True
@@ -259,13 +259,13 @@ class ConsumerOperations:
         self, consumer: str | None, state: str | None, limit: int
     ) -> Steps[builtins.list[ParkedEvent]]:
         check_limit(limit)
-        params: dict[str, Any] = {"limit": limit, "consumer": consumer, "state": state}
+        params: dict[str, Any] = {"c_limit": limit, "c_consumer": consumer, "c_state": state}
         query = self.select_parked[(consumer is not None, state is not None)]
         return [_parked(r) for r in (yield query, params)]
 
     def replay_parked(self, parked_id: int) -> Steps[ParkedEvent]:
-        yield self.request_replay, {"id": parked_id}
-        rows = yield self.select_parked_one, {"id": parked_id}
+        yield self.request_replay, {"c_id": parked_id}
+        rows = yield self.select_parked_one, {"c_id": parked_id}
         if not rows:
             raise ParkedEventNotFoundError(parked_id)
         return _parked(rows[0])
@@ -274,9 +274,9 @@ class ConsumerOperations:
         yield (
             self.settle,
             {
-                "id": parked_id,
-                "state": REPLAYED if handled else PARKED,
-                "error": error,
+                "c_id": parked_id,
+                "c_state": REPLAYED if handled else PARKED,
+                "c_error": error,
             },
         )
 
@@ -289,5 +289,5 @@ class ConsumerOperations:
             "events": self.prune_events,
             "jobs": self.prune_jobs,
         }[kind]
-        rows = yield statement, {"cutoff": utc(cutoff), "batch": batch}
+        rows = yield statement, {"c_cutoff": utc(cutoff), "c_batch": batch}
         return len(rows)
