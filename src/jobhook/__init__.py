@@ -43,6 +43,7 @@ from jobhook.stores import AsyncInMemoryJobStore, AsyncJobStore, InMemoryJobStor
 if TYPE_CHECKING:
     from jobhook._client import AsyncGeneratorClient, GeneratorClient
     from jobhook._http import RetryPolicy
+    from jobhook.consumer import AsyncOutboxConsumer, OutboxConsumer
     from jobhook.reconcile import AsyncReconciler, Reconciler, ReconcileReport
     from jobhook.sender import CallbackSender
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "AsyncGeneratorClient": "jobhook._client",
     "GeneratorClient": "jobhook._client",
+    "AsyncOutboxConsumer": "jobhook.consumer",
+    "OutboxConsumer": "jobhook.consumer",
     "AsyncReconciler": "jobhook.reconcile",
     "Reconciler": "jobhook.reconcile",
     "ReconcileReport": "jobhook.reconcile",
@@ -65,6 +68,7 @@ __all__ = [
     "AsyncGeneratorClient",
     "AsyncInMemoryJobStore",
     "AsyncJobStore",
+    "AsyncOutboxConsumer",
     "AsyncReconciler",
     "AsyncSQLJobStore",
     "BackendError",
@@ -85,6 +89,7 @@ __all__ = [
     "JobUpdate",
     "JobhookError",
     "Outcome",
+    "OutboxConsumer",
     "ParkedEventNotFoundError",
     "PayloadError",
     "ReconcileReport",
