@@ -21,6 +21,7 @@ from jobhook._models import (
     JobUpdate,
     Outcome,
 )
+from jobhook._outbox import ConsumerInfo, ParkedEvent, PruneReport
 from jobhook._signing import sign_webhook, verify_webhook
 from jobhook._webhook import WebhookHandler, WebhookResponse
 from jobhook.exceptions import (
@@ -74,6 +75,7 @@ __all__ = [
     "BackendError",
     "CallbackSender",
     "ClientError",
+    "ConsumerInfo",
     "DeadLetter",
     "DeadLetterNotFoundError",
     "GeneratorClient",
@@ -88,10 +90,12 @@ __all__ = [
     "JobStore",
     "JobUpdate",
     "JobhookError",
-    "Outcome",
     "OutboxConsumer",
+    "Outcome",
+    "ParkedEvent",
     "ParkedEventNotFoundError",
     "PayloadError",
+    "PruneReport",
     "ReconcileReport",
     "Reconciler",
     "RetryPolicy",

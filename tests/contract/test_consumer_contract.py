@@ -121,9 +121,9 @@ def test_prune_removes_old_rows_in_batches_but_no_event_a_consumer_needs(store: 
     assert [e.id for e in store.events(after=events[2].id)][:2] == [events[3].id, events[4].id]
     assert [e.id for e in store.events()][:2] == [events[3].id, events[4].id]
     # The delivery id is forgotten; the finished job is gone.
-    assert store.apply(done.id, JobUpdate(JobStatus.SUCCEEDED), delivery_id="old").outcome.value == (
-        "not_found"
-    )
+    assert store.apply(
+        done.id, JobUpdate(JobStatus.SUCCEEDED), delivery_id="old"
+    ).outcome.value == ("not_found")
     # A new event still gets a greater id than any before it.
     (later,) = _events(store, 1)
     assert later.id > events[4].id
