@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,11 +34,14 @@ from jobhook._outbox import (
 from jobhook.exceptions import ParkedEventNotFoundError
 from jobhook.stores._direct import Rollback as _Rollback
 from jobhook.stores._direct import Steps
-from jobhook.stores._rows import aware, utc
+from jobhook.stores._rows import aware, event_from_row, utc
 from jobhook.stores._schema import Tables
+
+if TYPE_CHECKING:
+    from jobhook.stores._statements import Statements
 from jobhook.stores.protocol import check_limit
 
-__all__ = ["ConsumerOperations"]
+__all__ = ["ConsumerOperations", "read_events"]
 
 
 def _info(row: Any) -> ConsumerInfo:
@@ -291,3 +294,30 @@ class ConsumerOperations:
         }[kind]
         rows = yield statement, {"c_cutoff": utc(cutoff), "c_batch": batch}
         return len(rows)
+
+
+def read_events(stmts: Statements, after: int, limit: int) -> Steps[builtins.list[JobEvent]]:
+    """Outbox events after ``after``, in id order, never one a later read could find
+    below an id already returned.
+
+    On PostgreSQL the events query marks the events below the oldest running
+    transaction ``settled`` and only those are returned, until the first unsettled one
+    is older than `Statements.outbox_wait`: then the horizon counts only transactions
+    writing to the events table (`_statements._OUTBOX_HORIZON`), so an idle session
+    elsewhere on the server delays events by that bound, not for as long as it stays
+    open. The horizon and the events are two statements, two snapshots (PostgreSQL's
+    reads run in autocommit), in that order.
+    """
+    rows = yield stmts.select_events, {"after": after, "limit": limit}
+    if not rows or "settled" not in rows[0]:
+        return [event_from_row(r) for r in rows]
+    settled = [r for r in rows if r["settled"]]
+    if len(settled) < len(rows):
+        held = aware(rows[len(settled)]["created_at"])
+        if held is not None and held < utcnow() - stmts.outbox_wait:
+            (found,) = yield stmts.select_outbox_horizon, None
+            horizon = found["horizon"]
+            params = {"after": after, "limit": limit, "horizon": horizon}
+            rows = yield stmts.select_events_below, params
+            return [event_from_row(r) for r in rows]
+    return [event_from_row(r) for r in settled]
