@@ -170,18 +170,22 @@ class Tables:
         stays as it is. One notification per inserting statement, coalesced by the
         server within a transaction; the payload is empty (consumers read the outbox)."""
         name = f"{self.prefix}events_notify"
+        # Where the tables went: a schema_translate_map on the connection may move them.
+        translate = conn.get_execution_options().get("schema_translate_map") or {}
+        schema = translate.get(self.events.schema, self.events.schema)
+        qualify = f'"{schema}".' if schema else ""
         conn.exec_driver_sql(
-            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            f"BEGIN PERFORM pg_notify('{self.notify_channel}', ''); RETURN NULL; END $$"
+            f"CREATE OR REPLACE FUNCTION {qualify}{name}() RETURNS trigger LANGUAGE plpgsql "
+            f"AS $$ BEGIN PERFORM pg_notify('{self.notify_channel}', ''); RETURN NULL; END $$"
         )
         exists = conn.execute(
             sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass(:t)"),
-            {"name": name, "t": self.events.name},
+            {"name": name, "t": f"{qualify}{self.events.name}"},
         ).first()
         if exists is None:
             conn.exec_driver_sql(
-                f"CREATE TRIGGER {name} AFTER INSERT ON {self.events.name} "
-                f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+                f"CREATE TRIGGER {name} AFTER INSERT ON {qualify}{self.events.name} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {qualify}{name}()"
             )
 
 

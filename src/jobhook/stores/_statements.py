@@ -39,13 +39,16 @@ Shape = tuple[JobStatus, tuple[str, ...], bool]
 #: holds the lock (its id is among the snapshot's running ones, and is the horizon), or
 #: has ended, and a later snapshot sees its event. ``xip`` ids are 64-bit and pg_locks
 #: holds 32-bit ones, hence the modulo. Read the events below it in a *later* statement.
+#: The events table is matched by name in every schema (``schema_translate_map`` may
+#: place it anywhere): a same-named table elsewhere can only lower the horizon.
 _OUTBOX_HORIZON = """least(
   txid_snapshot_xmax(txid_current_snapshot()),
   (SELECT min(x) FROM txid_snapshot_xip(txid_current_snapshot()) AS x
    WHERE x % 4294967296 IN (
      SELECT t.transactionid::text::bigint
      FROM pg_locks r JOIN pg_locks t ON t.virtualtransaction = r.virtualtransaction
-     WHERE r.locktype = 'relation' AND r.relation = to_regclass(:events)
+     WHERE r.locktype = 'relation'
+       AND r.relation IN (SELECT oid FROM pg_class WHERE relname = :events)
        AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
        AND r.mode <> 'AccessShareLock' AND t.locktype = 'transactionid'))
 )"""
