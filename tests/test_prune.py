@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jobhook import JobStatus, JobUpdate, Outcome, OutboxConsumer
+from jobhook import JobStatus, JobUpdate, OutboxConsumer, Outcome
 from jobhook._ids import utcnow
 
 
