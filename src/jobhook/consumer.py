@@ -38,6 +38,9 @@ logger = logging.getLogger("jobhook")
 MAX_RETRY_DELAY = 30.0
 #: Longest wait in one piece, so that ``stop`` is noticed promptly.
 _SLICE = 0.25
+#: How long after a notification the consumer keeps looking again soon: the outbox's
+#: bounded wait behind other transactions (2 s), and some.
+_RECHECK_FOR = 3.0
 
 
 def _positive(name: str, value: float) -> float:
@@ -95,6 +98,8 @@ class _ConsumerBase:
         self._listen = _listen_url(store) if listen else None
         self._position = 0
         self._renew_at = 0.0
+        self._recheck_until = 0.0
+        self._recheck_delay = 0.0025
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} position={self._position}>"
@@ -112,6 +117,23 @@ class _ConsumerBase:
 
     def _due_for_renewal(self) -> bool:
         return time.monotonic() >= self._renew_at
+
+    def _idle_wait(self) -> float:
+        """How long to wait for work after a turn that left none.
+
+        On PostgreSQL a notification can come before its event is visible to readers:
+        `events()` holds back events behind older transactions still running (see
+        `jobhook.stores._consumers.read_events`). So for a few seconds after each
+        notification the consumer looks again soon (5 ms, doubling to 100 ms) instead of
+        waiting for the next notification."""
+        if self._listen is None or time.monotonic() >= self._recheck_until:
+            return self.poll_interval
+        self._recheck_delay = min(self._recheck_delay * 2, 0.1)
+        return min(self._recheck_delay, self.poll_interval)
+
+    def _notified(self) -> None:
+        self._recheck_until = time.monotonic() + _RECHECK_FOR
+        self._recheck_delay = 0.0025
 
     def _backoff(self, attempt: int) -> float:
         """The pause after failed ``attempt`` (1-based): doubling, capped."""
@@ -286,7 +308,7 @@ class OutboxConsumer(_ConsumerBase):
                     logger.warning("consumer %s: %s", self.name, exc)
                     done = 0
                 if done < self.batch:
-                    self._wait(self.poll_interval)
+                    self._wait(self._idle_wait())
         finally:
             self._close_listener()
             with contextlib.suppress(Exception):
@@ -310,6 +332,7 @@ class OutboxConsumer(_ConsumerBase):
                     # Take every notification already there: one read serves them all.
                     for _ in conn.notifies(timeout=0):
                         pass
+                    self._notified()
                     return
             except Exception as exc:
                 logger.warning("consumer %s: LISTEN failed, polling: %s", self.name, exc)
@@ -498,7 +521,7 @@ class AsyncOutboxConsumer(_ConsumerBase):
                     logger.warning("consumer %s: %s", self.name, exc)
                     done = 0
                 if done < self.batch:
-                    await self._wait(self.poll_interval)
+                    await self._wait(self._idle_wait())
         finally:
             await self._close_listener()
             with contextlib.suppress(Exception):
@@ -518,6 +541,7 @@ class AsyncOutboxConsumer(_ConsumerBase):
             try:
                 conn = await self._listener()
                 async for _ in conn.notifies(timeout=min(left, _SLICE), stop_after=1):
+                    self._notified()
                     return
             except Exception as exc:
                 logger.warning("consumer %s: LISTEN failed, polling: %s", self.name, exc)
