@@ -100,6 +100,7 @@ class _ConsumerBase:
         self._renew_at = 0.0
         self._recheck_until = 0.0
         self._recheck_delay = 0.0025
+        self._holding = False  # whether this instance holds the lease, as far as it knows
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} position={self._position}>"
@@ -185,18 +186,27 @@ class OutboxConsumer(_ConsumerBase):
         and return how many events were handled or parked; 0 when another instance
         holds the lease. Raises `StoreUnavailableError` when the store cannot be
         reached (nothing is skipped: the next call resumes at the kept position)."""
-        started = time.monotonic()
-        position = self.store.claim_consumer(self.name, self.owner, lease=self.lease)
-        if position is None:
-            return 0
-        self._claimed(started)
-        self._position = position
+        if self._holding and not self._due_for_renewal():
+            # The lease is ours and fresh: only its holder moves the position.
+            position = self._position
+        else:
+            started = time.monotonic()
+            claimed = self.store.claim_consumer(self.name, self.owner, lease=self.lease)
+            self._holding = claimed is not None
+            if claimed is None:
+                return 0
+            self._claimed(started)
+            position = self._position = claimed
         done = self._replay()
         events = self.store.events(after=position, limit=self.batch)
         with contextlib.suppress(_Interrupted):
             done += self._handle_events(events)
         if self._position > position:
-            self.store.advance_consumer(self.name, self.owner, self._position, lease=self.lease)
+            started = time.monotonic()
+            if self.store.advance_consumer(self.name, self.owner, self._position, lease=self.lease):
+                self._claimed(started)
+            else:
+                self._holding = False
         return done
 
     def _handle_events(self, events: list[JobEvent]) -> int:
@@ -223,6 +233,7 @@ class OutboxConsumer(_ConsumerBase):
                 )
                 self._position = event.id
             else:
+                self._holding = False
                 break  # the lease was lost: the new holder resumes from the kept position
             done += 1
         return done
@@ -246,6 +257,7 @@ class OutboxConsumer(_ConsumerBase):
             return True
         started = time.monotonic()
         if not self.store.advance_consumer(self.name, self.owner, self._position, lease=self.lease):
+            self._holding = False
             return False
         self._claimed(started)
         return True
@@ -311,6 +323,7 @@ class OutboxConsumer(_ConsumerBase):
                     self._wait(self._idle_wait())
         finally:
             self._close_listener()
+            self._holding = False
             with contextlib.suppress(Exception):
                 self.store.release_consumer(self.name, self.owner)
             self._stop = None
@@ -399,20 +412,29 @@ class AsyncOutboxConsumer(_ConsumerBase):
 
     async def run_once(self) -> int:
         """Handle what is there now; see `OutboxConsumer.run_once`."""
-        started = time.monotonic()
-        position = await self.store.claim_consumer(self.name, self.owner, lease=self.lease)
-        if position is None:
-            return 0
-        self._claimed(started)
-        self._position = position
+        if self._holding and not self._due_for_renewal():
+            # The lease is ours and fresh: only its holder moves the position.
+            position = self._position
+        else:
+            started = time.monotonic()
+            claimed = await self.store.claim_consumer(self.name, self.owner, lease=self.lease)
+            self._holding = claimed is not None
+            if claimed is None:
+                return 0
+            self._claimed(started)
+            position = self._position = claimed
         done = await self._replay()
         events = await self.store.events(after=position, limit=self.batch)
         with contextlib.suppress(_Interrupted):
             done += await self._handle_events(events)
         if self._position > position:
-            await self.store.advance_consumer(
+            started = time.monotonic()
+            if await self.store.advance_consumer(
                 self.name, self.owner, self._position, lease=self.lease
-            )
+            ):
+                self._claimed(started)
+            else:
+                self._holding = False
         return done
 
     async def _handle_events(self, events: list[JobEvent]) -> int:
@@ -439,6 +461,7 @@ class AsyncOutboxConsumer(_ConsumerBase):
                 )
                 self._position = event.id
             else:
+                self._holding = False
                 break
             done += 1
         return done
@@ -465,6 +488,7 @@ class AsyncOutboxConsumer(_ConsumerBase):
         )
         if renewed:
             self._claimed(started)
+        self._holding = bool(renewed)
         return bool(renewed)
 
     _last_error = ""
@@ -524,6 +548,7 @@ class AsyncOutboxConsumer(_ConsumerBase):
                     await self._wait(self._idle_wait())
         finally:
             await self._close_listener()
+            self._holding = False
             with contextlib.suppress(Exception):
                 await self.store.release_consumer(self.name, self.owner)
             self._stop = None
