@@ -6,7 +6,10 @@ in a thread with ``run(stop)``, has handled its event; the latency is from ``app
 returning (the commit is done) to ``handle`` being called (0 when the handler was called
 first). Writes are spaced by a random pause, so a poller is caught at every phase of its
 interval. Reported: median and p99 per mode; targets: LISTEN's median under half of
-polling's at ``--poll`` seconds, and polling's median within its interval. Run:
+polling's at ``--poll`` seconds, and polling's median within its interval. On
+PostgreSQL it also reports what the notify trigger costs ``apply``: two stores, one
+with the trigger and one without, taking turns round after round (no target: the
+number to watch). Run:
 
     python benchmarks/bench_consumer.py [--quick] [--poll 0.1]
 """
@@ -63,15 +66,65 @@ def measure(store: SQLJobStore, listen: bool, poll: float, n: int) -> list[float
             result = store.apply(job.id, JobUpdate(JobStatus.SUCCEEDED))
             committed = time.perf_counter()
             assert result.event is not None
+            event_id = result.event.id
             with arrived:
-                if not arrived.wait_for(lambda: result.event.id in handled, timeout=30):
+                if not arrived.wait_for(lambda: event_id in handled, timeout=30):  # noqa: B023
                     raise RuntimeError("the consumer never handled an event")
-            latencies.append(max(0.0, handled[result.event.id] - committed))
+            latencies.append(max(0.0, handled[event_id] - committed))
             time.sleep(rng.uniform(0, poll))
     finally:
         stop.set()
         worker.join()
     return latencies
+
+
+def trigger_cost(url: str, args: Any) -> None:
+    """Median ``apply`` time with the notify trigger over the same without it."""
+    import statistics
+
+    rounds = 3 if args.quick else (args.rounds or 20)
+    per_round = 20 if args.quick else 100
+    stores = {
+        "with trigger": SQLJobStore(url, table_prefix=f"b{uuid.uuid4().hex[:8]}_"),
+        "without": SQLJobStore(url, table_prefix=f"b{uuid.uuid4().hex[:8]}_"),
+    }
+    for store in stores.values():
+        store.create_schema()
+    bare = stores["without"]
+    with bare.engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"DROP TRIGGER {bare.tables.prefix}events_notify ON {bare.tables.events.name}"
+        )
+    times: dict[str, list[float]] = {name: [] for name in stores}
+    try:
+        for r in range(rounds):
+            order = list(stores.items())
+            for name, store in order if r % 2 else reversed(order):
+                ids = [store.create({"bench": True}).id for _ in range(per_round)]
+                started = time.perf_counter()
+                for i, job_id in enumerate(ids):
+                    update = JobUpdate(JobStatus.RUNNING, progress=10)
+                    store.apply(job_id, update, delivery_id=f"{r}-{i}")
+                times[name].append((time.perf_counter() - started) / per_round)
+    finally:
+        for store in stores.values():
+            store.metadata.drop_all(store.engine)
+            store.close()
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    report = Report(
+        f"apply on PostgreSQL with and without the notify trigger: {per_round} applies per "
+        f"round, {rounds} rounds, interleaved",
+        ["with trigger (median)", "without (median)", "ratio"],
+    )
+    ratio = medians["with trigger"] / medians["without"]
+    report.rows.append(
+        [
+            f"{medians['with trigger'] * 1000:.3f} ms",
+            f"{medians['without'] * 1000:.3f} ms",
+            f"{ratio:.2f}x",
+        ]
+    )
+    report.print()
 
 
 def run(db: str, url: str, args: Any) -> list[Target]:
@@ -126,6 +179,7 @@ def main() -> None:
         targets += run("SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}", args)
     if args.postgres:
         targets += run("PostgreSQL", sqlalchemy_pg_url(args.postgres), args)
+        trigger_cost(sqlalchemy_pg_url(args.postgres), args)
     summary(targets)
 
 
