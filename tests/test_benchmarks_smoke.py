@@ -20,6 +20,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
 def test_every_benchmark_is_covered() -> None:
     assert SCRIPTS == [
         "bench_async.py",
+        "bench_consumer.py",
         "bench_mysql.py",
         "bench_scale.py",
         "bench_submit.py",

@@ -25,7 +25,14 @@ def test_create_schema_is_idempotent_and_prefixed(tmp_path: Any) -> None:
     store.create_schema()
     store.create_schema()
     names = set(sa.inspect(store.engine).get_table_names())
-    assert names == {"app_jobs", "app_deliveries", "app_events", "app_dead_letters"}
+    assert names == {
+        "app_jobs",
+        "app_deliveries",
+        "app_events",
+        "app_dead_letters",
+        "app_consumers",
+        "app_parked_events",
+    }
     assert set(store.metadata.tables) == names
     indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("app_jobs")}
     assert {"ix_app_jobs_owner_created", "ix_app_jobs_created", "ix_app_jobs_stale"} <= indexes

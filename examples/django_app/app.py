@@ -5,7 +5,7 @@ submits it by id with `GeneratorClient`; the backend's signed webhooks land on
 ``/webhooks/jobhook/<job_id>`` through jobhook's Django adapter (CSRF-exempt: the
 signature authenticates it, while the app's own form keeps its CSRF token); the page
 polls ``/generate-images/status`` for status and progress; notifications are made
-from the store's event outbox, once per finished job.
+from the store's event outbox by an `OutboxConsumer`, once per finished job.
 
 Run it against the stub backend (see README.md)::
 
@@ -18,7 +18,6 @@ import logging
 import os
 import sys
 import threading
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +71,9 @@ from django.views.decorators.http import require_GET, require_http_methods  # no
 from jobhook import (  # noqa: E402
     GeneratorClient,
     Job,
+    JobEvent,
     JobStore,
+    OutboxConsumer,
     SQLJobStore,
     SubmitError,
     WebhookHandler,
@@ -81,27 +82,32 @@ from jobhook.django import webhook_view  # noqa: E402
 
 
 class Notifier:
-    """Turns the store's outbox events into notifications, each finished job once.
+    """Makes one notification per finished job from the store's outbox, through an
+    `OutboxConsumer`: its position is kept in jobhook's tables, so a restart neither
+    loses a notification nor makes one again.
 
-    The position is kept in memory here; a real app keeps it in its own table, saved
-    with the notification it made.
+    The notifications are kept in memory here, keyed by event id (which makes the
+    handler idempotent: the consumer hands an event over at least once); a real app
+    writes them to its own table under that unique key.
     """
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
-        self.position = 0
-        self.messages: defaultdict[str, list[str]] = defaultdict(list)
+        self.messages: dict[int, tuple[str, str]] = {}  # event id -> (user, text)
+        self.consumer = OutboxConsumer(store, "notifications", self.handle)
         self._lock = threading.Lock()
 
+    def handle(self, event: JobEvent) -> None:
+        if event.status.terminal and event.owner_id is not None:
+            job = self.store.get(event.job_id)
+            self.messages.setdefault(event.id, (event.owner_id, notification(job)))
+
     def for_user(self, user_id: str) -> list[str]:
+        # Here on each page view; a busy app runs ``consumer.run(stop)`` in a worker.
         with self._lock:
-            while events := self.store.events(after=self.position, limit=100):
-                for event in events:
-                    if event.status.terminal and event.owner_id is not None:
-                        job = self.store.get(event.job_id)
-                        self.messages[event.owner_id].append(notification(job))
-                    self.position = event.id
-            return list(reversed(self.messages[user_id]))
+            while self.consumer.run_once() == self.consumer.batch:
+                pass
+            return [text for user, text in reversed(self.messages.values()) if user == user_id]
 
 
 def notification(job: Job) -> str:

@@ -4,7 +4,7 @@ A user types a prompt on ``/generate-images``; the submit route creates the job 
 submits it by id with `AsyncGeneratorClient`; the backend's signed webhooks land on
 ``/webhooks/jobhook/{job_id}`` through jobhook's FastAPI adapter; the page polls
 ``/generate-images/status`` for status and progress; notifications are made from the
-store's event outbox, once per finished job.
+store's event outbox by an `AsyncOutboxConsumer`, once per finished job.
 
 Run it against the stub backend (see README.md)::
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,8 +30,10 @@ from fastapi.templating import Jinja2Templates
 from jobhook import (
     AsyncGeneratorClient,
     AsyncJobStore,
+    AsyncOutboxConsumer,
     AsyncSQLJobStore,
     Job,
+    JobEvent,
     SubmitError,
     WebhookHandler,
 )
@@ -53,27 +54,32 @@ templates = Jinja2Templates(directory=HERE / "templates")
 
 
 class Notifier:
-    """Turns the store's outbox events into notifications, each finished job once.
+    """Makes one notification per finished job from the store's outbox, through an
+    `AsyncOutboxConsumer`: its position is kept in jobhook's tables, so a restart
+    neither loses a notification nor makes one again.
 
-    The position is kept in memory here; a real app keeps it in its own table, saved
-    with the notification it made.
+    The notifications are kept in memory here, keyed by event id (which makes the
+    handler idempotent: the consumer hands an event over at least once); a real app
+    writes them to its own table under that unique key.
     """
 
     def __init__(self, store: AsyncJobStore) -> None:
         self.store = store
-        self.position = 0
-        self.messages: defaultdict[str, list[str]] = defaultdict(list)
+        self.messages: dict[int, tuple[str, str]] = {}  # event id -> (user, text)
+        self.consumer = AsyncOutboxConsumer(store, "notifications", self.handle)
         self._lock = asyncio.Lock()
 
+    async def handle(self, event: JobEvent) -> None:
+        if event.status.terminal and event.owner_id is not None:
+            job = await self.store.get(event.job_id)
+            self.messages.setdefault(event.id, (event.owner_id, notification(job)))
+
     async def for_user(self, user_id: str) -> list[str]:
+        # Here on each page view; a busy app runs ``consumer.run(stop)`` in a task.
         async with self._lock:
-            while events := await self.store.events(after=self.position, limit=100):
-                for event in events:
-                    if event.status.terminal and event.owner_id is not None:
-                        job = await self.store.get(event.job_id)
-                        self.messages[event.owner_id].append(notification(job))
-                    self.position = event.id
-            return list(reversed(self.messages[user_id]))
+            while await self.consumer.run_once() == self.consumer.batch:
+                pass
+            return [text for user, text in reversed(self.messages.values()) if user == user_id]
 
 
 def notification(job: Job) -> str:

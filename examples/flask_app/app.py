@@ -4,7 +4,7 @@ A user types a prompt on ``/generate-images``; the submit route creates the job 
 submits it by id with `GeneratorClient`; the backend's signed webhooks land on
 ``/webhooks/jobhook/<job_id>`` through jobhook's Flask adapter; the page polls
 ``/generate-images/status`` for status and progress; notifications are made from the
-store's event outbox, once per finished job.
+store's event outbox by an `OutboxConsumer`, once per finished job.
 
 Run it against the stub backend (see README.md)::
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,16 @@ import httpx
 from flask import Flask, abort, jsonify, redirect, render_template, request
 from werkzeug.wrappers import Response
 
-from jobhook import GeneratorClient, Job, JobStore, SQLJobStore, SubmitError, WebhookHandler
+from jobhook import (
+    GeneratorClient,
+    Job,
+    JobEvent,
+    JobStore,
+    OutboxConsumer,
+    SQLJobStore,
+    SubmitError,
+    WebhookHandler,
+)
 from jobhook.flask import webhook_view
 
 HERE = Path(__file__).resolve().parent
@@ -39,31 +47,36 @@ USER_ID = "user-1"  # a real app takes the user from its login
 
 
 class Notifier:
-    """Turns the store's outbox events into notifications, each finished job once.
+    """Makes one notification per finished job from the store's outbox, through an
+    `OutboxConsumer`: its position is kept in jobhook's tables, so a restart neither
+    loses a notification nor makes one again.
 
-    The position is kept in memory here; a real app keeps it in its own table, saved
-    with the notification it made.
+    The notifications are kept in memory here, keyed by event id (which makes the
+    handler idempotent: the consumer hands an event over at least once); a real app
+    writes them to its own table under that unique key.
     """
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
-        self.position = 0
-        self.messages: defaultdict[str, list[str]] = defaultdict(list)
+        self.messages: dict[int, tuple[str, str]] = {}  # event id -> (user, text)
+        self.consumer = OutboxConsumer(store, "notifications", self.handle)
         self._lock = threading.Lock()
 
+    def handle(self, event: JobEvent) -> None:
+        if event.status.terminal and event.owner_id is not None:
+            job = self.store.get(event.job_id)
+            self.messages.setdefault(event.id, (event.owner_id, notification(job)))
+
     def catch_up(self) -> None:
+        # Here on each page view; a busy app runs ``consumer.run(stop)`` in a worker.
         with self._lock:
-            while events := self.store.events(after=self.position, limit=100):
-                for event in events:
-                    if event.status.terminal and event.owner_id is not None:
-                        job = self.store.get(event.job_id)
-                        self.messages[event.owner_id].append(notification(job))
-                    self.position = event.id
+            while self.consumer.run_once() == self.consumer.batch:
+                pass
 
     def for_user(self, user_id: str) -> list[str]:
         self.catch_up()
         with self._lock:
-            return list(reversed(self.messages[user_id]))
+            return [text for user, text in reversed(self.messages.values()) if user == user_id]
 
 
 def notification(job: Job) -> str:

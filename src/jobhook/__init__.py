@@ -21,6 +21,7 @@ from jobhook._models import (
     JobUpdate,
     Outcome,
 )
+from jobhook._outbox import ConsumerInfo, ParkedEvent, PruneReport
 from jobhook._signing import sign_webhook, verify_webhook
 from jobhook._webhook import WebhookHandler, WebhookResponse
 from jobhook.exceptions import (
@@ -31,6 +32,7 @@ from jobhook.exceptions import (
     JobhookError,
     JobIdMismatchError,
     JobNotFoundError,
+    ParkedEventNotFoundError,
     PayloadError,
     SignatureError,
     StoreUnavailableError,
@@ -42,6 +44,7 @@ from jobhook.stores import AsyncInMemoryJobStore, AsyncJobStore, InMemoryJobStor
 if TYPE_CHECKING:
     from jobhook._client import AsyncGeneratorClient, GeneratorClient
     from jobhook._http import RetryPolicy
+    from jobhook.consumer import AsyncOutboxConsumer, OutboxConsumer
     from jobhook.reconcile import AsyncReconciler, Reconciler, ReconcileReport
     from jobhook.sender import CallbackSender
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "AsyncGeneratorClient": "jobhook._client",
     "GeneratorClient": "jobhook._client",
+    "AsyncOutboxConsumer": "jobhook.consumer",
+    "OutboxConsumer": "jobhook.consumer",
     "AsyncReconciler": "jobhook.reconcile",
     "Reconciler": "jobhook.reconcile",
     "ReconcileReport": "jobhook.reconcile",
@@ -64,11 +69,13 @@ __all__ = [
     "AsyncGeneratorClient",
     "AsyncInMemoryJobStore",
     "AsyncJobStore",
+    "AsyncOutboxConsumer",
     "AsyncReconciler",
     "AsyncSQLJobStore",
     "BackendError",
     "CallbackSender",
     "ClientError",
+    "ConsumerInfo",
     "DeadLetter",
     "DeadLetterNotFoundError",
     "GeneratorClient",
@@ -83,8 +90,12 @@ __all__ = [
     "JobStore",
     "JobUpdate",
     "JobhookError",
+    "OutboxConsumer",
     "Outcome",
+    "ParkedEvent",
+    "ParkedEventNotFoundError",
     "PayloadError",
+    "PruneReport",
     "ReconcileReport",
     "Reconciler",
     "RetryPolicy",

@@ -6,6 +6,7 @@ JobhookError
 │   └── PayloadError                       a webhook body that cannot be parsed (400)
 ├── JobNotFoundError (also LookupError)    no job with that id or remote id (404)
 ├── DeadLetterNotFoundError (LookupError)  no dead letter with that id (404)
+├── ParkedEventNotFoundError (LookupError) no parked event with that id (404)
 ├── JobExistsError                         a job with that id exists already (409)
 ├── StoreUnavailableError                  the database cannot be reached (503)
 ├── SignatureError                         a webhook failed authentication (401)
@@ -36,6 +37,7 @@ __all__ = [
     "JobIdMismatchError",
     "JobNotFoundError",
     "JobhookError",
+    "ParkedEventNotFoundError",
     "PayloadError",
     "SignatureError",
     "StoreUnavailableError",
@@ -181,3 +183,13 @@ class DeadLetterNotFoundError(JobhookError, LookupError):
     def __init__(self, dead_letter_id: int) -> None:
         super().__init__(f"no dead letter with id {dead_letter_id!r}")
         self.dead_letter_id = dead_letter_id
+
+
+class ParkedEventNotFoundError(JobhookError, LookupError):
+    """No parked event has this id."""
+
+    status_hint = 404
+
+    def __init__(self, parked_id: int) -> None:
+        super().__init__(f"no parked event with id {parked_id!r}")
+        self.parked_id = parked_id

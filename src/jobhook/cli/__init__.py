@@ -44,6 +44,10 @@ examples:
   jobhook jobs list --status running     what is in flight
   jobhook jobs show JOB_ID               one job in full
   jobhook dead-letters list              webhooks that named an unknown job
+  jobhook events tail                    print events as they commit
+  jobhook events consumers               each consumer's position, lag, parked events
+  jobhook db prune --deliveries-older-than 7d
+                                         remove what is no longer needed
   jobhook reconcile --backend URL --callback-url 'https://app/webhooks/{job_id}'
                                          recover jobs whose webhooks never came
 

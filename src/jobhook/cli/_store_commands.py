@@ -1,4 +1,5 @@
-"""``jobhook db init``, ``jobhook jobs list|show``, ``jobhook dead-letters list|replay``."""
+"""``jobhook db init``, ``jobhook jobs list|show``, ``jobhook dead-letters list|replay``
+(``db prune`` and ``events`` live in `jobhook.cli._outbox_commands`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from jobhook.cli._common import (
     print_json,
     print_table,
 )
+from jobhook.cli._outbox_commands import add_events_command, add_prune_command
 from jobhook.exceptions import DeadLetterNotFoundError, JobNotFoundError
 
 __all__ = ["add_store_commands"]
@@ -50,6 +52,8 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     add_db_options(init)
     init.set_defaults(run=db_init)
+    add_prune_command(db_commands, add_db_options)
+    add_events_command(commands, add_db_options)
 
     jobs = commands.add_parser("jobs", help="look at stored jobs", description="Stored jobs.")
     jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)

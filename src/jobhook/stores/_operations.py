@@ -33,12 +33,12 @@ from jobhook.stores.protocol import StatusFilter, check_limit, status_values
 
 __all__ = ["Operations"]
 
+from jobhook.stores._consumers import read_events
 from jobhook.stores._rows import (
     applied,
     as_float,
     check_output,
     dead_letter_from_row,
-    event_from_row,
     event_row,
     first,
     job_from_row,
@@ -290,8 +290,8 @@ class Operations(Statements):
 
     def events(self, after: int, limit: int) -> Steps[builtins.list[JobEvent]]:
         check_limit(limit)
-        rows = yield self.select_events, {"after": after, "limit": limit}
-        return [event_from_row(r) for r in rows]
+        # PostgreSQL's bounded wait behind unrelated transactions lives there.
+        return (yield from read_events(self, after, limit))
 
     def add_dead_letter(
         self,

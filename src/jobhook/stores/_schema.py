@@ -1,4 +1,4 @@
-"""The SQL schema: four tables under one prefix, and the engine settings they need."""
+"""The SQL schema: six tables under one prefix, and the engine settings they need."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ _MYSQL_TABLE: dict[str, Any] = {
 
 class Tables:
     """The jobhook tables, named ``{prefix}jobs``, ``{prefix}deliveries``,
-    ``{prefix}events`` and ``{prefix}dead_letters``, in their own `MetaData`."""
+    ``{prefix}events``, ``{prefix}dead_letters``, ``{prefix}consumers`` and
+    ``{prefix}parked_events``, in their own `MetaData`."""
 
     def __init__(self, prefix: str = "jobhook_") -> None:
         if not prefix.replace("_", "").isalnum() and prefix:
@@ -161,7 +162,38 @@ class Tables:
         # One letter per delivery id: a sender retrying a 404 adds nothing (NULLs, for
         # letters kept without an id, do not collide).
         sa.Index(f"ux_{prefix}dead_letters_delivery", self.dead_letters.c.delivery_id, unique=True)
-
+        # Durable outbox consumers: a position and a lease per name (OutboxConsumer).
+        self.consumers = sa.Table(
+            f"{prefix}consumers",
+            self.metadata,
+            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("position", sa.BigInteger, nullable=False),
+            sa.Column("owner", sa.String(255), nullable=True),
+            sa.Column("lease_expires_at", _TIMESTAMP, nullable=True),
+            sa.Column("updated_at", _TIMESTAMP, nullable=False),
+            **_MYSQL_TABLE,
+        )
+        # Events a consumer's handler kept failing on, kept whole (pruning the outbox
+        # leaves them), once per consumer and event.
+        self.parked = sa.Table(
+            f"{prefix}parked_events",
+            self.metadata,
+            sa.Column("id", _SERIAL, primary_key=True, autoincrement=True),
+            sa.Column("consumer", sa.String(255), nullable=False),
+            sa.Column("event_id", sa.BigInteger, nullable=False),
+            sa.Column("event", _JSON, nullable=False),
+            sa.Column("attempts", sa.Integer, nullable=False),
+            sa.Column("error", sa.Text, nullable=False),
+            sa.Column("state", sa.String(16), nullable=False),
+            sa.Column("parked_at", _TIMESTAMP, nullable=False),
+            **_MYSQL_TABLE,
+        )
+        sa.Index(
+            f"ux_{prefix}parked_events_event",
+            self.parked.c.consumer,
+            self.parked.c.event_id,
+            unique=True,
+        )
         # MySQL/MariaDB only: the one-row counter that hands out outbox event ids in
         # commit order (see `jobhook.stores._mysql`). Kept out of `metadata`: the other
         # databases order their outbox without it.
@@ -172,6 +204,11 @@ class Tables:
             sa.Column("last_id", sa.BigInteger, nullable=False),
             **_MYSQL_TABLE,
         )
+
+    @property
+    def notify_channel(self) -> str:
+        """The PostgreSQL channel the events table's trigger notifies on each insert."""
+        return f"{self.prefix}events"
 
     def create(self, conn: sa.Connection) -> None:
         """Create what does not exist yet: tables, and indexes added to existing tables
@@ -187,11 +224,37 @@ class Tables:
             conn.execute(
                 sa.insert(self.event_ids).prefix_with("IGNORE").from_select(["id", "last_id"], seed)
             )
+        if conn.dialect.name == "postgresql":
+            self._create_notify_trigger(conn)
 
     def drop(self, conn: sa.Connection) -> None:
         """Drop every jobhook table under this prefix that exists (for tests and tools)."""
         self.event_ids.drop(conn, checkfirst=True)
         self.metadata.drop_all(conn, checkfirst=True)
+
+    def _create_notify_trigger(self, conn: sa.Connection) -> None:
+        """PostgreSQL: a statement-level trigger that wakes LISTENing consumers when
+        events commit (NOTIFY is delivered at commit), so the apply statement itself
+        stays as it is. One notification per inserting statement, coalesced by the
+        server within a transaction; the payload is empty (consumers read the outbox)."""
+        name = f"{self.prefix}events_notify"
+        # Where the tables went: a schema_translate_map on the connection may move them.
+        translate = conn.get_execution_options().get("schema_translate_map") or {}
+        schema = translate.get(self.events.schema, self.events.schema)
+        qualify = f'"{schema}".' if schema else ""
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {qualify}{name}() RETURNS trigger LANGUAGE plpgsql "
+            f"AS $$ BEGIN PERFORM pg_notify('{self.notify_channel}', ''); RETURN NULL; END $$"
+        )
+        exists = conn.execute(
+            sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = to_regclass(:t)"),
+            {"name": name, "t": f"{qualify}{self.events.name}"},
+        ).first()
+        if exists is None:
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER {name} AFTER INSERT ON {qualify}{self.events.name} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {qualify}{name}()"
+            )
 
 
 def sync_url(url: str | URL) -> URL:

@@ -8,7 +8,7 @@ id, that UPDATE and the outbox event are one statement (`Statements.one_trip`).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,8 +29,35 @@ __all__ = ["Shape", "Statements"]
 Shape = tuple[JobStatus, tuple[str, ...], bool]
 
 
+#: PostgreSQL: the id below which no event can commit any more, counting only the
+#: transactions that write to the events table. Every jobhook writer locks the events
+#: table (at executor start, before its first row is written) before it takes a
+#: transaction id, and that id becomes its event's id. So, reading the locks *after*
+#: this statement's snapshot: a writer whose id is below the snapshot's xmax either still
+#: holds the lock (its id is among the snapshot's running ones, and is the horizon), or
+#: has ended, and a later snapshot sees its event. ``xip`` ids are 64-bit and pg_locks
+#: holds 32-bit ones, hence the modulo. Read the events below it in a *later* statement.
+#: The events table is matched by name in every schema (``schema_translate_map`` may
+#: place it anywhere): a same-named table elsewhere can only lower the horizon.
+_OUTBOX_HORIZON = """least(
+  txid_snapshot_xmax(txid_current_snapshot()),
+  (SELECT min(x) FROM txid_snapshot_xip(txid_current_snapshot()) AS x
+   WHERE x % 4294967296 IN (
+     SELECT t.transactionid::text::bigint
+     FROM pg_locks r JOIN pg_locks t ON t.virtualtransaction = r.virtualtransaction
+     WHERE r.locktype = 'relation'
+       AND r.relation IN (SELECT oid FROM pg_class WHERE relname = :events)
+       AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND r.mode <> 'AccessShareLock' AND t.locktype = 'transactionid'))
+)"""
+
+
 class Statements:
     """Every statement the SQL stores run, built once per store for its dialect."""
+
+    #: PostgreSQL: how long a committed event may wait behind an unrelated open
+    #: transaction before readers stop waiting for the server-wide oldest one.
+    outbox_wait = timedelta(seconds=2)
 
     def __init__(self, tables: Tables, dialect: str) -> None:
         self.t = tables
@@ -92,8 +119,28 @@ class Statements:
                 .values(bound(events, id=sa.func.txid_current()))
                 .returning(events.c.id)
             )
-            self.select_events = self.select_events.where(
-                events.c.id < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot())
+            #
+            # The oldest transaction still running may be anyone's, though (an idle
+            # session in another database holds it back as well), so the query returns
+            # every visible event and marks those below it ``settled``; the events after
+            # the first unsettled one wait, for `outbox_wait` at most. Past that, readers
+            # use `select_outbox_horizon`: below the oldest transaction that is writing
+            # to the events table (see `jobhook.stores._consumers.read_events`).
+            self.select_events = self.select_events.add_columns(
+                (events.c.id < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot())).label(
+                    "settled"
+                )
+            )
+            self.select_events_below = (
+                sa.select(events)
+                .where(events.c.id > sa.bindparam("after"), events.c.id < sa.bindparam("horizon"))
+                .order_by(events.c.id)
+                .limit(sa.bindparam("limit"))
+            )
+            # The table name is letters, digits and underscores (`Tables` checks).
+            horizon = _OUTBOX_HORIZON.replace(":events", f"'{events.name}'")
+            self.select_outbox_horizon = sa.select(
+                sa.literal_column(horizon, type_=sa.BigInteger).label("horizon")
             )
         self.select_stale = (
             sa.select(jobs)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 
@@ -20,10 +22,24 @@ from jobhook._models import (
     JobUpdate,
     Outcome,
 )
+from jobhook._outbox import (
+    PARKED,
+    REPLAY,
+    REPLAYED,
+    ConsumerInfo,
+    ParkedEvent,
+    PruneReport,
+    check_consumer_name,
+    check_lease,
+    check_prune,
+    prune_plan,
+    prune_report,
+)
 from jobhook.exceptions import (
     DeadLetterNotFoundError,
     JobExistsError,
     JobNotFoundError,
+    ParkedEventNotFoundError,
 )
 from jobhook.stores.protocol import StatusFilter, check_limit, status_values
 
@@ -55,8 +71,14 @@ class InMemoryJobStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
-        self._deliveries: set[str] = set()
+        # delivery id -> when it was received (prune forgets the old ones).
+        self._deliveries: dict[str, datetime] = {}
+        # In id order; ids keep growing after prune removes the oldest.
         self._events: list[JobEvent] = []
+        self._last_event_id = 0
+        # name -> [position, owner, lease expiry]
+        self._consumers: dict[str, list[Any]] = {}
+        self._parked: list[ParkedEvent] = []
         self._dead_letters: list[DeadLetter] = []
         self._letters_by_delivery: dict[str, int] = {}
         # remote_id -> ids of the jobs carrying it now: a set, since two backends' ids can
@@ -151,15 +173,16 @@ class InMemoryJobStore:
         if job is None:
             return ApplyResult(Outcome.NOT_FOUND, None)
         if delivery_id is not None:
-            self._deliveries.add(delivery_id)
+            self._deliveries[delivery_id] = utcnow()
         outcome, new = decide(job, update, utcnow())
         if outcome is not Outcome.APPLIED:
             return ApplyResult(outcome, _detached(job))
         self._jobs[job_id] = new
         if new.remote_id != job.remote_id:
             self._reindex_remote_id(job, new)
+        self._last_event_id += 1
         event = JobEvent(
-            id=len(self._events) + 1,
+            id=self._last_event_id,
             job_id=new.id,
             owner_id=new.owner_id,
             kind=new.kind,
@@ -195,7 +218,8 @@ class InMemoryJobStore:
     def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
         check_limit(limit)
         with self._lock:
-            return self._events[max(after, 0) : max(after, 0) + limit]
+            start = bisect.bisect_right(self._events, after, key=lambda e: e.id)
+            return self._events[start : start + limit]
 
     def add_dead_letter(
         self,
@@ -255,6 +279,143 @@ class InMemoryJobStore:
             if result.outcome is not Outcome.NOT_FOUND and letter.replayed_at is None:
                 self._dead_letters[index] = attrs.evolve(letter, replayed_at=utcnow())
             return result
+
+    # -- durable outbox consumers (see `ConsumerStore`) ---------------------------------
+
+    def claim_consumer(self, name: str, owner: str, *, lease: float) -> int | None:
+        check_consumer_name(name)
+        check_consumer_name(owner)
+        now = utcnow()
+        expires = now + check_lease(lease)
+        with self._lock:
+            state = self._consumers.get(name)
+            if state is None:
+                self._consumers[name] = [0, owner, expires]
+                return 0
+            position, holder, until = state
+            if holder is not None and holder != owner and until >= now:
+                return None
+            state[1:] = [owner, expires]
+            return int(position)
+
+    def _advance_locked(self, name: str, owner: str, position: int, lease: float) -> bool:
+        state = self._consumers.get(name)
+        if state is None or state[1] != owner:
+            return False
+        state[0] = max(state[0], position)
+        state[2] = utcnow() + check_lease(lease)
+        return True
+
+    def advance_consumer(self, name: str, owner: str, position: int, *, lease: float) -> bool:
+        with self._lock:
+            return self._advance_locked(name, owner, position, lease)
+
+    def release_consumer(self, name: str, owner: str) -> None:
+        with self._lock:
+            state = self._consumers.get(name)
+            if state is not None and state[1] == owner:
+                state[1:] = [None, None]
+
+    def park_event(
+        self, name: str, owner: str, event: JobEvent, *, error: str, attempts: int, lease: float
+    ) -> bool:
+        with self._lock:
+            if not self._advance_locked(name, owner, event.id, lease):
+                return False
+            if not any(p.consumer == name and p.event.id == event.id for p in self._parked):
+                parked = ParkedEvent(
+                    id=len(self._parked) + 1,
+                    consumer=name,
+                    event=event,
+                    attempts=attempts,
+                    error=error,
+                    state=PARKED,
+                    parked_at=utcnow(),
+                )
+                self._parked.append(parked)
+            return True
+
+    def consumers(self) -> builtins.list[ConsumerInfo]:
+        with self._lock:
+            waiting: dict[str, int] = {}
+            for p in self._parked:
+                if p.state != REPLAYED:
+                    waiting[p.consumer] = waiting.get(p.consumer, 0) + 1
+            return [
+                ConsumerInfo(name, position, owner, until, waiting.get(name, 0))
+                for name, (position, owner, until) in sorted(self._consumers.items())
+            ]
+
+    def parked_events(
+        self, *, consumer: str | None = None, state: str | None = None, limit: int = 100
+    ) -> builtins.list[ParkedEvent]:
+        check_limit(limit)
+        with self._lock:
+            kept = [
+                p
+                for p in self._parked
+                if (consumer is None or p.consumer == consumer)
+                and (state is None or p.state == state)
+            ]
+        return kept[:limit]
+
+    def replay_parked(self, parked_id: int) -> ParkedEvent:
+        with self._lock:
+            if not 0 < parked_id <= len(self._parked):
+                raise ParkedEventNotFoundError(parked_id)
+            parked = self._parked[parked_id - 1]
+            if parked.state == PARKED:
+                parked = self._parked[parked_id - 1] = attrs.evolve(parked, state=REPLAY)
+            return parked
+
+    def settle_parked(self, parked_id: int, *, handled: bool, error: str | None = None) -> None:
+        with self._lock:
+            if not 0 < parked_id <= len(self._parked):
+                return
+            parked = self._parked[parked_id - 1]
+            if parked.state == REPLAY:
+                self._parked[parked_id - 1] = attrs.evolve(
+                    parked,
+                    state=REPLAYED if handled else PARKED,
+                    attempts=parked.attempts + 1,
+                    error=parked.error if error is None else error,
+                )
+
+    def prune(
+        self,
+        *,
+        deliveries_older_than: timedelta,
+        finished_jobs_older_than: timedelta | None = None,
+        batch: int = 1000,
+    ) -> PruneReport:
+        check_prune(deliveries_older_than, finished_jobs_older_than, batch)
+        report = PruneReport()
+        for kind, cutoff in prune_plan(deliveries_older_than, finished_jobs_older_than):
+            with self._lock:
+                if kind == "deliveries":
+                    old = [d for d, at in self._deliveries.items() if at < cutoff]
+                    for delivery_id in old:
+                        del self._deliveries[delivery_id]
+                    removed = len(old)
+                elif kind == "events":
+                    positions = [state[0] for state in self._consumers.values()]
+                    passed = min(positions) if positions else 0
+                    keep = [e for e in self._events if e.id > passed or e.created_at >= cutoff]
+                    removed = len(self._events) - len(keep)
+                    self._events = keep
+                else:
+                    old = [
+                        j.id
+                        for j in self._jobs.values()
+                        if j.terminal and j.completed_at is not None and j.completed_at < cutoff
+                    ]
+                    for job_id in old:
+                        job = self._jobs.pop(job_id)
+                        if job.remote_id is not None:
+                            self._reindex_remote_id(job, attrs.evolve(job, remote_id=None))
+                    removed = len(old)
+            report += prune_report(kind, removed)
+        return report
 
     def close(self) -> None:
         """Nothing to release; here for the protocol."""
@@ -336,6 +497,51 @@ class AsyncInMemoryJobStore:
         self, dead_letter_id: int, *, job_id: str | None = None
     ) -> ApplyResult:
         return self._store.replay_dead_letter(dead_letter_id, job_id=job_id)
+
+    async def claim_consumer(self, name: str, owner: str, *, lease: float) -> int | None:
+        return self._store.claim_consumer(name, owner, lease=lease)
+
+    async def advance_consumer(self, name: str, owner: str, position: int, *, lease: float) -> bool:
+        return self._store.advance_consumer(name, owner, position, lease=lease)
+
+    async def release_consumer(self, name: str, owner: str) -> None:
+        self._store.release_consumer(name, owner)
+
+    async def park_event(
+        self, name: str, owner: str, event: JobEvent, *, error: str, attempts: int, lease: float
+    ) -> bool:
+        return self._store.park_event(
+            name, owner, event, error=error, attempts=attempts, lease=lease
+        )
+
+    async def consumers(self) -> builtins.list[ConsumerInfo]:
+        return self._store.consumers()
+
+    async def parked_events(
+        self, *, consumer: str | None = None, state: str | None = None, limit: int = 100
+    ) -> builtins.list[ParkedEvent]:
+        return self._store.parked_events(consumer=consumer, state=state, limit=limit)
+
+    async def replay_parked(self, parked_id: int) -> ParkedEvent:
+        return self._store.replay_parked(parked_id)
+
+    async def settle_parked(
+        self, parked_id: int, *, handled: bool, error: str | None = None
+    ) -> None:
+        self._store.settle_parked(parked_id, handled=handled, error=error)
+
+    async def prune(
+        self,
+        *,
+        deliveries_older_than: timedelta,
+        finished_jobs_older_than: timedelta | None = None,
+        batch: int = 1000,
+    ) -> PruneReport:
+        return self._store.prune(
+            deliveries_older_than=deliveries_older_than,
+            finished_jobs_older_than=finished_jobs_older_than,
+            batch=batch,
+        )
 
     async def close(self) -> None:
         """Nothing to release; here for the protocol."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from jobhook._models import JSON, ApplyResult, DeadLetter, Job, JobEvent, JobStatus, JobUpdate
+from jobhook._outbox import ConsumerInfo, ParkedEvent, PruneReport
 
-__all__ = ["AsyncJobStore", "JobStore"]
+__all__ = ["AsyncConsumerStore", "AsyncJobStore", "ConsumerStore", "JobStore"]
 
 StatusFilter = JobStatus | str | Sequence[JobStatus | str] | None
 
@@ -183,6 +184,109 @@ class AsyncJobStore(Protocol):
     ) -> ApplyResult: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ConsumerStore(JobStore, Protocol):
+    """A `JobStore` that also keeps durable outbox consumers and prunes itself: every
+    store jobhook ships. `OutboxConsumer` uses these methods; apps rarely call them.
+
+    A consumer's lease is held by one ``owner`` until it expires (``lease`` seconds
+    after it was last claimed or renewed); a write by an owner that no longer holds it
+    changes nothing and answers False. Clocks of the processes sharing a store are
+    assumed to agree to well within a lease.
+    """
+
+    def claim_consumer(self, name: str, owner: str, *, lease: float) -> int | None:
+        """Take or renew the lease of ``name`` and return its position (a new name
+        starts at 0); None when another owner holds an unexpired lease."""
+        ...
+
+    def advance_consumer(self, name: str, owner: str, position: int, *, lease: float) -> bool:
+        """Move the position forward to ``position`` and renew the lease."""
+        ...
+
+    def release_consumer(self, name: str, owner: str) -> None:
+        """Give the lease up when ``owner`` holds it."""
+        ...
+
+    def park_event(
+        self, name: str, owner: str, event: JobEvent, *, error: str, attempts: int, lease: float
+    ) -> bool:
+        """Keep ``event`` as parked and move the position past it, atomically."""
+        ...
+
+    def consumers(self) -> builtins.list[ConsumerInfo]:
+        """Every registered consumer, by name."""
+        ...
+
+    def parked_events(
+        self, *, consumer: str | None = None, state: str | None = None, limit: int = 100
+    ) -> builtins.list[ParkedEvent]:
+        """Parked events, oldest first."""
+        ...
+
+    def replay_parked(self, parked_id: int) -> ParkedEvent:
+        """Ask for a parked event to be handled again. Raises `ParkedEventNotFoundError`."""
+        ...
+
+    def settle_parked(self, parked_id: int, *, handled: bool, error: str | None = None) -> None:
+        """Record how a replay went."""
+        ...
+
+    def prune(
+        self,
+        *,
+        deliveries_older_than: timedelta,
+        finished_jobs_older_than: timedelta | None = None,
+        batch: int = 1000,
+    ) -> PruneReport:
+        """Remove delivery ids received before the retention, events older than it that
+        every registered consumer has passed (none while no consumer is registered), and
+        terminal jobs finished before ``finished_jobs_older_than`` when given; ``batch``
+        rows per transaction, so live traffic waits for one short batch at most.
+
+        A delivery id removed is forgotten: a sender retrying after the retention would
+        be applied again (the lifecycle rules still refuse what goes backwards).
+        """
+        ...
+
+
+@runtime_checkable
+class AsyncConsumerStore(AsyncJobStore, Protocol):
+    """The async twin of `ConsumerStore`."""
+
+    async def claim_consumer(self, name: str, owner: str, *, lease: float) -> int | None: ...
+
+    async def advance_consumer(
+        self, name: str, owner: str, position: int, *, lease: float
+    ) -> bool: ...
+
+    async def release_consumer(self, name: str, owner: str) -> None: ...
+
+    async def park_event(
+        self, name: str, owner: str, event: JobEvent, *, error: str, attempts: int, lease: float
+    ) -> bool: ...
+
+    async def consumers(self) -> builtins.list[ConsumerInfo]: ...
+
+    async def parked_events(
+        self, *, consumer: str | None = None, state: str | None = None, limit: int = 100
+    ) -> builtins.list[ParkedEvent]: ...
+
+    async def replay_parked(self, parked_id: int) -> ParkedEvent: ...
+
+    async def settle_parked(
+        self, parked_id: int, *, handled: bool, error: str | None = None
+    ) -> None: ...
+
+    async def prune(
+        self,
+        *,
+        deliveries_older_than: timedelta,
+        finished_jobs_older_than: timedelta | None = None,
+        batch: int = 1000,
+    ) -> PruneReport: ...
 
 
 def status_values(status: StatusFilter) -> tuple[str, ...] | None:

@@ -41,6 +41,7 @@ from jobhook.stores._schema import (
     run_options,
     sync_url,
 )
+from jobhook.stores._sql_consumers import AsyncSQLConsumerMethods, SQLConsumerMethods
 from jobhook.stores._steps import Rollback as _Rollback
 from jobhook.stores._steps import Rows, Steps, drive
 from jobhook.stores.protocol import StatusFilter
@@ -50,7 +51,7 @@ __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
 T = TypeVar("T")
 
 
-class SQLJobStore:
+class SQLJobStore(SQLConsumerMethods):
     """A `JobStore` in a SQL database: SQLite (a file, WAL) or PostgreSQL (JSONB).
 
     ``url_or_engine`` is a URL (``sqlite:///jobs.db``, ``postgresql://…``; plain
@@ -228,7 +229,7 @@ def _run_on(conn: sa.Connection, steps: Steps[T], standalone: bool, options: dic
         return result
 
 
-class AsyncSQLJobStore:
+class AsyncSQLJobStore(AsyncSQLConsumerMethods):
     """The async twin of `SQLJobStore`: aiosqlite for SQLite, psycopg 3 (or asyncpg, if
     the URL says ``postgresql+asyncpg``) for PostgreSQL. Same tables, same statements."""
 
@@ -274,7 +275,8 @@ class AsyncSQLJobStore:
         options = self._standalone if standalone else self._transaction
         try:
             async with self.engine.connect() as conn:
-                return await conn.run_sync(_run_on, steps, standalone, options)
+                result: T = await conn.run_sync(_run_on, steps, standalone, options)
+                return result
         except DATABASE_ERRORS as exc:
             raise store_error(exc, self.engine.url) from exc
 
