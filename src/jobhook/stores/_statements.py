@@ -22,13 +22,27 @@ from jobhook._models import (
 from jobhook.stores._rows import bound
 from jobhook.stores._schema import Tables
 
-__all__ = ["BEFORE", "Shape", "Statements"]
+__all__ = ["BEFORE", "EVENT_SLOTS", "Shape", "Statements", "event_id"]
+
+#: PostgreSQL outbox event ids are ``xid * EVENT_SLOTS + slot``: room for one event per
+#: job of a group commit's batch in one transaction (see `event_id`).
+EVENT_SLOTS = 1024
 
 #: The prefix of `Statements.one_trip`'s columns that hold the job before the update.
 BEFORE = "before_"
 
 #: What an update's statements depend on: status, the fields it sets, has a sequence.
 Shape = tuple[JobStatus, tuple[str, ...], bool]
+
+
+def event_id(slot: Any = 0) -> Any:
+    """PostgreSQL: the id of the writing transaction's event number ``slot``.
+
+    ``txid_current() * EVENT_SLOTS + slot``: unique while one transaction writes at most
+    `EVENT_SLOTS` events (a group commit's batch writes one per job), and ordered as
+    the transaction ids are, which is what readers rely on (see `Statements`).
+    """
+    return sa.func.txid_current() * EVENT_SLOTS + slot
 
 
 class Statements:
@@ -80,13 +94,15 @@ class Statements:
             # event, and readers only see ids below the oldest transaction still running
             # (txid_snapshot_xmin), so every later commit gets a greater id than any
             # already read. SQLite serialises writers, so its rowids already do this.
+            # The id is scaled (`event_id`) so that one transaction may write several.
             self.insert_event = (
                 sa.insert(events)
-                .values(bound(events, id=sa.func.txid_current()))
+                .values(bound(events, id=event_id()))
                 .returning(events.c.id)
             )
             self.select_events = self.select_events.where(
-                events.c.id < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot())
+                events.c.id
+                < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot()) * EVENT_SLOTS
             )
         self.select_stale = (
             sa.select(jobs)
@@ -197,7 +213,7 @@ class Statements:
             .from_select(
                 [c.name for c in ev.c],
                 sa.select(
-                    sa.func.txid_current(),
+                    event_id(),
                     job.c.id,
                     job.c.owner_id,
                     job.c.kind,

@@ -36,6 +36,12 @@ from jobhook._models import (
 from jobhook.stores._direct import DirectRunner, Rows, Steps, drive
 from jobhook.stores._direct import Rollback as _Rollback
 from jobhook.stores._errors import DATABASE_ERRORS, create_engine_for, store_error
+from jobhook.stores._group import (
+    AsyncGroupCommit,
+    GroupCommit,
+    GroupStatements,
+    check_group_commit,
+)
 from jobhook.stores._operations import Operations
 from jobhook.stores._schema import (
     Tables,
@@ -57,6 +63,10 @@ class SQLJobStore:
     ``postgresql://`` uses psycopg 3) or an `Engine`. Thread-safe; every method is one
     transaction. Raises `StoreUnavailableError` when the database cannot be reached.
     Call `create_schema` once (idempotent), or manage `metadata` with Alembic.
+
+    ``group_commit=True`` (PostgreSQL only, else `ValueError`): deliveries that arrive
+    while another one commits are applied together, in one transaction and one commit
+    (see the "Group commit" section of the stores documentation).
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class SQLJobStore:
         *,
         table_prefix: str = "jobhook_",
         create_schema: bool = False,
+        group_commit: bool = False,
     ) -> None:
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
@@ -82,6 +93,14 @@ class SQLJobStore:
         self._direct = DirectRunner(self.engine)
         # Single-statement operations skip BEGIN/COMMIT where that saves round trips.
         self._autocommit = self.engine.dialect.name == "postgresql"
+        self._group: GroupCommit | None = None
+        if group_commit:
+            check_group_commit(self.engine.dialect.name)
+            self._group = GroupCommit(
+                GroupStatements(self.tables),
+                self._apply_alone,
+                lambda steps: self._run(steps, write=True, static=False),
+            )
         if create_schema:
             self.create_schema()
 
@@ -170,6 +189,11 @@ class SQLJobStore:
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
         """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
+        if self._group is not None:
+            return self._group.apply(job_id, update, delivery_id)
+        return self._apply_alone(job_id, update, delivery_id)
+
+    def _apply_alone(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
         steps = self._ops.apply(job_id, update, delivery_id)
         return self._run(steps, write=True, standalone=self._ops.apply_stands_alone)
 
@@ -238,13 +262,16 @@ async def _adrive(conn: AsyncConnection, steps: Steps[T]) -> T:
 
 class AsyncSQLJobStore:
     """The async twin of `SQLJobStore`: aiosqlite for SQLite, psycopg 3 (or asyncpg, if
-    the URL says ``postgresql+asyncpg``) for PostgreSQL. Same tables, same statements."""
+    the URL says ``postgresql+asyncpg``) for PostgreSQL. Same tables, same statements.
+
+    ``group_commit=True`` as in `SQLJobStore`, for the tasks of one event loop."""
 
     def __init__(
         self,
         url_or_engine: str | URL | AsyncEngine,
         *,
         table_prefix: str = "jobhook_",
+        group_commit: bool = False,
     ) -> None:
         if isinstance(url_or_engine, AsyncEngine):
             self.engine = url_or_engine
@@ -258,6 +285,14 @@ class AsyncSQLJobStore:
         self._ops = Operations(self.tables, self.engine.dialect.name)
         # Single-statement operations skip BEGIN/COMMIT where that saves round trips.
         self._autocommit = self.engine.dialect.name == "postgresql"
+        self._group: AsyncGroupCommit | None = None
+        if group_commit:
+            check_group_commit(self.engine.dialect.name)
+            self._group = AsyncGroupCommit(
+                GroupStatements(self.tables),
+                self._apply_alone,
+                lambda steps: self._run(steps, write=True),
+            )
 
     def __repr__(self) -> str:
         return f"<AsyncSQLJobStore {self.engine.url.render_as_string(hide_password=True)!s}>"
@@ -339,6 +374,13 @@ class AsyncSQLJobStore:
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
         """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
+        if self._group is not None:
+            return await self._group.apply(job_id, update, delivery_id)
+        return await self._apply_alone(job_id, update, delivery_id)
+
+    async def _apply_alone(
+        self, job_id: str, update: JobUpdate, delivery_id: str | None
+    ) -> ApplyResult:
         steps = self._ops.apply(job_id, update, delivery_id)
         return await self._run(steps, write=True, standalone=self._ops.apply_stands_alone)
 
