@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -42,16 +42,17 @@ from sqlalchemy.dialects import postgresql
 
 from jobhook._convert import dumps
 from jobhook._ids import check_delivery_id, utcnow
-from jobhook._lifecycle import check_id, decide
-from jobhook._models import ApplyResult, JobUpdate, Outcome
+from jobhook._lifecycle import allowed_from, changes, check_id, judge
+from jobhook._models import ApplyResult, JobStatus, JobUpdate, Outcome
 from jobhook.exceptions import StoreUnavailableError
 from jobhook.stores._direct import Steps
 from jobhook.stores._rows import applied, check_output, job_from_row
 from jobhook.stores._schema import Tables
-from jobhook.stores._statements import EVENT_SLOTS, event_id
+from jobhook.stores._statements import BEFORE, EVENT_SLOTS, event_id
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_IN_FLIGHT",
     "AsyncGroupCommit",
     "GroupCommit",
     "GroupQueue",
@@ -62,6 +63,9 @@ __all__ = [
 
 #: The most deliveries one batch carries (each applied one takes an event slot).
 MAX_BATCH = min(256, EVENT_SLOTS)
+#: How many commits one store keeps in flight at once: while one waits for the
+#: database, the next batch is built and sent (both cores of a small machine work).
+MAX_IN_FLIGHT = 1
 
 W = TypeVar("W")
 Answer = ApplyResult | BaseException
@@ -101,25 +105,26 @@ class GroupQueue(Generic[W]):
     """Who runs now and who waits; what the next batch is. Pure, not thread-safe: the
     sync shell calls it under a lock, the async one from its event loop only."""
 
-    def __init__(self, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
         self.waiting: list[Pending[W]] = []
-        self.in_flight = False
+        self.in_flight = 0
 
     def arrive(self, entry: Pending[W]) -> bool:
-        """True: nothing is in flight, so ``entry`` runs now, alone. False: it waits."""
-        if not self.in_flight and not self.waiting:
-            self.in_flight = True
+        """True: a commit may start now, so ``entry`` runs now, alone. False: it waits."""
+        if self.in_flight < self.max_in_flight and not self.waiting:
+            self.in_flight += 1
             return True
         self.waiting.append(entry)
         return False
 
     def finish(self) -> list[Pending[W]] | None:
-        """The commit in flight ended: the next batch to run (it is then in flight), or
-        None when nobody waits."""
+        """A commit in flight ended: the next batch to run in its place, or None when
+        nobody waits."""
         batch = self._take()
         if not batch:
-            self.in_flight = False
+            self.in_flight -= 1
             return None
         return batch
 
@@ -151,26 +156,54 @@ def _array(name: str, item: Any) -> Any:
 
 
 class GroupStatements:
-    """A batch's two statements for one store's tables, and its rules as steps."""
+    """A batch's one statement for one store's tables, and its answers as steps."""
 
     def __init__(self, tables: Tables) -> None:
         jobs, deliveries, events = tables.jobs, tables.deliveries, tables.events
         text = sa.String()
-        # 1. Record the delivery ids (of jobs that exist), then lock the jobs: both in a
-        # fixed order. The scalar subquery makes the lock wait for the inserts.
         given = (
             sa.func.unnest(
-                _array("ids", text), _array("delivery_ids", text), _array("nows", sa.DateTime(True))
+                _array("slots", sa.Integer()),
+                _array("job_ids", text),
+                _array("delivery_ids", text),
+                _array("nows", sa.DateTime(True)),
+                _array("statuses", text),
+                _array("allowed", text),
+                _array("terminal", sa.Boolean()),
+                _array("progresses", sa.Float()),
+                _array("outputs", text),
+                _array("error_codes", text),
+                _array("error_messages", text),
+                _array("remote_ids", text),
+                _array("sequences", sa.BigInteger()),
             )
-            .table_valued("job_id", "delivery_id", "received_at")
+            .table_valued(
+                "slot",
+                "job_id",
+                "delivery_id",
+                "now",
+                "status",
+                "allowed",
+                "terminal",
+                "progress",
+                "output",
+                "error_code",
+                "error_message",
+                "remote_id",
+                "sequence",
+            )
             .render_derived(name="given")
         )
         i = sa.select(given).cte("i")
+        # The jobs, as an array too: ``id = ANY(…)`` is an index scan whatever the
+        # planner guesses of the CTE's size (a join to it may scan the whole table).
+        named = jobs.c.id == sa.func.any(_array("job_ids", text))
+        # 1. Record the delivery ids of jobs that exist, in delivery-id order.
         recorded = (
             postgresql.insert(deliveries)
             .from_select(
                 ["id", "job_id", "received_at"],
-                sa.select(i.c.delivery_id, i.c.job_id, i.c.received_at)
+                sa.select(i.c.delivery_id, i.c.job_id, i.c.now)
                 .where(
                     i.c.delivery_id.is_not(None),
                     sa.exists().where(jobs.c.id == i.c.job_id),
@@ -181,163 +214,135 @@ class GroupStatements:
             .returning(deliveries.c.id)
             .cte("d")
         )
+        # 2. Then lock the jobs, in id order (the scalar subquery makes the lock wait for
+        # the inserts). The locked rows are the jobs as they are now: the answer to a
+        # refused or duplicate delivery.
         after_inserts = sa.select(sa.func.count()).select_from(recorded).scalar_subquery() >= 0
         locked = (
             sa.select(jobs)
-            .where(jobs.c.id.in_(sa.select(i.c.job_id)), after_inserts)
+            .where(named, after_inserts)
             .order_by(jobs.c.id)
             .with_for_update()
             .cte("locked")
         )
-        self.lock = sa.select(
-            i.c.job_id.label("given_id"),
-            i.c.delivery_id.in_(sa.select(recorded.c.id)).label("fresh"),
-            # As the statement's snapshot sees it: recorded before this statement.
-            sa.exists().where(deliveries.c.id == i.c.delivery_id).label("seen"),
-            *locked.c,
-        ).select_from(i.outerjoin(locked, locked.c.id == i.c.job_id))
-
-        # 2. Write the applied updates (their jobs are locked) and their events.
-        changed = (
-            sa.func.unnest(
-                _array("slots", sa.Integer()),
-                _array("ids", text),
-                _array("statuses", text),
-                _array("progresses", sa.Float()),
-                _array("outputs", text),
-                _array("error_codes", text),
-                _array("error_messages", text),
-                _array("remote_ids", text),
-                _array("sequences", sa.BigInteger()),
-                _array("versions", sa.Integer()),
-                _array("nows", sa.DateTime(True)),
-                _array("completed_ats", sa.DateTime(True)),
-                _array("delivery_ids", text),
-            )
-            .table_valued(
-                "slot",
-                "job_id",
-                "status",
-                "progress",
-                "output",
-                "error_code",
-                "error_message",
-                "remote_id",
-                "sequence",
-                "version",
-                "now",
-                "completed_at",
-                "delivery_id",
-            )
-            .render_derived(name="changed")
-        )
-        v = sa.select(changed).cte("v")
+        # 3. The guarded UPDATE of `Statements.guarded_update`, its shape given per row.
         c = jobs.c
+        keeps_order = sa.and_(
+            sa.or_(i.c.progress.is_(None), c.progress.is_(None), c.progress <= i.c.progress),
+            sa.or_(i.c.sequence.is_(None), c.sequence.is_(None), c.sequence < i.c.sequence),
+        )
+        running = JobStatus.RUNNING.value
+        takes_sequence = sa.and_(
+            i.c.sequence.is_not(None), sa.or_(c.sequence.is_(None), c.sequence < i.c.sequence)
+        )
         updated = (
             sa.update(jobs)
-            .where(c.id == v.c.job_id)
-            .values(
-                status=v.c.status,
-                progress=v.c.progress,
-                # NULL: the update carries no output, the job keeps its own.
-                output=sa.func.coalesce(sa.cast(v.c.output, postgresql.JSONB), c.output),
-                error_code=v.c.error_code,
-                error_message=v.c.error_message,
-                remote_id=v.c.remote_id,
-                sequence=v.c.sequence,
-                version=v.c.version,
-                updated_at=v.c.now,
-                completed_at=v.c.completed_at,
+            .where(
+                named,
+                c.id == i.c.job_id,
+                c.id == locked.c.id,
+                sa.or_(i.c.delivery_id.is_(None), i.c.delivery_id.in_(sa.select(recorded.c.id))),
+                c.status == sa.func.any(sa.func.string_to_array(i.c.allowed, ",")),
+                sa.or_(i.c.status != running, c.status != running, keeps_order),
             )
-            .returning(*c, v.c.slot.label("slot"), v.c.delivery_id.label("e_delivery_id"))
+            .values(
+                status=i.c.status,
+                version=c.version + 1,
+                updated_at=i.c.now,
+                completed_at=sa.case((i.c.terminal, i.c.now), else_=c.completed_at),
+                progress=sa.func.coalesce(i.c.progress, c.progress),
+                output=sa.func.coalesce(sa.cast(i.c.output, postgresql.JSONB), c.output),
+                error_code=sa.func.coalesce(i.c.error_code, c.error_code),
+                error_message=sa.case(
+                    (i.c.error_code.is_not(None), i.c.error_message), else_=c.error_message
+                ),
+                remote_id=sa.func.coalesce(i.c.remote_id, c.remote_id),
+                sequence=sa.case((takes_sequence, i.c.sequence), else_=c.sequence),
+            )
+            .returning(*c, i.c.slot.label("u_slot"), i.c.delivery_id.label("u_delivery_id"))
             .cte("u")
         )
+        # 4. One outbox event per updated job: ids txid * EVENT_SLOTS + slot.
         written = (
             sa.insert(events)
             .from_select(
                 [col.name for col in events.c],
                 sa.select(
-                    event_id(updated.c.slot),
+                    event_id(updated.c.u_slot),
                     updated.c.id,
                     updated.c.owner_id,
                     updated.c.kind,
                     updated.c.status,
                     updated.c.progress,
                     updated.c.version,
-                    updated.c.e_delivery_id,
+                    updated.c.u_delivery_id,
                     updated.c.updated_at,
                 ),
             )
             .returning(events.c.id, events.c.job_id)
             .cte("e")
         )
-        self.write = sa.select(
-            *(col for col in updated.c if col.name not in ("e_delivery_id",)),
+        self.apply_batch = sa.select(
+            i.c.slot.label("slot"),
+            i.c.delivery_id.in_(sa.select(recorded.c.id)).label("fresh"),
+            # As the statement's snapshot sees it: recorded before this statement.
+            sa.exists().where(deliveries.c.id == i.c.delivery_id).label("seen"),
             written.c.id.label("event_id"),
-        ).select_from(updated.join(written, written.c.job_id == updated.c.id))
+            *(updated.c[col.name] for col in c),
+            *(locked.c[col.name].label(f"{BEFORE}{col.name}") for col in c),
+        ).select_from(
+            i.outerjoin(locked, locked.c.id == i.c.job_id)
+            .outerjoin(updated, updated.c.u_slot == i.c.slot)
+            .outerjoin(written, written.c.job_id == updated.c.id)
+        )
 
     def apply(self, batch: Sequence[Pending[Any]]) -> Steps[list[ApplyResult]]:
-        """The batch's answers, in its order (one delivery per job and delivery id)."""
+        """The batch's answers, in its order (one delivery per job and delivery id):
+        one statement, atomic alone."""
+        changes_ = [changes(e.update) for e in batch]
         rows = yield (
-            self.lock,
+            self.apply_batch,
             {
-                "ids": [e.job_id for e in batch],
+                "slots": list(range(len(batch))),
+                "job_ids": [e.job_id for e in batch],
                 "delivery_ids": [e.delivery_id for e in batch],
                 "nows": [e.now for e in batch],
+                "statuses": [e.update.status.value for e in batch],
+                "allowed": [
+                    ",".join(s.value for s in allowed_from(e.update.status)) for e in batch
+                ],
+                "terminal": [e.update.status.terminal for e in batch],
+                "progresses": [v.get("progress") for v in changes_],
+                "outputs": [None if "output" not in v else dumps(v["output"]) for v in changes_],
+                "error_codes": [v["error"].code if "error" in v else None for v in changes_],
+                "error_messages": [v["error"].message if "error" in v else None for v in changes_],
+                "remote_ids": [v.get("remote_id") for v in changes_],
+                "sequences": [e.update.sequence for e in batch],
             },
         )
-        by_job = {row["given_id"]: row for row in rows}
-        answers: list[ApplyResult | None] = [None] * len(batch)
-        slots: list[int] = []
-        news = []
-        for slot, entry in enumerate(batch):
-            row = by_job[entry.job_id]
-            if row["id"] is None:
-                # No job: nothing was recorded, and a retry applies once the job exists.
-                seen = entry.delivery_id is not None and row["seen"]
-                answers[slot] = ApplyResult(Outcome.DUPLICATE if seen else Outcome.NOT_FOUND, None)
-                continue
-            job = job_from_row(row)
-            if entry.delivery_id is not None and not row["fresh"]:
-                answers[slot] = ApplyResult(Outcome.DUPLICATE, job)
-                continue
-            outcome, new = decide(job, entry.update, entry.now)
-            if outcome is not Outcome.APPLIED:
-                answers[slot] = ApplyResult(outcome, job)
-                continue
-            slots.append(slot)
-            news.append(new)
-        if slots:
-            written = yield (
-                self.write,
-                {
-                    "slots": slots,
-                    "ids": [n.id for n in news],
-                    "statuses": [n.status.value for n in news],
-                    "progresses": [n.progress for n in news],
-                    "outputs": [
-                        None if batch[s].update.output is None else dumps(batch[s].update.output)
-                        for s in slots
-                    ],
-                    "error_codes": [n.error.code if n.error else None for n in news],
-                    "error_messages": [n.error.message if n.error else None for n in news],
-                    "remote_ids": [n.remote_id for n in news],
-                    "sequences": [n.sequence for n in news],
-                    "versions": [n.version for n in news],
-                    "nows": [n.updated_at for n in news],
-                    "completed_ats": [n.completed_at for n in news],
-                    "delivery_ids": [batch[s].delivery_id for s in slots],
-                },
-            )
-            for row in written:
-                entry = batch[row["slot"]]
-                answers[row["slot"]] = applied(
-                    job_from_row(row), entry.delivery_id, entry.now, row["event_id"]
-                )
-        done = [a for a in answers if a is not None]
-        if len(done) != len(batch):
-            raise RuntimeError("a group commit batch left a delivery unanswered: a bug in jobhook")
-        return done
+        by_slot = {row["slot"]: row for row in rows}
+        return [_answer_of(entry, by_slot[slot]) for slot, entry in enumerate(batch)]
+
+
+def _answer_of(entry: Pending[Any], row: Mapping[str, Any]) -> ApplyResult:
+    """One delivery's answer from its row of the batch's statement."""
+    if row["event_id"] is not None:
+        return applied(job_from_row(row), entry.delivery_id, entry.now, row["event_id"])
+    if row[f"{BEFORE}id"] is None:
+        # No job: nothing was recorded, and a retry applies once the job exists.
+        seen = entry.delivery_id is not None and row["seen"]
+        return ApplyResult(Outcome.DUPLICATE if seen else Outcome.NOT_FOUND, None)
+    job = job_from_row({k[len(BEFORE) :]: v for k, v in row.items() if k.startswith(BEFORE)})
+    if entry.delivery_id is not None and not row["fresh"]:
+        return ApplyResult(Outcome.DUPLICATE, job)
+    outcome = judge(job, entry.update)
+    if outcome is Outcome.APPLIED:
+        # The job was locked: the guard saw this very row.
+        raise RuntimeError(
+            f"the group commit's guard refused an update the lifecycle rules apply to job "
+            f"{entry.job_id!r} ({job.status} <- {entry.update.status}): a bug in jobhook"
+        )
+    return ApplyResult(outcome, job)
 
 
 def _answer(entry: Pending[Any]) -> ApplyResult:

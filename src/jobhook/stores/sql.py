@@ -99,7 +99,7 @@ class SQLJobStore:
             self._group = GroupCommit(
                 GroupStatements(self.tables),
                 self._apply_alone,
-                lambda steps: self._run(steps, write=True, static=False),
+                lambda steps: self._run(steps, write=True, standalone=True),
             )
         if create_schema:
             self.create_schema()
@@ -291,7 +291,7 @@ class AsyncSQLJobStore:
             self._group = AsyncGroupCommit(
                 GroupStatements(self.tables),
                 self._apply_alone,
-                lambda steps: self._run(steps, write=True),
+                lambda steps: self._run(steps, write=True, standalone=True),
             )
 
     def __repr__(self) -> str:
