@@ -116,15 +116,18 @@ def check_stream(
         reference.apply(job_id, update, delivery_id=delivery_id)
 
     applied = Counter(d for (_, _, d), a in zip(deliveries, answers, strict=True) if a.applied)
-    assert applied and max(applied.values()) == 1, "a delivery applied twice"
+    assert applied
+    assert max(applied.values()) == 1, "a delivery applied twice"
     for (job_id, _, delivery_id), answer in zip(deliveries, answers, strict=True):
         if job_id.startswith("ghost"):
             assert answer.outcome is Outcome.NOT_FOUND
         else:
             assert answer.outcome is not Outcome.NOT_FOUND
-            assert answer.job is not None and answer.job.id == job_id
+            assert answer.job is not None
+            assert answer.job.id == job_id
         if answer.applied:
-            assert answer.event is not None and answer.event.delivery_id == delivery_id
+            assert answer.event is not None
+            assert answer.event.delivery_id == delivery_id
 
     with engine.connect() as conn:
         events = conn.execute(
@@ -199,7 +202,8 @@ def test_32_threads_give_the_sequential_result(prefix: str) -> None:
         done = [a for a in answers if a is not None]
         check_stream(store.engine, prefix, deliveries, done)
         # Batches formed: fewer commits than deliveries.
-        assert commits.batches and max(commits.batches) > 1
+        assert commits.batches
+        assert max(commits.batches) > 1
         assert commits.commits < len(deliveries)
     finally:
         store.close()
@@ -231,7 +235,8 @@ def test_32_tasks_give_the_sequential_result(prefix: str) -> None:
     answers, commits = asyncio.run(run())
     try:
         check_stream(setup.engine, prefix, deliveries, answers)
-        assert commits.batches and max(commits.batches) > 1
+        assert commits.batches
+        assert max(commits.batches) > 1
         assert commits.commits < len(deliveries)
     finally:
         setup.close()
@@ -314,7 +319,8 @@ def test_a_batch_that_fails_answers_the_error_to_every_caller_and_writes_nothing
             for t in threads:
                 t.join(timeout=60)
             hold_last.exec_driver_sql("ROLLBACK")
-        assert isinstance(results[first], ApplyResult) and results[first].applied  # type: ignore[union-attr]
+        assert isinstance(results[first], ApplyResult)
+        assert results[first].applied
         # Every caller in the batch got the error (a 503: the sender retries) ...
         for job_id in batched:
             assert isinstance(results[job_id], StoreUnavailableError), results[job_id]
@@ -395,9 +401,7 @@ def test_a_server_killed_mid_stream_keeps_every_acknowledged_delivery(prefix: st
         assert server.returncode == -9, "the server finished before it was killed"
         with store.engine.connect() as conn:
             recorded = {r[0] for r in conn.execute(sa.select(store.tables.deliveries.c.id))}
-            evented = {
-                r[0] for r in conn.execute(sa.select(store.tables.events.c.delivery_id))
-            }
+            evented = {r[0] for r in conn.execute(sa.select(store.tables.events.c.delivery_id))}
         for delivery_id, outcome in acknowledged:
             assert delivery_id in recorded, f"{delivery_id} answered {outcome}, not durable"
             if outcome == "applied":

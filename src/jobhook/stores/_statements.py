@@ -96,9 +96,7 @@ class Statements:
             # already read. SQLite serialises writers, so its rowids already do this.
             # The id is scaled (`event_id`) so that one transaction may write several.
             self.insert_event = (
-                sa.insert(events)
-                .values(bound(events, id=event_id()))
-                .returning(events.c.id)
+                sa.insert(events).values(bound(events, id=event_id())).returning(events.c.id)
             )
             self.select_events = self.select_events.where(
                 events.c.id
