@@ -35,6 +35,7 @@ from jobhook import (
     SQLJobStore,
 )
 from jobhook.exceptions import StoreUnavailableError
+from jobhook.stores._group import MAX_IN_FLIGHT
 
 from .conftest import PG_SKIP_REASON, PG_URL
 
@@ -156,9 +157,9 @@ def check_stream(
         job_id = f"job-{n:03d}"
         mine = sorted(by_job[job_id], key=lambda e: e.version)
         row = rows[job_id]
-        # Versions without gaps, and event ids in version order.
+        # Versions without gaps. (Per job, the version orders events: a transaction
+        # takes its id at its first write, before it may wait for the job's row.)
         assert [e.version for e in mine] == list(range(2, row.version + 1))
-        assert [e.id for e in mine] == sorted(e.id for e in mine)
         expected = reference.get(job_id)
         assert row.status == expected.status.value
         assert row.output == expected.output
@@ -280,7 +281,9 @@ def test_a_batch_that_fails_answers_the_error_to_every_caller_and_writes_nothing
     make_jobs(store)
     admin = sa.create_engine(sa.make_url(PG_URL), isolation_level="AUTOCOMMIT")
     jobs = store.tables.jobs
-    first, batched, last = "job-000", [f"job-{n:03d}" for n in range(1, 10)], "job-009"
+    # The first deliveries fill every commit slot (each alone); nine more queue up.
+    alone = [f"job-{n:03d}" for n in range(MAX_IN_FLIGHT)]
+    batched = [f"job-{n:03d}" for n in range(MAX_IN_FLIGHT, MAX_IN_FLIGHT + 9)]
     results: dict[str, ApplyResult | BaseException] = {}
 
     def deliver(job_id: str) -> None:
@@ -292,23 +295,25 @@ def test_a_batch_that_fails_answers_the_error_to_every_caller_and_writes_nothing
 
     try:
         with admin.connect() as hold_first, admin.connect() as hold_last:
-            # Two other sessions lock job-000 and job-009: the lone delivery to job-000
-            # waits (a commit in flight) while nine more queue up behind it.
+            # Another session locks the first jobs, so that their deliveries wait, in
+            # flight, while nine more queue up; a third one locks the last of those.
             hold_first.exec_driver_sql("BEGIN")
-            hold_first.execute(sa.select(jobs).where(jobs.c.id == first).with_for_update())
+            hold_first.execute(sa.select(jobs).where(jobs.c.id.in_(alone)).with_for_update())
             hold_last.exec_driver_sql("BEGIN")
-            hold_last.execute(sa.select(jobs).where(jobs.c.id == last).with_for_update())
-            lone = threading.Thread(target=deliver, args=(first,))
-            lone.start()
+            hold_last.execute(sa.select(jobs).where(jobs.c.id == batched[-1]).with_for_update())
+            lone = [threading.Thread(target=deliver, args=(j,)) for j in alone]
+            for t in lone:
+                t.start()
             queue = store._group._queue  # type: ignore[union-attr]
-            wait_for(lambda: queue.in_flight == 1, "the lone delivery in flight")
+            wait_for(lambda: queue.in_flight == MAX_IN_FLIGHT, "every commit slot in flight")
             threads = [threading.Thread(target=deliver, args=(j,)) for j in batched]
             for t in threads:
                 t.start()
             wait_for(lambda: len(queue.waiting) == len(batched), "nine deliveries queued")
-            # The lone one commits; the nine go as one batch, which waits for job-009.
+            # The first ones commit; the nine go as one batch, which waits for the last.
             hold_first.exec_driver_sql("ROLLBACK")
-            lone.join(timeout=60)
+            for t in lone:
+                t.join(timeout=60)
             blocked = (
                 "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                 "AND strpos(query, 'unnest') > 0"
@@ -319,8 +324,9 @@ def test_a_batch_that_fails_answers_the_error_to_every_caller_and_writes_nothing
             for t in threads:
                 t.join(timeout=60)
             hold_last.exec_driver_sql("ROLLBACK")
-        assert isinstance(results[first], ApplyResult)
-        assert results[first].applied
+        for job_id in alone:
+            assert isinstance(results[job_id], ApplyResult)
+            assert results[job_id].applied  # type: ignore[union-attr]
         # Every caller in the batch got the error (a 503: the sender retries) ...
         for job_id in batched:
             assert isinstance(results[job_id], StoreUnavailableError), results[job_id]

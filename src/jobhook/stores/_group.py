@@ -65,7 +65,7 @@ __all__ = [
 MAX_BATCH = min(256, EVENT_SLOTS)
 #: How many commits one store keeps in flight at once: while one waits for the
 #: database, the next batch is built and sent (both cores of a small machine work).
-MAX_IN_FLIGHT = 1
+MAX_IN_FLIGHT = 4
 
 W = TypeVar("W")
 Answer = ApplyResult | BaseException
@@ -195,19 +195,24 @@ class GroupStatements:
             .render_derived(name="given")
         )
         i = sa.select(given).cte("i")
-        # The jobs, as an array too: ``id = ANY(…)`` is an index scan whatever the
-        # planner guesses of the CTE's size (a join to it may scan the whole table).
+        # Every lookup is ``id = ANY(<the batch's ids>)``: an index scan whatever the
+        # planner guesses of the batch's size (a join or a correlated EXISTS may become
+        # a hash of the whole table, whose cost grows with it).
         named = jobs.c.id == sa.func.any(_array("job_ids", text))
+        known = sa.select(jobs.c.id).where(named).cte("known")
+        # As the statement's snapshot sees it: recorded before this statement.
+        seen = (
+            sa.select(deliveries.c.id)
+            .where(deliveries.c.id == sa.func.any(_array("delivery_ids", text)))
+            .cte("seen")
+        )
         # 1. Record the delivery ids of jobs that exist, in delivery-id order.
         recorded = (
             postgresql.insert(deliveries)
             .from_select(
                 ["id", "job_id", "received_at"],
                 sa.select(i.c.delivery_id, i.c.job_id, i.c.now)
-                .where(
-                    i.c.delivery_id.is_not(None),
-                    sa.exists().where(jobs.c.id == i.c.job_id),
-                )
+                .where(i.c.delivery_id.is_not(None), i.c.job_id.in_(sa.select(known.c.id)))
                 .order_by(i.c.delivery_id),
             )
             .on_conflict_do_nothing(index_elements=["id"])
@@ -285,11 +290,14 @@ class GroupStatements:
         self.apply_batch = sa.select(
             i.c.slot.label("slot"),
             i.c.delivery_id.in_(sa.select(recorded.c.id)).label("fresh"),
-            # As the statement's snapshot sees it: recorded before this statement.
-            sa.exists().where(deliveries.c.id == i.c.delivery_id).label("seen"),
+            i.c.delivery_id.in_(sa.select(seen.c.id)).label("seen"),
             written.c.id.label("event_id"),
             *(updated.c[col.name] for col in c),
-            *(locked.c[col.name].label(f"{BEFORE}{col.name}") for col in c),
+            # The job before: only where nothing was written (not read twice otherwise).
+            *(
+                sa.case((updated.c.id.is_(None), locked.c[col.name])).label(f"{BEFORE}{col.name}")
+                for col in c
+            ),
         ).select_from(
             i.outerjoin(locked, locked.c.id == i.c.job_id)
             .outerjoin(updated, updated.c.u_slot == i.c.slot)
