@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from datetime import datetime, timezone
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,11 +36,11 @@ from jobhook import (
     SQLJobStore,
 )
 from jobhook.exceptions import StoreUnavailableError
-from jobhook.stores._group import MAX_IN_FLIGHT
+from jobhook.stores._group import MAX_IN_FLIGHT, GroupQueue, Pending
 
 from .conftest import PG_SKIP_REASON, PG_URL
 
-pytestmark = [pytest.mark.postgres, pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)]
+needs_postgres = pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
 
 JOBS = 60
 WORKERS = 32
@@ -174,6 +175,8 @@ def check_stream(
         assert (final.status.value, final.version) == (row.status, row.version)
 
 
+@pytest.mark.postgres
+@needs_postgres
 def test_32_threads_give_the_sequential_result(prefix: str) -> None:
     assert PG_URL is not None
     store = SQLJobStore(PG_URL, table_prefix=prefix, create_schema=True, group_commit=True)
@@ -210,6 +213,8 @@ def test_32_threads_give_the_sequential_result(prefix: str) -> None:
         store.close()
 
 
+@pytest.mark.postgres
+@needs_postgres
 def test_32_tasks_give_the_sequential_result(prefix: str) -> None:
     assert PG_URL is not None
     setup = SQLJobStore(PG_URL, table_prefix=prefix, create_schema=True)
@@ -243,6 +248,8 @@ def test_32_tasks_give_the_sequential_result(prefix: str) -> None:
         setup.close()
 
 
+@pytest.mark.postgres
+@needs_postgres
 def test_a_lone_delivery_runs_at_once_as_one_statement(prefix: str) -> None:
     assert PG_URL is not None
     store = SQLJobStore(PG_URL, table_prefix=prefix, create_schema=True, group_commit=True)
@@ -255,6 +262,50 @@ def test_a_lone_delivery_runs_at_once_as_one_statement(prefix: str) -> None:
         assert (commits.single, commits.batches) == (2, [])  # one statement each
     finally:
         store.close()
+
+
+def waiting(job_id: str, delivery_id: str | None) -> Pending[None]:
+    update = JobUpdate(JobStatus.RUNNING)
+    return Pending(job_id, update, delivery_id, datetime.now(timezone.utc), None)
+
+
+def test_a_batch_takes_one_delivery_per_job_and_per_delivery_id_oldest_first() -> None:
+    queue: GroupQueue[None] = GroupQueue(max_batch=3, max_in_flight=1)
+    assert queue.arrive(waiting("a", "a1"))  # nothing in flight: runs alone, at once
+    entries = [
+        waiting("a", "a2"),
+        waiting("b", "b1"),
+        waiting("a", "a3"),
+        waiting("c", "b1"),  # a delivery id already in the batch
+        waiting("d", None),
+        waiting("e", "e1"),  # over max_batch
+    ]
+    assert not any(queue.arrive(e) for e in entries)
+    first = queue.finish()
+    assert first is not None
+    assert [(e.job_id, e.delivery_id) for e in first] == [("a", "a2"), ("b", "b1"), ("d", None)]
+    second = queue.finish()
+    assert second is not None
+    assert [(e.job_id, e.delivery_id) for e in second] == [("a", "a3"), ("c", "b1"), ("e", "e1")]
+    assert queue.finish() is None
+    assert queue.in_flight == 0
+    assert queue.arrive(waiting("f", "f1"))
+
+
+def test_deliveries_run_alone_while_a_commit_slot_is_free() -> None:
+    queue: GroupQueue[None] = GroupQueue(max_in_flight=2)
+    assert queue.arrive(waiting("a", "1"))
+    assert queue.arrive(waiting("b", "2"))
+    assert not queue.arrive(waiting("c", "3"))  # both slots busy: waits
+    batch = queue.finish()  # a commit ended: the waiting one goes in its slot
+    assert batch is not None
+    assert [e.job_id for e in batch] == ["c"]
+    assert queue.in_flight == 2
+    assert not queue.arrive(waiting("d", "4"))
+    assert queue.finish() is not None
+    assert queue.finish() is None  # nobody waits: the slot is free again
+    assert queue.in_flight == 1
+    assert queue.arrive(waiting("e", "5"))
 
 
 def test_group_commit_needs_postgresql(tmp_path: Any) -> None:
@@ -273,6 +324,8 @@ def wait_for(condition: Any, what: str) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.postgres
+@needs_postgres
 def test_a_batch_that_fails_answers_the_error_to_every_caller_and_writes_nothing(
     prefix: str,
 ) -> None:
@@ -384,6 +437,8 @@ for t in threads:
 """
 
 
+@pytest.mark.postgres
+@needs_postgres
 def test_a_server_killed_mid_stream_keeps_every_acknowledged_delivery(prefix: str) -> None:
     assert PG_URL is not None
     store = SQLJobStore(PG_URL, table_prefix=prefix, create_schema=True)
