@@ -18,8 +18,8 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
