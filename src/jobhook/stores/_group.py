@@ -1,30 +1,32 @@
-"""Group commit for the PostgreSQL stores: concurrent deliveries share one transaction.
+"""Group commit for the PostgreSQL stores: concurrent deliveries share one statement.
 
-A delivery that finds no commit in flight runs at once, as the store's usual single
-statement in autocommit: no timer, no added latency. Deliveries that arrive while a
-commit is in flight wait; when it ends, they go to the database together, as one
-batch in one transaction:
+A store keeps at most `MAX_IN_FLIGHT` commits in flight. A delivery that finds a free
+slot runs at once, as the store's usual single statement in autocommit: no timer, no
+added latency. Deliveries that arrive while every slot is busy wait; when a commit
+ends, the waiting ones go to the database together, as the next batch: one statement
+in autocommit (`GroupStatements`), atomic on its own, whose data-modifying CTEs
 
-1. one statement records the batch's delivery ids (``INSERT … ON CONFLICT DO
-   NOTHING``, in delivery-id order) and then locks the batch's jobs
-   (``SELECT … ORDER BY id FOR UPDATE``) and returns them;
-2. the lifecycle rules (`jobhook._lifecycle.decide`) judge each delivery against its
-   locked job, in Python, the one implementation of the rules;
-3. one statement writes every applied update (``UPDATE … FROM unnest(…)``) and its
-   outbox event, and returns the updated rows;
-4. one ``COMMIT``.
+1. record the batch's delivery ids of jobs that exist (``INSERT … ON CONFLICT DO
+   NOTHING``, in delivery-id order),
+2. then lock the batch's jobs (``SELECT … ORDER BY id FOR UPDATE``),
+3. apply the guarded UPDATE of `Statements.guarded_update` to each, its shape (status,
+   fields, sequence) given per row,
+4. write one outbox event per updated job,
+
+and return, per delivery, the job as written, or as it was when nothing was written.
 
 Locks are taken in a fixed order (delivery ids, then job ids, as the single statement
-does: its delivery id, then its job), so concurrent batches of several processes cannot
-deadlock. A batch holds at most one delivery per job and per delivery id; the others
-wait for the next batch, so a batch gives exactly what applying its deliveries one
-after the other would. Every caller is answered only after its batch committed; if
-anything fails, every caller in the batch gets the error and nothing of it is written.
-Outbox event ids stay unique and ordered: ``txid * EVENT_SLOTS + slot`` (see
-`jobhook.stores._statements.event_id`), ``slot`` being the delivery's place in the batch.
+does: its delivery id, then its job), so batches and single deliveries of several
+processes cannot deadlock. A batch holds at most one delivery per job and per delivery
+id; the others keep their place for the next batch, so each delivery gets what applying
+them one after the other would give. Every caller is answered only after its batch
+committed; if it fails, every caller in it gets the error and nothing of it is written.
+Event ids are ``txid * EVENT_SLOTS + slot`` (see `jobhook.stores._statements.event_id`),
+``slot`` being the delivery's place in the batch: distinct within the transaction, and
+ordered as transactions are for readers; per job, ``version`` orders events.
 
 `GroupQueue` is the pure core (who runs now, who waits, what the next batch is) and
-`GroupStatements` the batch's statements and rules, as steps; `GroupCommit` (threads)
+`GroupStatements` the batch's statement and answers, as steps; `GroupCommit` (threads)
 and `AsyncGroupCommit` (asyncio tasks) are the thin shells.
 """
 
@@ -155,55 +157,84 @@ def _array(name: str, item: Any) -> Any:
     return sa.cast(sa.bindparam(name), postgresql.ARRAY(item))
 
 
+_TEXT = sa.String()
+#: The batch's rows, one array parameter per column: (column, parameter, type).
+_INPUTS = (
+    ("slot", "slots", sa.Integer()),
+    ("job_id", "job_ids", _TEXT),
+    ("delivery_id", "delivery_ids", _TEXT),
+    ("now", "nows", sa.DateTime(timezone=True)),
+    ("status", "statuses", _TEXT),
+    ("allowed", "allowed", _TEXT),
+    ("terminal", "terminal", sa.Boolean()),
+    ("progress", "progresses", sa.Float()),
+    ("output", "outputs", _TEXT),
+    ("error_code", "error_codes", _TEXT),
+    ("error_message", "error_messages", _TEXT),
+    ("remote_id", "remote_ids", _TEXT),
+    ("sequence", "sequences", sa.BigInteger()),
+)
+
+
+def _guarded_update(jobs: sa.Table, i: Any) -> sa.Update:
+    """`Statements.guarded_update` for many rows: each row of ``i`` gives its update's
+    shape (status, the statuses it applies to, fields set, sequence) as values."""
+    c = jobs.c
+    running = JobStatus.RUNNING.value
+    # Rule 3: running after running never goes back in progress or sequence.
+    keeps_order = sa.and_(
+        sa.or_(i.c.progress.is_(None), c.progress.is_(None), c.progress <= i.c.progress),
+        sa.or_(i.c.sequence.is_(None), c.sequence.is_(None), c.sequence < i.c.sequence),
+    )
+    takes_sequence = sa.and_(
+        i.c.sequence.is_not(None), sa.or_(c.sequence.is_(None), c.sequence < i.c.sequence)
+    )
+    return (
+        sa.update(jobs)
+        .where(
+            c.id == i.c.job_id,
+            # Rules 1 and 2, as `allowed_from` says.
+            c.status == sa.func.any(sa.func.string_to_array(i.c.allowed, ",")),
+            sa.or_(i.c.status != running, c.status != running, keeps_order),
+        )
+        .values(
+            status=i.c.status,
+            version=c.version + 1,
+            updated_at=i.c.now,
+            completed_at=sa.case((i.c.terminal, i.c.now), else_=c.completed_at),
+            progress=sa.func.coalesce(i.c.progress, c.progress),
+            # NULL: the update carries no output (or error, remote id): the job keeps its own.
+            output=sa.func.coalesce(sa.cast(i.c.output, postgresql.JSONB), c.output),
+            error_code=sa.func.coalesce(i.c.error_code, c.error_code),
+            error_message=sa.case(
+                (i.c.error_code.is_not(None), i.c.error_message), else_=c.error_message
+            ),
+            remote_id=sa.func.coalesce(i.c.remote_id, c.remote_id),
+            sequence=sa.case((takes_sequence, i.c.sequence), else_=c.sequence),
+        )
+    )
+
+
 class GroupStatements:
     """A batch's one statement for one store's tables, and its answers as steps."""
 
     def __init__(self, tables: Tables) -> None:
         jobs, deliveries, events = tables.jobs, tables.deliveries, tables.events
-        text = sa.String()
         given = (
-            sa.func.unnest(
-                _array("slots", sa.Integer()),
-                _array("job_ids", text),
-                _array("delivery_ids", text),
-                _array("nows", sa.DateTime(True)),
-                _array("statuses", text),
-                _array("allowed", text),
-                _array("terminal", sa.Boolean()),
-                _array("progresses", sa.Float()),
-                _array("outputs", text),
-                _array("error_codes", text),
-                _array("error_messages", text),
-                _array("remote_ids", text),
-                _array("sequences", sa.BigInteger()),
-            )
-            .table_valued(
-                "slot",
-                "job_id",
-                "delivery_id",
-                "now",
-                "status",
-                "allowed",
-                "terminal",
-                "progress",
-                "output",
-                "error_code",
-                "error_message",
-                "remote_id",
-                "sequence",
-            )
+            sa.func.unnest(*(_array(param, type_) for _, param, type_ in _INPUTS))
+            .table_valued(*(column for column, _, _ in _INPUTS))
             .render_derived(name="given")
         )
         i = sa.select(given).cte("i")
         # Every lookup is ``id = ANY(<the batch's ids>)``: an index scan whatever the
         # planner guesses of the batch's size (a join or a correlated EXISTS may become
         # a hash of the whole table, whose cost grows with it).
-        named = jobs.c.id == sa.func.any(_array("job_ids", text))
+        named = jobs.c.id == sa.func.any(_array("job_ids", _TEXT))
         known = sa.select(jobs.c.id).where(named).cte("known")
         # As the statement's snapshot sees it: recorded before this statement.
         seen = (
             sa.select(deliveries.c.id)
-            .where(deliveries.c.id == sa.func.any(_array("delivery_ids", text)))
+            .where(deliveries.c.id == sa.func.any(_array("delivery_ids", _TEXT)))
             .cte("seen")
         )
         # 1. Record the delivery ids of jobs that exist, in delivery-id order.
@@ -230,58 +261,27 @@ class GroupStatements:
             .with_for_update()
             .cte("locked")
         )
-        # 3. The guarded UPDATE of `Statements.guarded_update`, its shape given per row.
-        c = jobs.c
-        keeps_order = sa.and_(
-            sa.or_(i.c.progress.is_(None), c.progress.is_(None), c.progress <= i.c.progress),
-            sa.or_(i.c.sequence.is_(None), c.sequence.is_(None), c.sequence < i.c.sequence),
-        )
-        running = JobStatus.RUNNING.value
-        takes_sequence = sa.and_(
-            i.c.sequence.is_not(None), sa.or_(c.sequence.is_(None), c.sequence < i.c.sequence)
-        )
+        # 3. The guarded UPDATE, of locked jobs only, for fresh delivery ids only.
         updated = (
-            sa.update(jobs)
+            _guarded_update(jobs, i)
             .where(
                 named,
-                c.id == i.c.job_id,
-                c.id == locked.c.id,
+                jobs.c.id == locked.c.id,
                 sa.or_(i.c.delivery_id.is_(None), i.c.delivery_id.in_(sa.select(recorded.c.id))),
-                c.status == sa.func.any(sa.func.string_to_array(i.c.allowed, ",")),
-                sa.or_(i.c.status != running, c.status != running, keeps_order),
             )
-            .values(
-                status=i.c.status,
-                version=c.version + 1,
-                updated_at=i.c.now,
-                completed_at=sa.case((i.c.terminal, i.c.now), else_=c.completed_at),
-                progress=sa.func.coalesce(i.c.progress, c.progress),
-                output=sa.func.coalesce(sa.cast(i.c.output, postgresql.JSONB), c.output),
-                error_code=sa.func.coalesce(i.c.error_code, c.error_code),
-                error_message=sa.case(
-                    (i.c.error_code.is_not(None), i.c.error_message), else_=c.error_message
-                ),
-                remote_id=sa.func.coalesce(i.c.remote_id, c.remote_id),
-                sequence=sa.case((takes_sequence, i.c.sequence), else_=c.sequence),
-            )
-            .returning(*c, i.c.slot.label("u_slot"), i.c.delivery_id.label("u_delivery_id"))
+            .returning(*jobs.c, i.c.slot.label("u_slot"), i.c.delivery_id.label("u_delivery_id"))
             .cte("u")
         )
         # 4. One outbox event per updated job: ids txid * EVENT_SLOTS + slot.
+        u = updated.c
         written = (
             sa.insert(events)
             .from_select(
                 [col.name for col in events.c],
                 sa.select(
-                    event_id(updated.c.u_slot),
-                    updated.c.id,
-                    updated.c.owner_id,
-                    updated.c.kind,
-                    updated.c.status,
-                    updated.c.progress,
-                    updated.c.version,
-                    updated.c.u_delivery_id,
-                    updated.c.updated_at,
+                    event_id(u.u_slot),
+                    *(u.id, u.owner_id, u.kind, u.status, u.progress, u.version),
+                    *(u.u_delivery_id, u.updated_at),
                 ),
             )
             .returning(events.c.id, events.c.job_id)
@@ -292,16 +292,16 @@ class GroupStatements:
             i.c.delivery_id.in_(sa.select(recorded.c.id)).label("fresh"),
             i.c.delivery_id.in_(sa.select(seen.c.id)).label("seen"),
             written.c.id.label("event_id"),
-            *(updated.c[col.name] for col in c),
+            *(u[col.name] for col in jobs.c),
             # The job before: only where nothing was written (not read twice otherwise).
             *(
-                sa.case((updated.c.id.is_(None), locked.c[col.name])).label(f"{BEFORE}{col.name}")
-                for col in c
+                sa.case((u.id.is_(None), locked.c[col.name])).label(f"{BEFORE}{col.name}")
+                for col in jobs.c
             ),
         ).select_from(
             i.outerjoin(locked, locked.c.id == i.c.job_id)
-            .outerjoin(updated, updated.c.u_slot == i.c.slot)
-            .outerjoin(written, written.c.job_id == updated.c.id)
+            .outerjoin(updated, u.u_slot == i.c.slot)
+            .outerjoin(written, written.c.job_id == u.id)
         )
 
     def apply(self, batch: Sequence[Pending[Any]]) -> Steps[list[ApplyResult]]:
@@ -372,16 +372,10 @@ def _interrupted() -> StoreUnavailableError:
     return StoreUnavailableError("the group commit running this delivery was interrupted")
 
 
-class _Waiter:
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-
 class GroupCommit:
     """The sync shell: threads. ``single`` runs one delivery as the store always does;
-    ``run_batch`` runs a batch's steps in one transaction and commits. Thread-safe."""
+    ``run_batch`` runs a batch's steps (one statement, atomic alone) in autocommit.
+    Thread-safe: the queue is only touched under a lock."""
 
     def __init__(
         self,
@@ -394,13 +388,14 @@ class GroupCommit:
         self._statements = statements
         self._single = single
         self._run_batch = run_batch
-        self._queue: GroupQueue[_Waiter] = GroupQueue(max_batch)
+        self._queue: GroupQueue[threading.Event] = GroupQueue(max_batch)
         self._lock = threading.Lock()
 
     def apply(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
-        """Apply alone if nothing is in flight, else in the next batch; returns after
-        the commit that made it durable, or raises what made that commit fail."""
-        entry = pending(job_id, update, delivery_id, _Waiter())
+        """Apply alone if a commit slot is free, else in a batch; returns after the
+        commit that made it durable, or raises what made that commit fail (the
+        store's errors: `StoreUnavailableError` when the database is unreachable)."""
+        entry = pending(job_id, update, delivery_id, threading.Event())
         with self._lock:
             alone = self._queue.arrive(entry)
         if alone:
@@ -408,7 +403,7 @@ class GroupCommit:
                 return self._single(job_id, update, delivery_id)
             finally:
                 self._hand_off()
-        entry.waiter.event.wait()
+        entry.waiter.wait()
         batch = entry.batch
         if batch is not None:
             try:
@@ -417,7 +412,7 @@ class GroupCommit:
                 self._hand_off()
         return _answer(entry)
 
-    def _run(self, batch: list[Pending[_Waiter]]) -> None:
+    def _run(self, batch: list[Pending[threading.Event]]) -> None:
         answers: list[Answer] = [_interrupted()] * len(batch)
         try:
             if len(batch) == 1:
@@ -432,9 +427,9 @@ class GroupCommit:
             self._wake(batch)
 
     @staticmethod
-    def _wake(batch: list[Pending[_Waiter]]) -> None:
+    def _wake(batch: list[Pending[threading.Event]]) -> None:
         for entry in batch[1:]:  # the first one ran the batch
-            entry.waiter.event.set()
+            entry.waiter.set()
 
     def _hand_off(self) -> None:
         """The commit ended: wake the first caller of the next batch to run it."""
@@ -442,7 +437,7 @@ class GroupCommit:
             batch = self._queue.finish()
         if batch is not None:
             batch[0].batch = batch
-            batch[0].waiter.event.set()
+            batch[0].waiter.set()
 
 
 class AsyncGroupCommit:
