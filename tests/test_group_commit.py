@@ -94,9 +94,11 @@ class Commits:
         self.single = 0
         sa.event.listen(engine, "before_cursor_execute", self._count)
 
-    def _count(self, conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+    def _count(
+        self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
         if "unnest" in statement and "FOR UPDATE" in statement:
-            self.batches.append(len(params["slots"]))
+            self.batches.append(len(context.compiled_parameters[0]["slots"]))
         elif "INSERT INTO" in statement and "_events" in statement:
             self.single += 1
 
@@ -215,14 +217,16 @@ def test_32_threads_give_the_sequential_result(prefix: str) -> None:
 
 @pytest.mark.postgres
 @needs_postgres
-def test_32_tasks_give_the_sequential_result(prefix: str) -> None:
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_32_tasks_give_the_sequential_result(prefix: str, driver: str) -> None:
     assert PG_URL is not None
     setup = SQLJobStore(PG_URL, table_prefix=prefix, create_schema=True)
     make_jobs(setup)
     deliveries = stream(seed=11)
 
     async def run() -> tuple[list[ApplyResult], Commits]:
-        store = AsyncSQLJobStore(PG_URL, table_prefix=prefix, group_commit=True)
+        url = sa.make_url(PG_URL).set(drivername=f"postgresql+{driver}")
+        store = AsyncSQLJobStore(url, table_prefix=prefix, group_commit=True)
         commits = Commits(store.engine.sync_engine)
         answers: list[ApplyResult | None] = [None] * len(deliveries)
         position = iter(range(len(deliveries)))
