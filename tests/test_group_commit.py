@@ -35,8 +35,15 @@ from jobhook import (
     Outcome,
     SQLJobStore,
 )
-from jobhook.exceptions import StoreUnavailableError
-from jobhook.stores._group import MAX_IN_FLIGHT, GroupQueue, Pending
+from jobhook.exceptions import StoreUnavailableError, ValidationError
+from jobhook.stores._group import (
+    MAX_IN_FLIGHT,
+    GroupCommit,
+    GroupQueue,
+    GroupStatements,
+    Pending,
+)
+from jobhook.stores._schema import Tables
 
 from .conftest import PG_SKIP_REASON, PG_URL
 
@@ -310,6 +317,72 @@ def test_deliveries_run_alone_while_a_commit_slot_is_free() -> None:
     assert queue.finish() is None  # nobody waits: the slot is free again
     assert queue.in_flight == 1
     assert queue.arrive(waiting("e", "5"))
+
+
+class FakeStore:
+    """`GroupCommit`'s two callables without a database: the first delivery blocks until
+    released (so that the others queue up behind it), batches fail as told."""
+
+    def __init__(self, batch_error: Exception) -> None:
+        self.release = threading.Event()
+        self.batch_error = batch_error
+        self.alone: list[str] = []
+        self.batches = 0
+
+    def single(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
+        if not self.alone:
+            self.release.wait()
+        self.alone.append(job_id)
+        if job_id == "bad":
+            raise ValidationError("the database refused a value")
+        return ApplyResult(Outcome.STALE, None)
+
+    def run_batch(self, steps: Any) -> list[ApplyResult]:
+        self.batches += 1
+        raise self.batch_error
+
+
+def run_behind_a_blocked_delivery(fake: FakeStore, job_ids: list[str]) -> dict[str, Any]:
+    group = GroupCommit(GroupStatements(Tables()), fake.single, fake.run_batch, max_in_flight=1)
+    results: dict[str, Any] = {}
+
+    def deliver(job_id: str) -> None:
+        try:
+            results[job_id] = group.apply(job_id, JobUpdate(JobStatus.RUNNING), f"{job_id}-d")
+        except Exception as exc:
+            results[job_id] = exc
+
+    first = threading.Thread(target=deliver, args=("first",))
+    first.start()
+    wait_for(lambda: group._queue.in_flight == 1, "the first delivery in flight")
+    threads = [threading.Thread(target=deliver, args=(j,)) for j in job_ids]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(group._queue.waiting) == len(job_ids), "the others queued")
+    fake.release.set()
+    for t in [first, *threads]:
+        t.join(timeout=60)
+    return results
+
+
+def test_a_failed_batch_answers_its_error_to_every_caller_in_it() -> None:
+    fake = FakeStore(StoreUnavailableError("the database went away"))
+    results = run_behind_a_blocked_delivery(fake, ["a", "b", "c"])
+    assert fake.batches == 1
+    assert results["first"].outcome is Outcome.STALE
+    for job_id in ("a", "b", "c"):
+        assert isinstance(results[job_id], StoreUnavailableError)
+
+
+def test_a_value_the_database_refuses_fails_only_its_own_delivery() -> None:
+    fake = FakeStore(ValidationError("the database refused a value"))
+    results = run_behind_a_blocked_delivery(fake, ["a", "bad", "c"])
+    # The batch was refused as a whole; its deliveries went again, one by one.
+    assert fake.batches == 1
+    assert sorted(fake.alone) == ["a", "bad", "c", "first"]
+    assert isinstance(results["bad"], ValidationError)
+    assert results["a"].outcome is Outcome.STALE
+    assert results["c"].outcome is Outcome.STALE
 
 
 def test_group_commit_needs_postgresql(tmp_path: Any) -> None:

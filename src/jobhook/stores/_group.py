@@ -20,7 +20,9 @@ does: its delivery id, then its job), so batches and single deliveries of severa
 processes cannot deadlock. A batch holds at most one delivery per job and per delivery
 id; the others keep their place for the next batch, so each delivery gets what applying
 them one after the other would give. Every caller is answered only after its batch
-committed; if it fails, every caller in it gets the error and nothing of it is written.
+committed; if it fails, every caller in it gets the error and nothing of it is written
+(a value the database refuses sends the batch's deliveries one by one instead, so that
+only its own caller gets the `ValidationError`).
 Event ids are ``txid * EVENT_SLOTS + slot`` (see `jobhook.stores._statements.event_id`),
 ``slot`` being the delivery's place in the batch: distinct within the transaction, and
 ordered as transactions are for readers; per job, ``version`` orders events.
@@ -46,7 +48,7 @@ from jobhook._convert import dumps
 from jobhook._ids import check_delivery_id, utcnow
 from jobhook._lifecycle import allowed_from, changes, check_id, judge
 from jobhook._models import ApplyResult, JobStatus, JobUpdate, Outcome
-from jobhook.exceptions import StoreUnavailableError
+from jobhook.exceptions import StoreUnavailableError, ValidationError
 from jobhook.stores._direct import Steps
 from jobhook.stores._rows import applied, check_output, job_from_row
 from jobhook.stores._schema import Tables
@@ -384,11 +386,12 @@ class GroupCommit:
         run_batch: Callable[[Steps[list[ApplyResult]]], list[ApplyResult]],
         *,
         max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._statements = statements
         self._single = single
         self._run_batch = run_batch
-        self._queue: GroupQueue[threading.Event] = GroupQueue(max_batch)
+        self._queue: GroupQueue[threading.Event] = GroupQueue(max_batch, max_in_flight)
         self._lock = threading.Lock()
 
     def apply(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
@@ -416,15 +419,24 @@ class GroupCommit:
         answers: list[Answer] = [_interrupted()] * len(batch)
         try:
             if len(batch) == 1:
-                (entry,) = batch
-                answers = [self._single(entry.job_id, entry.update, entry.delivery_id)]
+                answers = [self._alone(batch[0])]
             else:
                 answers = list(self._run_batch(self._statements.apply(batch)))
+        except ValidationError:
+            # The database refused a value and wrote nothing: one by one, so that
+            # only the delivery it belongs to gets the error.
+            answers = [self._alone(entry) for entry in batch]
         except Exception as exc:
             answers = [exc] * len(batch)
         finally:
             _settle(batch, answers)
             self._wake(batch)
+
+    def _alone(self, entry: Pending[Any]) -> Answer:
+        try:
+            return self._single(entry.job_id, entry.update, entry.delivery_id)
+        except Exception as exc:
+            return exc
 
     @staticmethod
     def _wake(batch: list[Pending[threading.Event]]) -> None:
@@ -453,11 +465,12 @@ class AsyncGroupCommit:
         run_batch: Callable[[Steps[list[ApplyResult]]], Awaitable[list[ApplyResult]]],
         *,
         max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self._statements = statements
         self._single = single
         self._run_batch = run_batch
-        self._queue: GroupQueue[asyncio.Future[None]] = GroupQueue(max_batch)
+        self._queue: GroupQueue[asyncio.Future[None]] = GroupQueue(max_batch, max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def apply(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
@@ -476,10 +489,11 @@ class AsyncGroupCommit:
         answers: list[Answer] = [_interrupted()] * len(batch)
         try:
             if len(batch) == 1:
-                (entry,) = batch
-                answers = [await self._single(entry.job_id, entry.update, entry.delivery_id)]
+                answers = [await self._alone(batch[0])]
             else:
                 answers = list(await self._run_batch(self._statements.apply(batch)))
+        except ValidationError:
+            answers = [await self._alone(entry) for entry in batch]  # as in GroupCommit
         except Exception as exc:
             answers = [exc] * len(batch)
         finally:
@@ -488,6 +502,12 @@ class AsyncGroupCommit:
                 if not entry.waiter.done():
                     entry.waiter.set_result(None)
             self._hand_off()
+
+    async def _alone(self, entry: Pending[Any]) -> Answer:
+        try:
+            return await self._single(entry.job_id, entry.update, entry.delivery_id)
+        except Exception as exc:
+            return exc
 
     def _hand_off(self) -> None:
         batch = self._queue.finish()
