@@ -87,7 +87,7 @@ def _wait_for_outbox(store: Any, url: str, prefix: str) -> Callable[[], None]:
     """
     engine = sa.create_engine(make_url(url).set(drivername="postgresql+psycopg"))
     caught_up = (
-        f"SELECT coalesce(max(id), 0) < txid_snapshot_xmin(txid_current_snapshot()) "
+        f"SELECT coalesce(max(id), 0) < txid_snapshot_xmin(txid_current_snapshot()) * 1024 "
         f"FROM {prefix}events"
     )
     events = store.events

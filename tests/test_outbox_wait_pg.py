@@ -108,7 +108,7 @@ def test_a_jobhook_writer_in_flight_is_never_skipped(pg_store: Any, idle_elsewhe
         # transaction id that becomes its event's id; it has not committed yet.
         (early,) = writer.execute(
             f"INSERT INTO {events} (id, job_id, kind, status, version, created_at) "
-            "VALUES (txid_current(), 'early', 'default', 'submitted', 1, now()) "
+            "VALUES (txid_current() * 1024, 'early', 'default', 'submitted', 1, now()) "
             "RETURNING id"
         ).fetchone()
         late = _event(pg_store)

@@ -23,7 +23,14 @@ from jobhook.stores._mysql import MySQLStatements
 from jobhook.stores._rows import bound
 from jobhook.stores._schema import MYSQL_DIALECTS, Tables
 
-__all__ = ["Shape", "Statements"]
+__all__ = ["BEFORE", "EVENT_SLOTS", "Shape", "Statements", "event_id"]
+
+#: The prefix of a group commit batch's columns that hold a job before its update.
+BEFORE = "before_"
+
+#: PostgreSQL outbox event ids are ``xid * EVENT_SLOTS + slot``: room for one event per
+#: job of a group commit's batch in one transaction (see `event_id`).
+EVENT_SLOTS = 1024
 
 #: What an update's statements depend on: status, the fields it sets, has a sequence.
 Shape = tuple[JobStatus, tuple[str, ...], bool]
@@ -36,10 +43,11 @@ Shape = tuple[JobStatus, tuple[str, ...], bool]
 #: this statement's snapshot: a writer whose id is below the snapshot's xmax either still
 #: holds the lock (its id is among the snapshot's running ones, and is the horizon), or
 #: has ended, and a later snapshot sees its event. ``xip`` ids are 64-bit and pg_locks
-#: holds 32-bit ones, hence the modulo. Read the events below it in a *later* statement.
+#: holds 32-bit ones, hence the modulo. Scaled by `EVENT_SLOTS`, as event ids are. Read
+#: the events below it in a *later* statement.
 #: The events table is matched by name in every schema (``schema_translate_map`` may
 #: place it anywhere): a same-named table elsewhere can only lower the horizon.
-_OUTBOX_HORIZON = """least(
+_OUTBOX_HORIZON = f"""{EVENT_SLOTS} * least(
   txid_snapshot_xmax(txid_current_snapshot()),
   (SELECT min(x) FROM txid_snapshot_xip(txid_current_snapshot()) AS x
    WHERE x % 4294967296 IN (
@@ -50,6 +58,16 @@ _OUTBOX_HORIZON = """least(
        AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
        AND r.mode <> 'AccessShareLock' AND t.locktype = 'transactionid'))
 )"""
+
+
+def event_id(slot: Any = 0) -> Any:
+    """PostgreSQL: the id of the writing transaction's event number ``slot``.
+
+    ``txid_current() * EVENT_SLOTS + slot``: unique while one transaction writes at most
+    `EVENT_SLOTS` events (a group commit's batch writes one per job), and ordered as
+    the transaction ids are, which is what readers rely on (see `Statements`).
+    """
+    return sa.func.txid_current() * EVENT_SLOTS + slot
 
 
 class Statements:
@@ -114,10 +132,9 @@ class Statements:
             # event, and readers only see ids below the oldest transaction still running
             # (txid_snapshot_xmin), so every later commit gets a greater id than any
             # already read. SQLite serialises writers, so its rowids already do this.
+            # The id is scaled (`event_id`) so that one transaction may write several.
             self.insert_event = (
-                sa.insert(events)
-                .values(bound(events, id=sa.func.txid_current()))
-                .returning(events.c.id)
+                sa.insert(events).values(bound(events, id=event_id())).returning(events.c.id)
             )
             #
             # The oldest transaction still running may be anyone's, though (an idle
@@ -127,9 +144,10 @@ class Statements:
             # use `select_outbox_horizon`: below the oldest transaction that is writing
             # to the events table (see `jobhook.stores._consumers.read_events`).
             self.select_events = self.select_events.add_columns(
-                (events.c.id < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot())).label(
-                    "settled"
-                )
+                (
+                    events.c.id
+                    < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot()) * EVENT_SLOTS
+                ).label("settled")
             )
             self.select_events_below = (
                 sa.select(events)
@@ -254,7 +272,7 @@ class Statements:
             .from_select(
                 [c.name for c in ev.c],
                 sa.select(
-                    sa.func.txid_current(),
+                    event_id(),
                     job.c.id,
                     job.c.owner_id,
                     job.c.kind,

@@ -33,6 +33,12 @@ from jobhook._models import (
     JobUpdate,
 )
 from jobhook.stores._errors import DATABASE_ERRORS, create_engine_for, store_error
+from jobhook.stores._group import (
+    AsyncGroupCommit,
+    GroupCommit,
+    GroupStatements,
+    check_group_commit,
+)
 from jobhook.stores._operations import Operations
 from jobhook.stores._schema import (
     Tables,
@@ -58,6 +64,10 @@ class SQLJobStore(SQLConsumerMethods):
     ``postgresql://`` uses psycopg 3) or an `Engine`. Thread-safe; every method is one
     transaction. Raises `StoreUnavailableError` when the database cannot be reached.
     Call `create_schema` once (idempotent), or manage `metadata` with Alembic.
+
+    ``group_commit=True`` (PostgreSQL only, else `ValueError`): deliveries that arrive
+    while another one commits are applied together, in one transaction and one commit
+    (see the "Group commit" section of the stores documentation).
     """
 
     def __init__(
@@ -66,6 +76,7 @@ class SQLJobStore(SQLConsumerMethods):
         *,
         table_prefix: str = "jobhook_",
         create_schema: bool = False,
+        group_commit: bool = False,
     ) -> None:
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
@@ -81,6 +92,14 @@ class SQLJobStore(SQLConsumerMethods):
         self._standalone, self._transaction = run_options(
             self.engine.dialect.name, owned=self._owns_engine
         )
+        self._group: GroupCommit | None = None
+        if group_commit:
+            check_group_commit(self.engine.dialect.name)
+            self._group = GroupCommit(
+                GroupStatements(self.tables),
+                self._apply_alone,
+                lambda steps: self._run(steps, standalone=True),
+            )
         if create_schema:
             self.create_schema()
 
@@ -148,6 +167,11 @@ class SQLJobStore(SQLConsumerMethods):
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
         """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
+        if self._group is not None:
+            return self._group.apply(job_id, update, delivery_id)
+        return self._apply_alone(job_id, update, delivery_id)
+
+    def _apply_alone(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
         steps = self._ops.apply(job_id, update, delivery_id)
         return self._run(steps, standalone=self._ops.apply_stands_alone)
 
@@ -231,13 +255,16 @@ def _run_on(conn: sa.Connection, steps: Steps[T], standalone: bool, options: dic
 
 class AsyncSQLJobStore(AsyncSQLConsumerMethods):
     """The async twin of `SQLJobStore`: aiosqlite for SQLite, psycopg 3 (or asyncpg, if
-    the URL says ``postgresql+asyncpg``) for PostgreSQL. Same tables, same statements."""
+    the URL says ``postgresql+asyncpg``) for PostgreSQL. Same tables, same statements.
+
+    ``group_commit=True`` as in `SQLJobStore`, for the tasks of one event loop."""
 
     def __init__(
         self,
         url_or_engine: str | URL | AsyncEngine,
         *,
         table_prefix: str = "jobhook_",
+        group_commit: bool = False,
     ) -> None:
         if isinstance(url_or_engine, AsyncEngine):
             self.engine = url_or_engine
@@ -252,6 +279,14 @@ class AsyncSQLJobStore(AsyncSQLConsumerMethods):
         self._standalone, self._transaction = run_options(
             self.engine.dialect.name, owned=self._owns_engine
         )
+        self._group: AsyncGroupCommit | None = None
+        if group_commit:
+            check_group_commit(self.engine.dialect.name)
+            self._group = AsyncGroupCommit(
+                GroupStatements(self.tables),
+                self._apply_alone,
+                lambda steps: self._run(steps, standalone=True),
+            )
 
     def __repr__(self) -> str:
         return f"<AsyncSQLJobStore {self.engine.url.render_as_string(hide_password=True)!s}>"
@@ -319,6 +354,13 @@ class AsyncSQLJobStore(AsyncSQLConsumerMethods):
         self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
     ) -> ApplyResult:
         """Judge and apply ``update`` in one transaction. See `JobStore.apply`."""
+        if self._group is not None:
+            return await self._group.apply(job_id, update, delivery_id)
+        return await self._apply_alone(job_id, update, delivery_id)
+
+    async def _apply_alone(
+        self, job_id: str, update: JobUpdate, delivery_id: str | None
+    ) -> ApplyResult:
         steps = self._ops.apply(job_id, update, delivery_id)
         return await self._run(steps, standalone=self._ops.apply_stands_alone)
 
