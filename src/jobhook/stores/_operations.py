@@ -219,9 +219,15 @@ class Operations(Statements):
         rows = yield self.select_stale, {"before": utc(updated_before), "limit": limit}
         return [job_from_row(r) for r in rows]
 
-    def events(self, after: int, limit: int) -> Steps[builtins.list[JobEvent]]:
+    def events(
+        self, after: int, limit: int, job_id: str | None = None
+    ) -> Steps[builtins.list[JobEvent]]:
         check_limit(limit)
-        rows = yield self.select_events, {"after": after, "limit": limit}
+        if job_id is None:
+            rows = yield self.select_events, {"after": after, "limit": limit}
+        else:
+            params = {"after": after, "limit": limit, "job_id": job_id}
+            rows = yield self.select_job_events, params
         return [event_from_row(r) for r in rows]
 
     def add_dead_letter(
