@@ -1,8 +1,10 @@
-"""FastAPI and Starlette adapter: an async endpoint over a `WebhookHandler`.
+"""FastAPI and Starlette adapter: an async endpoint over a `WebhookHandler`, and one
+that streams a job's events as Server-Sent Events.
 
 ```python
 app.post("/webhooks/jobhook/{job_id}")(webhook_endpoint(handler))  # FastAPI
 Route("/webhooks/jobhook/{job_id}", webhook_endpoint(handler), methods=["POST"])  # Starlette
+app.get("/jobs/{job_id}/events")(events_endpoint(store, authorize=can_see))
 ```
 
 Works with an async store and with a sync one, whose calls run in a worker thread.
@@ -10,11 +12,13 @@ Works with an async store and with a sync one, whose calls run in a worker threa
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 try:
     from starlette.requests import Request
-    from starlette.responses import Response
+    from starlette.responses import Response, StreamingResponse
 except ModuleNotFoundError as exc:  # Starlette, or one of its own dependencies, is missing
     raise ModuleNotFoundError(
         "jobhook.fastapi needs FastAPI or Starlette: pip install 'jobhook[fastapi]'",
@@ -22,9 +26,18 @@ except ModuleNotFoundError as exc:  # Starlette, or one of its own dependencies,
     ) from exc
 
 from jobhook._body import aread_limited
+from jobhook._sse import (
+    LAST_EVENT_ID_PARAMETER,
+    SSE_HEADERS,
+    SSE_MEDIA_TYPE,
+    StreamOptions,
+    parse_last_event_id,
+    refusal,
+)
 from jobhook._webhook import WebhookHandler
+from jobhook.live import AsyncWatcher, Watcher, aopen_stream, shared_watcher
 
-__all__ = ["webhook_endpoint"]
+__all__ = ["events_endpoint", "webhook_endpoint"]
 
 
 def webhook_endpoint(handler: WebhookHandler) -> Callable[[Request], Awaitable[Response]]:
@@ -44,3 +57,47 @@ def webhook_endpoint(handler: WebhookHandler) -> Callable[[Request], Awaitable[R
         return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
     return jobhook_webhook
+
+
+def events_endpoint(
+    store: Any,
+    *,
+    authorize: Callable[[Request, str], bool | Awaitable[bool]],
+    heartbeat: float = 15.0,
+    retry: float | None = 3.0,
+    end_on_terminal: bool = True,
+    watcher: Watcher | AsyncWatcher | None = None,
+) -> Callable[[Request], Awaitable[Response]]:
+    """A GET endpoint streaming the ``job_id`` path parameter's events as Server-Sent
+    Events, over an async store or a sync one (read in worker threads).
+
+    ``authorize(request, job_id)`` (a function or a coroutine function) decides first:
+    False answers 403 and streams nothing. Then 404 for an unknown job, 204 when
+    ``Last-Event-ID`` (or ``?last_event_id=``) already names the job's last event,
+    503 when the store is unavailable. A client that disconnects ends its stream.
+    """
+    options = StreamOptions(heartbeat=heartbeat, retry=retry, end_on_terminal=end_on_terminal)
+    live = watcher if watcher is not None else shared_watcher(store)
+
+    async def jobhook_events(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        allowed = authorize(request, job_id)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            return _refusal(403)
+        last_event_id = parse_last_event_id(
+            request.headers.get("last-event-id"),
+            request.query_params.get(LAST_EVENT_ID_PARAMETER),
+        )
+        status, stream = await aopen_stream(store, live, job_id, last_event_id, options)
+        if stream is None:
+            return _refusal(status)
+        return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+
+    return jobhook_events
+
+
+def _refusal(status: int) -> Response:
+    body, headers = refusal(status)
+    return Response(body, status_code=status, headers=headers)
