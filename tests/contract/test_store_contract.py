@@ -372,7 +372,6 @@ def test_events_in_order_after_a_cursor(store: Any) -> None:
     assert store.events(after=ids[-1]) == []
 
 
-
 def test_events_of_one_job_after_a_cursor(store: Any) -> None:
     first, second = store.create({}), store.create({})
     for p in (10, 20, 30):
@@ -385,6 +384,7 @@ def test_events_of_one_job_after_a_cursor(store: Any) -> None:
     assert store.events(job_id=first.id, after=mine[-1].id) == []
     assert store.events(job_id="missing") == []
     assert [e.job_id for e in store.events(job_id=second.id)] == [second.id] * 3
+
 
 # -- dead letters ------------------------------------------------------------------------
 

@@ -89,9 +89,7 @@ class Statements:
                 events.c.id < sa.func.txid_snapshot_xmin(sa.func.txid_current_snapshot())
             )
         # The same read, one job's events only (a live stream resuming after an id).
-        self.select_job_events = self.select_events.where(
-            events.c.job_id == sa.bindparam("job_id")
-        )
+        self.select_job_events = self.select_events.where(events.c.job_id == sa.bindparam("job_id"))
         self.select_stale = (
             sa.select(jobs)
             .where(
