@@ -20,6 +20,7 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("bench_*.py"))
 def test_every_benchmark_is_covered() -> None:
     assert SCRIPTS == [
         "bench_scale.py",
+        "bench_sse.py",
         "bench_submit.py",
         "bench_throughput.py",
         "bench_webhook.py",
