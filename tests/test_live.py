@@ -230,3 +230,21 @@ def test_options_refuse_a_heartbeat_that_is_not_positive() -> None:
         StreamOptions(heartbeat=0)
     with pytest.raises(ValueError, match="interval"):
         Watcher(InMemoryJobStore(), interval=0)
+
+
+def test_the_async_watcher_follows_a_new_event_loop() -> None:
+    # A server restarted in the same process (or a test client's new loop): the
+    # watcher's task, event and lock are rebuilt in the new loop.
+    store = AsyncInMemoryJobStore()
+    watcher = AsyncWatcher(store, interval=0.05)
+
+    async def one_stream() -> int:
+        job = await store.create({})
+        subscription = await watcher.subscribe(job.id)
+        await store.apply(job.id, JobUpdate("running", progress=1))
+        (live,) = await subscription.wait(10)
+        watcher.unsubscribe(subscription)
+        return int(live.event.progress or 0)
+
+    assert asyncio.run(one_stream()) == 1
+    assert asyncio.run(one_stream()) == 1

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 try:
+    from django.core.handlers.asgi import ASGIRequest
     from django.core.handlers.wsgi import WSGIRequest
     from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
     from django.views.decorators.csrf import csrf_exempt
@@ -40,6 +41,7 @@ from jobhook.live import (
     aopen_stream,
     is_async_store,
     open_stream,
+    open_threaded_stream,
     shared_watcher,
 )
 
@@ -133,8 +135,9 @@ def events_view(
     ``authorize(request, job_id)`` decides first: False answers 403 and streams
     nothing. Then 404 for an unknown job, 204 when ``Last-Event-ID`` (or
     ``?last_event_id=``) already names the job's last event, 503 when the store is
-    unavailable. Under WSGI each open stream holds a worker thread; with an async
-    store the view is async (ASGI), and a client that disconnects ends its stream.
+    unavailable. Under WSGI each open stream holds a worker thread; under ASGI a stream
+    is a task (a sync store is then read in worker threads), and a client that
+    disconnects ends it. The view is async when the store is.
     """
     options = StreamOptions(heartbeat=heartbeat, retry=retry, end_on_terminal=end_on_terminal)
     live = watcher if watcher is not None else shared_watcher(store)
@@ -158,7 +161,13 @@ def events_view(
             if not authorize(request, job_id):
                 return _refusal(403)
             last = _last_event_id(request)
-            status, stream = open_stream(store, sync_live, job_id, last, options)
+            stream: Any
+            if isinstance(request, ASGIRequest):
+                # Django under ASGI would read a sync iterator to its end before
+                # sending anything: stream an async one, reading the store in threads.
+                status, stream = open_threaded_stream(store, sync_live, job_id, last, options)
+            else:
+                status, stream = open_stream(store, sync_live, job_id, last, options)
             return _refusal(status) if stream is None else _streaming(stream)
 
         view = sync_view

@@ -383,15 +383,10 @@ def _missed_events(store: Any, job_id: str, after: int) -> Iterator[LiveEvent]:
             return
 
 
-def open_stream(
-    store: Any, watcher: Watcher, job_id: str, last_event_id: int | None, options: StreamOptions
-) -> tuple[int, Iterator[bytes] | None]:
-    """The status to answer and, for 200, the stream's bytes (a sync store).
-
-    404 for an unknown job, 204 when the client already had the job's last event
-    (EventSource stops reconnecting on 204), 503 when the store is unavailable.
-    Nothing is subscribed until the stream is first iterated.
-    """
+def _opening(store: Any, job_id: str, last_event_id: int | None, options: StreamOptions) -> int:
+    """The status a stream opens with, read now (a sync store): 200, or 404 for an
+    unknown job, 204 when the client already had the job's last event (EventSource
+    stops reconnecting on 204), 503 when the store is unavailable."""
     try:
         job = store.get(job_id)
         if (
@@ -400,12 +395,35 @@ def open_stream(
             and options.end_on_terminal
             and not store.events(after=last_event_id, limit=1, job_id=job_id)
         ):
-            return 204, None
+            return 204
     except JobNotFoundError:
-        return 404, None
+        return 404
     except StoreUnavailableError:
-        return 503, None
-    return 200, _sync_stream(store, watcher, job_id, last_event_id, options)
+        return 503
+    return 200
+
+
+def open_stream(
+    store: Any, watcher: Watcher, job_id: str, last_event_id: int | None, options: StreamOptions
+) -> tuple[int, Iterator[bytes] | None]:
+    """The status to answer and, for 200, the stream's bytes (a sync store, a sync
+    server). Nothing is subscribed until the stream is first iterated."""
+    status = _opening(store, job_id, last_event_id, options)
+    if status != 200:
+        return status, None
+    return status, _sync_stream(store, watcher, job_id, last_event_id, options)
+
+
+def open_threaded_stream(
+    store: Any, watcher: Watcher, job_id: str, last_event_id: int | None, options: StreamOptions
+) -> tuple[int, AsyncIterator[bytes] | None]:
+    """`open_stream` for a sync store under an async server called from a sync view
+    (Django under ASGI): checked now, streamed as an async iterator whose store reads
+    run in worker threads."""
+    status = _opening(store, job_id, last_event_id, options)
+    if status != 200:
+        return status, None
+    return status, _async_stream(_InThread(store), watcher, job_id, last_event_id, options)
 
 
 def _sync_stream(

@@ -1,6 +1,6 @@
 """The events views behind real servers, over real HTTP: werkzeug's threaded server for
-Flask, Django's own threaded test server (WSGI), uvicorn for FastAPI (async and sync
-stores) and for Django under ASGI.
+Flask, Django's own threaded test server (WSGI), uvicorn for FastAPI and for Django
+under ASGI (each with an async store and with a sync one).
 
 Each server runs in this process, so the test reads its watcher's subscriber count.
 Streams are read with httpx as a browser's EventSource would: line by line, as sent.
@@ -8,7 +8,6 @@ Streams are read with httpx as a browser's EventSource would: line by line, as s
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -134,6 +133,7 @@ SERVERS: dict[str, tuple[tuple[str, ...], bool]] = {
     "fastapi-uvicorn-async": (("fastapi", "uvicorn"), True),
     "fastapi-uvicorn-sync": (("fastapi", "uvicorn"), False),
     "django-asgi-uvicorn": (("django", "uvicorn"), True),
+    "django-asgi-uvicorn-sync": (("django", "uvicorn"), False),
 }
 
 
@@ -317,19 +317,3 @@ def test_a_disconnect_frees_the_subscription(live: Live, client: httpx.Client) -
     # A WSGI server notices at its next write (a heartbeat); an ASGI one at once.
     wait_for(lambda: live.watcher.subscribers == 0)
 
-
-def test_a_closed_async_loop_is_left_alone() -> None:
-    # The async watcher of a loop that is gone is rebuilt in the next one.
-    store = AsyncInMemoryJobStore()
-    watcher = AsyncWatcher(store, interval=0.05)
-
-    async def one_stream() -> int:
-        job = await store.create({})
-        subscription = await watcher.subscribe(job.id)
-        await store.apply(job.id, JobUpdate("running", progress=1))
-        (live,) = await subscription.wait(10)
-        watcher.unsubscribe(subscription)
-        return int(live.event.progress or 0)
-
-    assert asyncio.run(one_stream()) == 1
-    assert asyncio.run(one_stream()) == 1
