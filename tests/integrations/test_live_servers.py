@@ -316,4 +316,3 @@ def test_a_disconnect_frees_the_subscription(live: Live, client: httpx.Client) -
         assert live.watcher.subscribers == 1
     # A WSGI server notices at its next write (a heartbeat); an ASGI one at once.
     wait_for(lambda: live.watcher.subscribers == 0)
-
