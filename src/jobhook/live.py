@@ -233,12 +233,13 @@ class Watcher(_Base):
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None or self._stop.is_set():
+            # Not alive: never started, or started before a fork (gunicorn --preload).
+            if self._stop.is_set() or (self._thread is not None and self._thread.is_alive()):
                 return
             self._thread = threading.Thread(
                 target=self._run, name="jobhook-live-watcher", daemon=True
             )
-        self._thread.start()
+            self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
