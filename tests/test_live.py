@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from jobhook import AsyncInMemoryJobStore, InMemoryJobStore, JobError, JobUpdate
-from jobhook._sse import LiveEvent, StreamOptions, StreamState, parse_last_event_id
-from jobhook.live import AsyncWatcher, Watcher, _find_tail, open_stream, shared_watcher
+from jobhook._sse import Follow, LiveEvent, StreamOptions, StreamState, parse_last_event_id
+from jobhook._streams import open_stream
+from jobhook.live import AsyncWatcher, Watcher, _find_tail, shared_watcher
 
 
 class CountingStore:
@@ -188,7 +189,7 @@ def test_a_resumed_stream_gets_exactly_the_missed_events() -> None:
         store.apply(other.id, JobUpdate("running", progress=progress))
     store.apply(job.id, JobUpdate("succeeded"))
     watcher = Watcher(store)
-    status, stream = open_stream(store, watcher, job.id, seen.id, StreamOptions())
+    status, stream = open_stream(store, watcher, Follow(job.id), seen.id, StreamOptions())
     assert status == 200
     assert stream is not None
     got = messages(list(stream))  # ends after the terminal event
@@ -199,8 +200,9 @@ def test_a_resumed_stream_gets_exactly_the_missed_events() -> None:
     ]
     assert watcher.subscribers == 0
     # Resuming after the last event: nothing will ever come, so 204 (EventSource stops).
-    assert open_stream(store, watcher, job.id, int(got[-1]["id"]), StreamOptions()) == (204, None)
-    assert open_stream(store, watcher, "missing", None, StreamOptions()) == (404, None)
+    last = int(got[-1]["id"])
+    assert open_stream(store, watcher, Follow(job.id), last, StreamOptions()) == (204, None)
+    assert open_stream(store, watcher, Follow("missing"), None, StreamOptions()) == (404, None)
     watcher.close()
 
 
@@ -208,7 +210,7 @@ def test_a_stream_closed_after_its_first_bytes_subscribes_nothing() -> None:
     store = InMemoryJobStore()
     job = store.create({})
     watcher = Watcher(store)
-    status, stream = open_stream(store, watcher, job.id, None, StreamOptions())
+    status, stream = open_stream(store, watcher, Follow(job.id), None, StreamOptions())
     assert status == 200
     assert stream is not None
     assert next(stream).startswith(b"retry:")
@@ -248,3 +250,51 @@ def test_the_async_watcher_follows_a_new_event_loop() -> None:
 
     assert asyncio.run(one_stream()) == 1
     assert asyncio.run(one_stream()) == 1
+
+
+def test_an_owners_stream_gets_every_job_of_the_owner_and_only_those() -> None:
+    store = InMemoryJobStore()
+    mine, also_mine, theirs = (store.create({}, owner_id=o) for o in ("u1", "u1", "u2"))
+    watcher = Watcher(store)
+    subscription = watcher.subscribe(owner_id="u1")
+    for job in (mine, theirs, also_mine):
+        store.apply(job.id, JobUpdate("succeeded"))
+    watcher.poll()
+    arrived = subscription.wait(0)
+    assert [live.event.job_id for live in arrived] == [mine.id, also_mine.id]
+    assert all(live.job is not None for live in arrived)  # finished: output read
+    # The stream goes on after a terminal event: the owner may start another job.
+    state = StreamState(None, StreamOptions(), one_job=False)
+    assert all(state.accept(live) for live in arrived)
+    assert state.done is False
+    watcher.unsubscribe(subscription)
+    watcher.close()
+
+
+def test_a_resumed_owners_stream_gets_exactly_the_owners_missed_events() -> None:
+    store = InMemoryJobStore()
+    mine, theirs = store.create({}, owner_id="u1"), store.create({}, owner_id="u2")
+    store.apply(mine.id, JobUpdate("running", progress=1))
+    (seen,) = store.events()
+    for progress in (2, 3):
+        store.apply(theirs.id, JobUpdate("running", progress=progress))
+        store.apply(mine.id, JobUpdate("running", progress=progress))
+    watcher = Watcher(store)
+    status, stream = open_stream(store, watcher, Follow(owner_id="u1"), seen.id, StreamOptions())
+    assert status == 200
+    assert stream is not None
+    chunks = [next(stream) for _ in range(3)]  # the retry hint, then two events
+    assert [(m["data"]["job_id"], m["data"]["progress"]) for m in messages(chunks)] == [
+        (mine.id, 2.0),
+        (mine.id, 3.0),
+    ]
+    stream.close()  # type: ignore[attr-defined]
+    assert watcher.subscribers == 0
+    watcher.close()
+
+
+def test_a_follow_names_a_job_or_an_owner() -> None:
+    with pytest.raises(ValueError, match="job_id or one owner_id"):
+        Follow()
+    with pytest.raises(ValueError, match="job_id or one owner_id"):
+        Follow("job", "owner")

@@ -46,6 +46,37 @@ class StreamOptions:
 
 
 @attrs.frozen
+class Follow:
+    """What a stream follows: one job (``job_id``) or every job of one owner
+    (``owner_id``)."""
+
+    job_id: str | None = None
+    owner_id: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.job_id is None) == (self.owner_id is None):
+            raise ValueError("follow one job_id or one owner_id")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The key a watcher files its subscribers under."""
+        if self.job_id is not None:
+            return ("job", self.job_id)
+        return ("owner", str(self.owner_id))
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}" if self.job_id is not None else f"owner {self.owner_id}"
+
+
+def event_keys(event: JobEvent) -> list[tuple[str, str]]:
+    """The keys of the streams an event goes to: its job's, and its owner's."""
+    keys = [("job", event.job_id)]
+    if event.owner_id is not None:
+        keys.append(("owner", event.owner_id))
+    return keys
+
+
+@attrs.frozen
 class LiveEvent:
     """An outbox event, with the job as it was after it when that was read (terminal
     events: the output or error the page shows)."""
@@ -121,11 +152,18 @@ def snapshot_data(job: Job) -> dict[str, Any]:
 
 
 class StreamState:
-    """What one stream has sent and whether it is over. Not thread-safe: one stream."""
+    """What one stream has sent and whether it is over. Not thread-safe: one stream.
 
-    def __init__(self, last_event_id: int | None, options: StreamOptions) -> None:
+    A stream of one job also drops events older than what it sent (by job version) and
+    ends after the terminal event; a stream of an owner's jobs does neither.
+    """
+
+    def __init__(
+        self, last_event_id: int | None, options: StreamOptions, *, one_job: bool = True
+    ) -> None:
         self.options = options
         self.last_event_id = last_event_id or 0
+        self.one_job = one_job
         self._version = 0
         self.done = False
 
@@ -145,10 +183,14 @@ class StreamState:
         """The message for ``live``, or None when it was sent already (or the stream is
         over)."""
         event = live.event
-        if self.done or event.id <= self.last_event_id or event.version <= self._version:
+        if self.done or event.id <= self.last_event_id:
             return None
-        self.last_event_id, self._version = event.id, event.version
-        self.done = event.status.terminal and self.options.end_on_terminal
+        self.last_event_id = event.id
+        if self.one_job:
+            if event.version <= self._version:
+                return None
+            self._version = event.version
+            self.done = event.status.terminal and self.options.end_on_terminal
         return frame(event_data(live), event_id=event.id)
 
     def heartbeat(self) -> bytes:

@@ -30,12 +30,14 @@ from jobhook._sse import (
     LAST_EVENT_ID_PARAMETER,
     SSE_HEADERS,
     SSE_MEDIA_TYPE,
+    Follow,
     StreamOptions,
     parse_last_event_id,
     refusal,
 )
+from jobhook._streams import aopen_stream
 from jobhook._webhook import WebhookHandler
-from jobhook.live import AsyncWatcher, Watcher, aopen_stream, shared_watcher
+from jobhook.live import AsyncWatcher, Watcher, shared_watcher
 
 __all__ = ["events_endpoint", "webhook_endpoint"]
 
@@ -66,22 +68,27 @@ def events_endpoint(
     heartbeat: float = 15.0,
     retry: float | None = 3.0,
     end_on_terminal: bool = True,
+    by_owner: bool = False,
     watcher: Watcher | AsyncWatcher | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
     """A GET endpoint streaming the ``job_id`` path parameter's events as Server-Sent
-    Events, over an async store or a sync one (read in worker threads).
+    Events (with ``by_owner=True``, every job's of the ``owner_id`` path parameter),
+    over an async store or a sync one (read in worker threads).
 
-    ``authorize(request, job_id)`` (a function or a coroutine function) decides first:
-    False answers 403 and streams nothing. Then 404 for an unknown job, 204 when
-    ``Last-Event-ID`` (or ``?last_event_id=``) already names the job's last event,
-    503 when the store is unavailable. A client that disconnects ends its stream.
+    ``authorize(request, job_id)`` (``(request, owner_id)`` by owner; a function or a
+    coroutine function) decides first: False answers 403 and streams nothing. Then 404
+    for an unknown job, 204 when ``Last-Event-ID`` (or ``?last_event_id=``) already
+    names the job's last event, 503 when the store is unavailable. A client that
+    disconnects ends its stream.
     """
     options = StreamOptions(heartbeat=heartbeat, retry=retry, end_on_terminal=end_on_terminal)
     live = watcher if watcher is not None else shared_watcher(store)
 
     async def jobhook_events(request: Request) -> Response:
-        job_id = request.path_params["job_id"]
-        allowed = authorize(request, job_id)
+        subject = request.path_params.get("owner_id" if by_owner else "job_id")
+        if subject is None:  # a route without the parameter
+            return _refusal(404)
+        allowed = authorize(request, subject)
         if inspect.isawaitable(allowed):
             allowed = await allowed
         if not allowed:
@@ -90,7 +97,8 @@ def events_endpoint(
             request.headers.get("last-event-id"),
             request.query_params.get(LAST_EVENT_ID_PARAMETER),
         )
-        status, stream = await aopen_stream(store, live, job_id, last_event_id, options)
+        follow = Follow(owner_id=subject) if by_owner else Follow(job_id=subject)
+        status, stream = await aopen_stream(store, live, follow, last_event_id, options)
         if stream is None:
             return _refusal(status)
         return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)

@@ -26,12 +26,14 @@ from jobhook._sse import (
     LAST_EVENT_ID_PARAMETER,
     SSE_HEADERS,
     SSE_MEDIA_TYPE,
+    Follow,
     StreamOptions,
     parse_last_event_id,
     refusal,
 )
+from jobhook._streams import open_stream
 from jobhook._webhook import WebhookHandler
-from jobhook.live import Watcher, is_async_store, open_stream, shared_watcher
+from jobhook.live import Watcher, is_async_store, shared_watcher
 
 __all__ = ["events_view", "webhook_view"]
 
@@ -64,14 +66,16 @@ def events_view(
     heartbeat: float = 15.0,
     retry: float | None = 3.0,
     end_on_terminal: bool = True,
+    by_owner: bool = False,
     watcher: Watcher | None = None,
 ) -> Callable[..., Response]:
-    """A GET view streaming the route's ``job_id``'s events as Server-Sent Events.
+    """A GET view streaming the route's ``job_id``'s events as Server-Sent Events
+    (with ``by_owner=True``, every job's of the route's ``owner_id``).
 
-    ``authorize(request, job_id)`` decides first: False answers 403 and streams
-    nothing. Then 404 for an unknown job, 204 when ``Last-Event-ID`` (or
-    ``?last_event_id=``) already names the job's last event, 503 when the store is
-    unavailable. Each open stream holds a server thread: run a threaded server.
+    ``authorize(request, job_id)`` (``(request, owner_id)`` by owner) decides first:
+    False answers 403 and streams nothing. Then 404 for an unknown job, 204 when
+    ``Last-Event-ID`` (or ``?last_event_id=``) already names the job's last event, 503
+    when the store is unavailable. Each open stream holds a server thread: run a threaded server.
     Raises `TypeError` for an async store (Flask views are sync).
     """
     if is_async_store(store):
@@ -81,13 +85,17 @@ def events_view(
     if not isinstance(live, Watcher):
         raise TypeError("a sync store needs a sync Watcher")
 
-    def jobhook_events(job_id: str) -> Response:
-        if not authorize(request, job_id):
+    def jobhook_events(job_id: str | None = None, owner_id: str | None = None) -> Response:
+        subject = owner_id if by_owner else job_id
+        if subject is None:  # a route without the parameter
+            return _refusal(404)
+        if not authorize(request, subject):
             return _refusal(403)
         last_event_id = parse_last_event_id(
             request.headers.get("Last-Event-ID"), request.args.get(LAST_EVENT_ID_PARAMETER)
         )
-        status, stream = open_stream(store, live, job_id, last_event_id, options)
+        follow = Follow(owner_id=subject) if by_owner else Follow(job_id=subject)
+        status, stream = open_stream(store, live, follow, last_event_id, options)
         if stream is None:
             return _refusal(status)
         return Response(stream, status=200, mimetype=SSE_MEDIA_TYPE, headers=SSE_HEADERS)

@@ -2,7 +2,8 @@
 
 ```
 store.events(after=position) ──▶ Watcher (thread) / AsyncWatcher (task) ──▶ streams of job A
-        one read per wake-up          fan-out by job id                  └▶ streams of job B
+        one read per wake-up      fan-out by job id and owner id      ├▶ streams of job B
+                                                                      └▶ streams of owner U
 ```
 
 The framework views (`jobhook.flask.events_view`, `jobhook.fastapi.events_endpoint`,
@@ -12,8 +13,9 @@ The framework views (`jobhook.flask.events_view`, `jobhook.fastapi.events_endpoi
 reads only while a stream is open: 1,000 streams cost one ``events()`` read per
 wake-up, plus one ``get()`` per job that finished (for its output or error).
 
-A stream subscribes before it reads the job (or the events it missed), so nothing that
-commits in between is lost; the overlap is dropped by `jobhook._sse.StreamState`.
+A stream (`jobhook._streams`) subscribes before it reads the job (or the events it
+missed), so nothing that commits in between is lost; the overlap is dropped by
+`jobhook._sse.StreamState`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, Protocol
 
 from jobhook._models import Job, JobEvent
-from jobhook._sse import LiveEvent, StreamOptions, StreamState
-from jobhook.exceptions import JobhookError, JobNotFoundError, StoreUnavailableError
+from jobhook._sse import Follow, LiveEvent, event_keys
+from jobhook.exceptions import JobNotFoundError
 
 __all__ = ["AsyncWatcher", "Watcher", "shared_watcher"]
 
@@ -40,7 +42,7 @@ BATCH = 500
 
 
 class _Subscriber(Protocol):
-    job_id: str
+    follow: Follow
 
     def deliver(self, events: Sequence[LiveEvent]) -> None: ...
 
@@ -48,8 +50,8 @@ class _Subscriber(Protocol):
 class Subscription:
     """One sync stream's inbox: the watcher thread delivers, the stream waits."""
 
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
+    def __init__(self, follow: Follow) -> None:
+        self.follow = follow
         self._ready = threading.Condition()
         self._items: deque[LiveEvent] = deque()
 
@@ -71,8 +73,8 @@ class Subscription:
 class AsyncSubscription:
     """One async stream's inbox; the watcher may deliver from any thread."""
 
-    def __init__(self, job_id: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.job_id = job_id
+    def __init__(self, follow: Follow, loop: asyncio.AbstractEventLoop) -> None:
+        self.follow = follow
         self._loop = loop
         self._ready = asyncio.Event()
         self._items: deque[LiveEvent] = deque()
@@ -125,7 +127,7 @@ class _Base:
         self.batch = batch
         self.position: int | None = None
         self._lock = threading.Lock()
-        self._by_job: dict[str, set[_Subscriber]] = {}
+        self._by_key: dict[tuple[str, str], set[_Subscriber]] = {}
         self._count = 0
 
     @property
@@ -135,38 +137,49 @@ class _Base:
 
     def _add(self, subscriber: _Subscriber) -> None:
         with self._lock:
-            self._by_job.setdefault(subscriber.job_id, set()).add(subscriber)
+            self._by_key.setdefault(subscriber.follow.key, set()).add(subscriber)
             self._count += 1
 
     def unsubscribe(self, subscriber: _Subscriber) -> None:
         """Forget a stream's subscription (idempotent)."""
         with self._lock:
-            subscribers = self._by_job.get(subscriber.job_id)
+            subscribers = self._by_key.get(subscriber.follow.key)
             if subscribers is None or subscriber not in subscribers:
                 return
             subscribers.discard(subscriber)
             self._count -= 1
             if not subscribers:
-                del self._by_job[subscriber.job_id]
+                del self._by_key[subscriber.follow.key]
 
     def _finished_watched(self, events: Sequence[JobEvent]) -> list[str]:
         """Jobs that finished in ``events`` and have streams: their output is read."""
         with self._lock:
+            watched = self._by_key
             return list(
-                {e.job_id: None for e in events if e.status.terminal and e.job_id in self._by_job}
+                {
+                    e.job_id: None
+                    for e in events
+                    if e.status.terminal and any(k in watched for k in event_keys(e))
+                }
             )
 
     def _fan_out(self, events: Sequence[JobEvent], jobs: dict[str, Job]) -> None:
         with self._lock:
-            targets = {e.job_id: list(self._by_job.get(e.job_id, ())) for e in events}
-        grouped: dict[str, list[LiveEvent]] = {}
+            keys = {key for event in events for key in event_keys(event)}
+            targets = {key: list(self._by_key.get(key, ())) for key in keys}
+        # Built once per key, so that the streams of one job share their list.
+        grouped: dict[tuple[str, str], list[LiveEvent]] = {}
         for event in events:
-            if targets[event.job_id]:
-                job = jobs.get(event.job_id) if event.status.terminal else None
-                grouped.setdefault(event.job_id, []).append(LiveEvent(event, job))
-        for job_id, live in grouped.items():
-            for subscriber in targets[job_id]:
-                subscriber.deliver(live)
+            live: LiveEvent | None = None
+            for key in event_keys(event):
+                if targets[key]:
+                    if live is None:
+                        job = jobs.get(event.job_id) if event.status.terminal else None
+                        live = LiveEvent(event, job)
+                    grouped.setdefault(key, []).append(live)
+        for key, batch in grouped.items():
+            for subscriber in targets[key]:
+                subscriber.deliver(batch)
 
 
 class Watcher(_Base):
@@ -183,10 +196,10 @@ class Watcher(_Base):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def subscribe(self, job_id: str) -> Subscription:
-        """A subscription to ``job_id``'s events from now on (reads the outbox's end
-        first when no other stream is open)."""
-        subscription = Subscription(job_id)
+    def subscribe(self, job_id: str | None = None, *, owner_id: str | None = None) -> Subscription:
+        """A subscription to one job's events (or every job of ``owner_id``) from now
+        on; reads the outbox's end first when no other stream is open."""
+        subscription = Subscription(Follow(job_id, owner_id))
         self._register(subscription)
         return subscription
 
@@ -282,9 +295,15 @@ class AsyncWatcher(_Base):
             self._wake, self._poll_lock = asyncio.Event(), asyncio.Lock()
         return self._wake, self._poll_lock
 
-    async def subscribe(self, job_id: str) -> AsyncSubscription:
-        """A subscription to ``job_id``'s events from now on."""
-        subscription = AsyncSubscription(job_id, asyncio.get_running_loop())
+    async def subscribe(
+        self, job_id: str | None = None, *, owner_id: str | None = None
+    ) -> AsyncSubscription:
+        """A subscription to one job's events (or every job of ``owner_id``) from now
+        on."""
+        return await self._subscribe(Follow(job_id, owner_id))
+
+    async def _subscribe(self, follow: Follow) -> AsyncSubscription:
+        subscription = AsyncSubscription(follow, asyncio.get_running_loop())
         wake, lock = self._bind()
         async with lock:
             if self._count == 0:
@@ -369,197 +388,3 @@ def shared_watcher(store: Any) -> Watcher | AsyncWatcher:
             watcher = AsyncWatcher(store) if is_async_store(store) else Watcher(store)
             held = _shared[id(store)] = (store, watcher)
         return held[1]
-
-
-# -- streams -------------------------------------------------------------------------
-
-
-def _missed_events(store: Any, job_id: str, after: int) -> Iterator[LiveEvent]:
-    while events := store.events(after=after, limit=BATCH, job_id=job_id):
-        for event in events:
-            job = store.get(job_id) if event.status.terminal else None
-            yield LiveEvent(event, job)
-        after = events[-1].id
-        if len(events) < BATCH:
-            return
-
-
-def _opening(store: Any, job_id: str, last_event_id: int | None, options: StreamOptions) -> int:
-    """The status a stream opens with, read now (a sync store): 200, or 404 for an
-    unknown job, 204 when the client already had the job's last event (EventSource
-    stops reconnecting on 204), 503 when the store is unavailable."""
-    try:
-        job = store.get(job_id)
-        if (
-            last_event_id is not None
-            and job.terminal
-            and options.end_on_terminal
-            and not store.events(after=last_event_id, limit=1, job_id=job_id)
-        ):
-            return 204
-    except JobNotFoundError:
-        return 404
-    except StoreUnavailableError:
-        return 503
-    return 200
-
-
-def open_stream(
-    store: Any, watcher: Watcher, job_id: str, last_event_id: int | None, options: StreamOptions
-) -> tuple[int, Iterator[bytes] | None]:
-    """The status to answer and, for 200, the stream's bytes (a sync store, a sync
-    server). Nothing is subscribed until the stream is first iterated."""
-    status = _opening(store, job_id, last_event_id, options)
-    if status != 200:
-        return status, None
-    return status, _sync_stream(store, watcher, job_id, last_event_id, options)
-
-
-def open_threaded_stream(
-    store: Any, watcher: Watcher, job_id: str, last_event_id: int | None, options: StreamOptions
-) -> tuple[int, AsyncIterator[bytes] | None]:
-    """`open_stream` for a sync store under an async server called from a sync view
-    (Django under ASGI): checked now, streamed as an async iterator whose store reads
-    run in worker threads."""
-    status = _opening(store, job_id, last_event_id, options)
-    if status != 200:
-        return status, None
-    return status, _async_stream(_InThread(store), watcher, job_id, last_event_id, options)
-
-
-def _sync_stream(
-    store: Any, watcher: Watcher, job_id: str, last_event_id: int | None, options: StreamOptions
-) -> Iterator[bytes]:
-    state = StreamState(last_event_id, options)
-    yield state.start()
-    try:
-        subscription = watcher.subscribe(job_id)
-    except JobhookError as exc:
-        logger.warning("live stream of job %s ended: %s", job_id, exc)
-        return
-    try:
-        if last_event_id is None:
-            yield state.snapshot(store.get(job_id))
-        else:
-            for live in _missed_events(store, job_id, last_event_id):
-                if data := state.accept(live):
-                    yield data
-        while not state.done:
-            arrived = subscription.wait(options.heartbeat)
-            if not arrived:
-                yield state.heartbeat()
-            for live in arrived:
-                if data := state.accept(live):
-                    yield data
-    except JobhookError as exc:  # the client reconnects and resumes from its last id
-        logger.warning("live stream of job %s ended: %s", job_id, exc)
-    finally:
-        watcher.unsubscribe(subscription)
-
-
-class _Reads(Protocol):
-    def get(self, job_id: str) -> Awaitable[Job]: ...
-
-    def events(self, *, after: int, limit: int, job_id: str) -> Awaitable[list[JobEvent]]: ...
-
-
-class _InThread:
-    """A sync store's reads, awaited in a worker thread (the loop never blocks)."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    async def get(self, job_id: str) -> Job:
-        job: Job = await asyncio.to_thread(self._store.get, job_id)
-        return job
-
-    async def events(self, *, after: int, limit: int, job_id: str) -> list[JobEvent]:
-        events: list[JobEvent] = await asyncio.to_thread(
-            lambda: self._store.events(after=after, limit=limit, job_id=job_id)
-        )
-        return events
-
-
-def _reads(store: Any) -> _Reads:
-    reads: _Reads = store if is_async_store(store) else _InThread(store)
-    return reads
-
-
-async def _asubscribe(watcher: Watcher | AsyncWatcher, job_id: str) -> AsyncSubscription:
-    if isinstance(watcher, AsyncWatcher):
-        return await watcher.subscribe(job_id)
-    subscription = AsyncSubscription(job_id, asyncio.get_running_loop())
-    # The first subscription may read the outbox's end: not on the event loop. The
-    # thread cannot be cancelled, so a stream cancelled meanwhile undoes it after.
-    registering = asyncio.ensure_future(asyncio.to_thread(watcher._register, subscription))
-    try:
-        await asyncio.shield(registering)
-    except asyncio.CancelledError:
-        registering.add_done_callback(lambda _: watcher.unsubscribe(subscription))
-        raise
-    return subscription
-
-
-async def aopen_stream(
-    store: Any,
-    watcher: Watcher | AsyncWatcher,
-    job_id: str,
-    last_event_id: int | None,
-    options: StreamOptions,
-) -> tuple[int, AsyncIterator[bytes] | None]:
-    """`open_stream` for async servers; a sync store is read in worker threads."""
-    reads = _reads(store)
-    try:
-        job = await reads.get(job_id)
-        if (
-            last_event_id is not None
-            and job.terminal
-            and options.end_on_terminal
-            and not await reads.events(after=last_event_id, limit=1, job_id=job_id)
-        ):
-            return 204, None
-    except JobNotFoundError:
-        return 404, None
-    except StoreUnavailableError:
-        return 503, None
-    return 200, _async_stream(reads, watcher, job_id, last_event_id, options)
-
-
-async def _async_stream(
-    reads: _Reads,
-    watcher: Watcher | AsyncWatcher,
-    job_id: str,
-    last_event_id: int | None,
-    options: StreamOptions,
-) -> AsyncIterator[bytes]:
-    state = StreamState(last_event_id, options)
-    yield state.start()
-    try:
-        subscription = await _asubscribe(watcher, job_id)
-    except JobhookError as exc:
-        logger.warning("live stream of job %s ended: %s", job_id, exc)
-        return
-    try:
-        if last_event_id is None:
-            yield state.snapshot(await reads.get(job_id))
-        else:
-            after = last_event_id
-            while events := await reads.events(after=after, limit=BATCH, job_id=job_id):
-                for event in events:
-                    job = await reads.get(job_id) if event.status.terminal else None
-                    if data := state.accept(LiveEvent(event, job)):
-                        yield data
-                after = events[-1].id
-                if len(events) < BATCH:
-                    break
-        while not state.done:
-            arrived = await subscription.wait(options.heartbeat)
-            if not arrived:
-                yield state.heartbeat()
-            for live in arrived:
-                if data := state.accept(live):
-                    yield data
-    except JobhookError as exc:  # the client reconnects and resumes from its last id
-        logger.warning("live stream of job %s ended: %s", job_id, exc)
-    finally:
-        watcher.unsubscribe(subscription)

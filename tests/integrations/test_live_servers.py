@@ -51,6 +51,8 @@ def _flask(store: Any, watcher: Any) -> Any:
     app = flask.Flask(__name__)
     view = events_view(store, watcher=watcher, **VIEW_OPTIONS)
     app.add_url_rule("/jobs/<job_id>/events", view_func=view)
+    owners = events_view(store, watcher=watcher, by_owner=True, **VIEW_OPTIONS)
+    app.add_url_rule("/owners/<owner_id>/events", endpoint="owners", view_func=owners)
     return app
 
 
@@ -67,7 +69,12 @@ def _django(store: Any, watcher: Any) -> Any:
     from jobhook.django import events_view
 
     view = events_view(store, watcher=watcher, **VIEW_OPTIONS)
-    urls = type("urls", (), {"urlpatterns": [path("jobs/<str:job_id>/events", view)]})
+    owners = events_view(store, watcher=watcher, by_owner=True, **VIEW_OPTIONS)
+    patterns = [
+        path("jobs/<str:job_id>/events", view),
+        path("owners/<str:owner_id>/events", owners),
+    ]
+    urls = type("urls", (), {"urlpatterns": patterns})
     override = override_settings(ROOT_URLCONF=urls, ALLOWED_HOSTS=["*"], MIDDLEWARE=[])
     override.enable()
     return override
@@ -80,6 +87,8 @@ def _fastapi(store: Any, watcher: Any) -> Any:
 
     app = FastAPI()
     app.get("/jobs/{job_id}/events")(events_endpoint(store, watcher=watcher, **VIEW_OPTIONS))
+    owners = events_endpoint(store, watcher=watcher, by_owner=True, **VIEW_OPTIONS)
+    app.get("/owners/{owner_id}/events")(owners)
     return app
 
 
@@ -316,3 +325,28 @@ def test_a_disconnect_frees_the_subscription(live: Live, client: httpx.Client) -
         assert live.watcher.subscribers == 1
     # A WSGI server notices at its next write (a heartbeat); an ASGI one at once.
     wait_for(lambda: live.watcher.subscribers == 0)
+
+
+def test_an_owners_stream_follows_all_their_jobs(live: Live, client: httpx.Client) -> None:
+    mine = live.store.create({}, owner_id="u1")
+    theirs = live.store.create({}, owner_id="u2")
+    with client.stream("GET", live.url + "/owners/u1/events") as response:
+        assert response.status_code == 200
+        stream = Stream(response)
+        assert stream.next() == {"retry": "500"}
+        # No snapshot: the owner's events from now on. Wait until it is subscribed.
+        wait_for(lambda: live.watcher.subscribers == 1)
+        live.store.apply(theirs.id, JobUpdate("running", progress=1))
+        live.store.apply(mine.id, JobUpdate("succeeded"))
+        first = stream.next_data()
+        assert (first["data"]["job_id"], first["data"]["status"]) == (mine.id, "succeeded")
+        later = live.store.create({}, owner_id="u1")  # the stream goes on after a job ends
+        live.store.apply(later.id, JobUpdate("running", progress=7))
+        second = stream.next_data()
+        assert (second["data"]["job_id"], second["data"]["progress"]) == (later.id, 7.0)
+    live.store.apply(later.id, JobUpdate("running", progress=8))
+    headers = {"Last-Event-ID": second["id"]}
+    with client.stream("GET", live.url + "/owners/u1/events", headers=headers) as response:
+        stream = Stream(response)
+        assert stream.next_data()["data"]["progress"] == 8.0
+    assert client.get(live.url + f"/owners/{FORBIDDEN}/events").status_code == 403
