@@ -117,7 +117,7 @@ def _find_tail(start: int) -> Generator[int, int | None, int]:
 
 
 class _Base:
-    """What both watchers share: subscribers by job id, the position, the fan-out."""
+    """What both watchers share: subscribers by job or owner, the position, the fan-out."""
 
     def __init__(self, store: Any, *, interval: float, batch: int) -> None:
         if not interval > 0:
