@@ -24,6 +24,7 @@ def test_every_benchmark_is_covered() -> None:
         "bench_group_commit.py",
         "bench_mysql.py",
         "bench_scale.py",
+        "bench_sse.py",
         "bench_submit.py",
         "bench_throughput.py",
         "bench_webhook.py",

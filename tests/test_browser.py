@@ -2,7 +2,8 @@
 
 Everything runs over real loopback HTTP: the app (werkzeug), the fake generator backend,
 and its signed webhooks back to the app. A user types a prompt, clicks Generate, and
-watches the job reach ``succeeded`` with its image link and a notification.
+watches the progress bar move and the job reach ``succeeded`` with its image link and a
+notification, all pushed to the page as Server-Sent Events, without a reload.
 
 Skipped, with the reason shown, when chromium or chromedriver is not installed; in CI
 (``CI`` set) their absence fails instead (``.ci/system-deps`` installs them).
@@ -91,7 +92,7 @@ def flask_app_url(tmp_path: Path) -> Iterator[str]:
         secret,
         script=Scripts.success(progress=(20.0, 50.0, 80.0)),
         delivery="background",
-        step_interval=0.2,
+        step_interval=0.5,
     )
     with fake, fake.serve() as backend_url, httpx.Client() as http:
         holder["app"] = create_app(
@@ -107,6 +108,15 @@ def flask_app_url(tmp_path: Path) -> Iterator[str]:
     store.close()
 
 
+RECORD_PROGRESS = """
+window.notReloaded = true;
+window.progressSeen = [];
+const bar = document.querySelector("#generations tr progress");
+new MutationObserver(() => window.progressSeen.push(bar.getAttribute("value")))
+    .observe(bar, {attributes: true, attributeFilter: ["value"]});
+"""
+
+
 def test_a_user_submits_a_prompt_and_sees_the_image_arrive(chrome: Any, flask_app_url: str) -> None:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
@@ -116,6 +126,13 @@ def test_a_user_submits_a_prompt_and_sees_the_image_arrive(chrome: Any, flask_ap
     assert chrome.title == "Generate images"
     chrome.find_element(By.ID, "prompt").send_keys("a red fox in fresh snow")
     chrome.find_element(By.ID, "generate").click()
+    # The form posts and redirects to the page, which now has the job's row: from here
+    # on, a marker set on the page shows that it is never reloaded, and an observer
+    # records every value the progress bar takes.
+    WebDriverWait(chrome, 30, poll_frequency=0.1).until(
+        lambda driver: driver.find_elements(By.CSS_SELECTOR, "#generations tr progress")
+    )
+    chrome.execute_script(RECORD_PROGRESS)
 
     def finished_row(driver: Any) -> Any:
         # The page redraws its table while polling: read a row in one go, and look
@@ -139,6 +156,10 @@ def test_a_user_submits_a_prompt_and_sees_the_image_arrive(chrome: Any, flask_ap
     assert row["prompt"] == "a red fox in fresh snow"
     assert row["href"] == f"https://fake.invalid/{row['job_id']}/1.png"
     assert row["progress"] == "100"
+    assert chrome.execute_script("return window.notReloaded") is True
+    seen = [float(v) for v in chrome.execute_script("return window.progressSeen")]
+    assert any(0 < value < 100 for value in seen), seen
+    assert seen[-1] == 100
 
     def notification_texts(driver: Any) -> Any:
         try:

@@ -56,6 +56,7 @@ PUBLIC_MODULES = [
     "jobhook.flask",
     "jobhook.fastapi",
     "jobhook.django",
+    "jobhook.live",
 ]
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)(?P<info>.*)$")

@@ -4,8 +4,9 @@ A user types a prompt on ``/generate-images``; the submit view creates the job a
 submits it by id with `GeneratorClient`; the backend's signed webhooks land on
 ``/webhooks/jobhook/<job_id>`` through jobhook's Django adapter (CSRF-exempt: the
 signature authenticates it, while the app's own form keeps its CSRF token); the page
-polls ``/generate-images/status`` for status and progress; notifications are made
-from the store's event outbox by an `OutboxConsumer`, once per finished job.
+follows each job's progress and result as Server-Sent Events from
+``/jobs/<job_id>/events``; notifications are made from the store's event outbox by an
+`OutboxConsumer`, once per finished job.
 
 Run it against the stub backend (see README.md)::
 
@@ -72,13 +73,14 @@ from jobhook import (  # noqa: E402
     GeneratorClient,
     Job,
     JobEvent,
+    JobNotFoundError,
     JobStore,
     OutboxConsumer,
     SQLJobStore,
     SubmitError,
     WebhookHandler,
 )
-from jobhook.django import webhook_view  # noqa: E402
+from jobhook.django import events_view, webhook_view  # noqa: E402
 
 
 class Notifier:
@@ -171,10 +173,19 @@ def generation_status(request: HttpRequest) -> JsonResponse:
     return JsonResponse(state(), json_dumps_params={"ensure_ascii": False})
 
 
+def may_follow(request: HttpRequest, job_id: str) -> bool:
+    """Only the job's owner may follow it (a real app asks its login)."""
+    try:
+        return store.get(job_id).owner_id == USER_ID
+    except JobNotFoundError:
+        return False
+
+
 urlpatterns = [
     path("generate-images", generate_images),
     path("generate-images/status", generation_status),
     path("webhooks/jobhook/<str:job_id>", webhook_view(handler)),
+    path("jobs/<str:job_id>/events", events_view(store, authorize=may_follow)),
 ]
 
 if __name__ == "__main__":

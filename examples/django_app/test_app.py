@@ -1,10 +1,11 @@
 """The Django example end to end: page (with its CSRF-protected form), submit to a
 fake backend over loopback HTTP, signed webhooks through the app's own CSRF-exempt
-route, status polling, and one notification per finished job."""
+route, status polling, the events stream, and one notification per finished job."""
 
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -121,3 +122,45 @@ def test_the_webhook_route_refuses_unsigned_deliveries(wired: Any) -> None:
         content_type="application/json",
     )
     assert answer.status_code == 401
+
+
+def sse_messages(body: bytes) -> list[dict[str, Any]]:
+    """The data of each Server-Sent Event in ``body`` (comments and hints left out)."""
+    found = []
+    for block in body.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            found.append({"id": fields.get("id"), **json.loads(fields["data"])})
+    return found
+
+
+def test_the_owner_follows_a_job_as_server_sent_events(wired: Any) -> None:
+    from django.test import Client
+
+    _, fake = wired
+    browser = Client()
+    browser.post("/generate-images", {"prompt": "a red fox"})
+    job_id = fake.submissions[-1].job_id
+    fake.deliver_all()
+    # The job is finished: the stream sends its state, result included, and ends.
+    answer = browser.get(f"/jobs/{job_id}/events")
+    assert answer.status_code == 200
+    assert answer["Content-Type"] == "text/event-stream"
+    (state,) = sse_messages(b"".join(answer.streaming_content))
+    assert (state["status"], state["progress"]) == ("succeeded", 100)
+    assert state["output"] == {"images": [f"https://fake.invalid/{job_id}/1.png"]}
+    # From the start of the outbox: every event, each with its id, the last one terminal.
+    answer = browser.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": "0"})
+    events = sse_messages(b"".join(answer.streaming_content))
+    assert (events[0]["status"], events[-1]["status"]) == ("submitted", "succeeded")
+    assert all(e["id"] is not None for e in events)
+
+
+def test_another_users_job_cannot_be_followed(wired: Any) -> None:
+    from django.test import Client
+
+    app, _ = wired
+    job = app.store.create({"prompt": "secret"}, kind="image", owner_id="someone-else")
+    answer = Client().get(f"/jobs/{job.id}/events")
+    assert answer.status_code == 403
+    assert b"data:" not in answer.content

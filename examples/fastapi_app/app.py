@@ -2,9 +2,10 @@
 
 A user types a prompt on ``/generate-images``; the submit route creates the job and
 submits it by id with `AsyncGeneratorClient`; the backend's signed webhooks land on
-``/webhooks/jobhook/{job_id}`` through jobhook's FastAPI adapter; the page polls
-``/generate-images/status`` for status and progress; notifications are made from the
-store's event outbox by an `AsyncOutboxConsumer`, once per finished job.
+``/webhooks/jobhook/{job_id}`` through jobhook's FastAPI adapter; the page follows each
+job's progress and result as Server-Sent Events from ``/jobs/{job_id}/events``;
+notifications are made from the store's event outbox by an `AsyncOutboxConsumer`, once
+per finished job.
 
 Run it against the stub backend (see README.md)::
 
@@ -34,10 +35,11 @@ from jobhook import (
     AsyncSQLJobStore,
     Job,
     JobEvent,
+    JobNotFoundError,
     SubmitError,
     WebhookHandler,
 )
-from jobhook.fastapi import webhook_endpoint
+from jobhook.fastapi import events_endpoint, webhook_endpoint
 
 HERE = Path(__file__).resolve().parent
 BACKEND_URL = os.environ.get("JOBHOOK_BACKEND_URL", "http://127.0.0.1:8001")
@@ -162,7 +164,15 @@ def create_app(
     async def status() -> JSONResponse:
         return JSONResponse(await state())
 
+    async def may_follow(request: Request, job_id: str) -> bool:
+        """Only the job's owner may follow it (a real app asks its login)."""
+        try:
+            return (await jobs.get(job_id)).owner_id == USER_ID
+        except JobNotFoundError:
+            return False
+
     app.post("/webhooks/jobhook/{job_id}")(webhook_endpoint(handler))
+    app.get("/jobs/{job_id}/events")(events_endpoint(jobs, authorize=may_follow))
     return app
 
 

@@ -3,6 +3,7 @@ through the app's own route, status polling, and one notification per finished j
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,39 @@ def test_an_empty_prompt_is_refused(wired: Any) -> None:
     browser, fake = wired
     assert browser.post("/generate-images", data={"prompt": " "}).status_code == 400
     assert fake.submissions == []
+
+
+def sse_messages(body: str) -> list[dict[str, Any]]:
+    """The data of each Server-Sent Event in ``body`` (comments and hints left out)."""
+    found = []
+    for block in body.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            found.append({"id": fields.get("id"), **json.loads(fields["data"])})
+    return found
+
+
+def test_the_owner_follows_a_job_as_server_sent_events(wired: Any) -> None:
+    browser, fake = wired
+    browser.post("/generate-images", data={"prompt": "a red fox"})
+    (submission,) = fake.submissions
+    fake.deliver_all()
+    # The job is finished: the stream sends its state, result included, and ends.
+    answer = browser.get(f"/jobs/{submission.job_id}/events")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    (state,) = sse_messages(answer.text)
+    assert (state["status"], state["progress"]) == ("succeeded", 100)
+    assert state["output"] == {"images": [f"https://fake.invalid/{submission.job_id}/1.png"]}
+    # From the start of the outbox: every event, each with its id, the last one terminal.
+    answer = browser.get(f"/jobs/{submission.job_id}/events", headers={"Last-Event-ID": "0"})
+    events = sse_messages(answer.text)
+    assert (events[0]["status"], events[-1]["status"]) == ("submitted", "succeeded")
+    assert all(e["id"] is not None for e in events)
+
+
+def test_a_job_that_is_not_yours_cannot_be_followed(wired: Any) -> None:
+    browser, _ = wired
+    answer = browser.get("/jobs/not-yours/events")
+    assert answer.status_code == 403
+    assert "data:" not in answer.text

@@ -2,9 +2,10 @@
 
 A user types a prompt on ``/generate-images``; the submit route creates the job and
 submits it by id with `GeneratorClient`; the backend's signed webhooks land on
-``/webhooks/jobhook/<job_id>`` through jobhook's Flask adapter; the page polls
-``/generate-images/status`` for status and progress; notifications are made from the
-store's event outbox by an `OutboxConsumer`, once per finished job.
+``/webhooks/jobhook/<job_id>`` through jobhook's Flask adapter; the page follows each
+job's progress and result as Server-Sent Events from ``/jobs/<job_id>/events``;
+notifications are made from the store's event outbox by an `OutboxConsumer`, once per
+finished job.
 
 Run it against the stub backend (see README.md)::
 
@@ -26,13 +27,14 @@ from jobhook import (
     GeneratorClient,
     Job,
     JobEvent,
+    JobNotFoundError,
     JobStore,
     OutboxConsumer,
     SQLJobStore,
     SubmitError,
     WebhookHandler,
 )
-from jobhook.flask import webhook_view
+from jobhook.flask import events_view, webhook_view
 
 HERE = Path(__file__).resolve().parent
 BACKEND_URL = os.environ.get("JOBHOOK_BACKEND_URL", "http://127.0.0.1:8001")
@@ -152,9 +154,17 @@ def create_app(
             notifications=notifier.for_user(USER_ID),
         )
 
+    def may_follow(request: Any, job_id: str) -> bool:
+        """Only the job's owner may follow it (a real app asks its login)."""
+        try:
+            return store.get(job_id).owner_id == USER_ID
+        except JobNotFoundError:
+            return False
+
     app.add_url_rule(
         "/webhooks/jobhook/<job_id>", view_func=webhook_view(handler), methods=["POST"]
     )
+    app.add_url_rule("/jobs/<job_id>/events", view_func=events_view(store, authorize=may_follow))
     return app
 
 

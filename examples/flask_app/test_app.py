@@ -1,8 +1,9 @@
 """The Flask example end to end: page, submit, signed webhooks through the app's own
-route, status polling, and one notification per finished job."""
+route, status polling, the events stream, and one notification per finished job."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,41 @@ def test_an_empty_prompt_is_refused(wired: Any) -> None:
     app, fake, _ = wired
     assert app.test_client().post("/generate-images", data={"prompt": " "}).status_code == 400
     assert fake.submissions == []
+
+
+def sse_messages(body: bytes) -> list[dict[str, Any]]:
+    """The data of each Server-Sent Event in ``body`` (comments and hints left out)."""
+    found = []
+    for block in body.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in fields:
+            found.append({"id": fields.get("id"), **json.loads(fields["data"])})
+    return found
+
+
+def test_the_owner_follows_a_job_as_server_sent_events(wired: Any) -> None:
+    app, fake, _ = wired
+    browser = app.test_client()
+    browser.post("/generate-images", data={"prompt": "a red fox"})
+    (submission,) = fake.submissions
+    fake.deliver_all()
+    # The job is finished: the stream sends its state, result included, and ends.
+    answer = browser.get(f"/jobs/{submission.job_id}/events")
+    assert answer.status_code == 200
+    assert answer.mimetype == "text/event-stream"
+    (state,) = sse_messages(answer.data)
+    assert (state["status"], state["progress"]) == ("succeeded", 100)
+    assert state["output"] == {"images": [f"https://fake.invalid/{submission.job_id}/1.png"]}
+    # From the start of the outbox: every event, each with its id, the last one terminal.
+    answer = browser.get(f"/jobs/{submission.job_id}/events", headers={"Last-Event-ID": "0"})
+    events = sse_messages(answer.data)
+    assert (events[0]["status"], events[-1]["status"]) == ("submitted", "succeeded")
+    assert all(e["id"] is not None for e in events)
+
+
+def test_another_users_job_cannot_be_followed(wired: Any) -> None:
+    app, _, store = wired
+    job = store.create({"prompt": "secret"}, kind="image", owner_id="someone-else")
+    answer = app.test_client().get(f"/jobs/{job.id}/events")
+    assert answer.status_code == 403
+    assert b"data:" not in answer.data

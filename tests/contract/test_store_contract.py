@@ -388,6 +388,20 @@ def test_events_in_order_after_a_cursor(store: Any) -> None:
     assert store.events(after=ids[-1]) == []
 
 
+def test_events_of_one_job_after_a_cursor(store: Any) -> None:
+    first, second = store.create({}), store.create({})
+    for p in (10, 20, 30):
+        store.apply(first.id, JobUpdate("running", progress=p))
+        store.apply(second.id, JobUpdate("running", progress=p + 1))
+    mine = store.events(job_id=first.id)
+    assert [(e.job_id, e.progress) for e in mine] == [(first.id, p) for p in (10.0, 20.0, 30.0)]
+    assert store.events(job_id=first.id, after=mine[0].id) == mine[1:]
+    assert store.events(job_id=first.id, after=mine[0].id, limit=1) == mine[1:2]
+    assert store.events(job_id=first.id, after=mine[-1].id) == []
+    assert store.events(job_id="missing") == []
+    assert [e.job_id for e in store.events(job_id=second.id)] == [second.id] * 3
+
+
 # -- dead letters ------------------------------------------------------------------------
 
 

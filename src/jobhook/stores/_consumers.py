@@ -296,7 +296,9 @@ class ConsumerOperations:
         return len(rows)
 
 
-def read_events(stmts: Statements, after: int, limit: int) -> Steps[builtins.list[JobEvent]]:
+def read_events(
+    stmts: Statements, after: int, limit: int, job_id: str | None = None
+) -> Steps[builtins.list[JobEvent]]:
     """Outbox events after ``after``, in id order, never one a later read could find
     below an id already returned.
 
@@ -306,9 +308,12 @@ def read_events(stmts: Statements, after: int, limit: int) -> Steps[builtins.lis
     writing to the events table (`_statements._OUTBOX_HORIZON`), so an idle session
     elsewhere on the server delays events by that bound, not for as long as it stays
     open. The horizon and the events are two statements, two snapshots (PostgreSQL's
-    reads run in autocommit), in that order.
+    reads run in autocommit), in that order. ``job_id``: that job's events only.
     """
-    rows = yield stmts.select_events, {"after": after, "limit": limit}
+    params: dict[str, Any] = {"after": after, "limit": limit}
+    if job_id is not None:
+        params["job_id"] = job_id
+    rows = yield (stmts.select_events if job_id is None else stmts.select_job_events), params
     if not rows or "settled" not in rows[0]:
         return [event_from_row(r) for r in rows]
     settled = [r for r in rows if r["settled"]]
@@ -316,8 +321,8 @@ def read_events(stmts: Statements, after: int, limit: int) -> Steps[builtins.lis
         held = aware(rows[len(settled)]["created_at"])
         if held is not None and held < utcnow() - stmts.outbox_wait:
             (found,) = yield stmts.select_outbox_horizon, None
-            horizon = found["horizon"]
-            params = {"after": after, "limit": limit, "horizon": horizon}
-            rows = yield stmts.select_events_below, params
+            params["horizon"] = found["horizon"]
+            below = stmts.select_events_below if job_id is None else stmts.select_job_events_below
+            rows = yield below, params
             return [event_from_row(r) for r in rows]
     return [event_from_row(r) for r in settled]

@@ -288,10 +288,12 @@ class Operations(Statements):
         rows = yield self.select_stale, {"before": utc(updated_before), "limit": limit}
         return [job_from_row(r) for r in rows]
 
-    def events(self, after: int, limit: int) -> Steps[builtins.list[JobEvent]]:
+    def events(
+        self, after: int, limit: int, job_id: str | None = None
+    ) -> Steps[builtins.list[JobEvent]]:
         check_limit(limit)
         # PostgreSQL's bounded wait behind unrelated transactions lives there.
-        return (yield from read_events(self, after, limit))
+        return (yield from read_events(self, after, limit, job_id))
 
     def add_dead_letter(
         self,

@@ -160,6 +160,11 @@ class Statements:
             self.select_outbox_horizon = sa.select(
                 sa.literal_column(horizon, type_=sa.BigInteger).label("horizon")
             )
+        # The same read, one job's events only (a live stream resuming after an id).
+        by_job = events.c.job_id == sa.bindparam("job_id")
+        self.select_job_events = self.select_events.where(by_job)
+        if dialect == "postgresql":
+            self.select_job_events_below = self.select_events_below.where(by_job)
         self.select_stale = (
             sa.select(jobs)
             .where(

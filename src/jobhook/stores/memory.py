@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import itertools
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -215,11 +216,16 @@ class InMemoryJobStore:
         jobs.sort(key=lambda j: (j.updated_at, j.id))
         return [_detached(j) for j in jobs[:limit]]
 
-    def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
+    def events(
+        self, *, after: int = 0, limit: int = 100, job_id: str | None = None
+    ) -> builtins.list[JobEvent]:
         check_limit(limit)
         with self._lock:
             start = bisect.bisect_right(self._events, after, key=lambda e: e.id)
-            return self._events[start : start + limit]
+            if job_id is None:
+                return self._events[start : start + limit]
+            later = (e for e in self._events[start:] if e.job_id == job_id)
+            return list(itertools.islice(later, limit))
 
     def add_dead_letter(
         self,
@@ -470,8 +476,10 @@ class AsyncInMemoryJobStore:
     async def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
         return self._store.stale(updated_before=updated_before, limit=limit)
 
-    async def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
-        return self._store.events(after=after, limit=limit)
+    async def events(
+        self, *, after: int = 0, limit: int = 100, job_id: str | None = None
+    ) -> builtins.list[JobEvent]:
+        return self._store.events(after=after, limit=limit, job_id=job_id)
 
     async def add_dead_letter(
         self,

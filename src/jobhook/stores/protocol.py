@@ -87,8 +87,11 @@ class JobStore(Protocol):
         least recently updated first."""
         ...
 
-    def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
-        """Outbox events with an id greater than ``after``, in order."""
+    def events(
+        self, *, after: int = 0, limit: int = 100, job_id: str | None = None
+    ) -> builtins.list[JobEvent]:
+        """Outbox events with an id greater than ``after``, in order; with ``job_id``,
+        only that job's (what a live stream resuming after an event id reads)."""
         ...
 
     def add_dead_letter(
@@ -163,7 +166,9 @@ class AsyncJobStore(Protocol):
 
     async def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]: ...
 
-    async def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]: ...
+    async def events(
+        self, *, after: int = 0, limit: int = 100, job_id: str | None = None
+    ) -> builtins.list[JobEvent]: ...
 
     async def add_dead_letter(
         self,

@@ -179,9 +179,13 @@ class SQLJobStore(SQLConsumerMethods):
         """Non-terminal jobs last updated before ``updated_before``, oldest first."""
         return self._run(self._ops.stale(updated_before, limit), standalone=True)
 
-    def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
-        """Outbox events with an id greater than ``after``, in order."""
-        return self._run(self._ops.events(after, limit), standalone=True)
+    def events(
+        self, *, after: int = 0, limit: int = 100, job_id: str | None = None
+    ) -> builtins.list[JobEvent]:
+        """Outbox events with an id greater than ``after``, in order (only ``job_id``'s
+        when given)."""
+        steps = self._ops.events(after, limit, job_id)
+        return self._run(steps, standalone=True)
 
     def add_dead_letter(
         self,
@@ -369,9 +373,13 @@ class AsyncSQLJobStore(AsyncSQLConsumerMethods):
         steps = self._ops.stale(updated_before, limit)
         return await self._run(steps, standalone=True)
 
-    async def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
-        """Outbox events with an id greater than ``after``, in order."""
-        return await self._run(self._ops.events(after, limit), standalone=True)
+    async def events(
+        self, *, after: int = 0, limit: int = 100, job_id: str | None = None
+    ) -> builtins.list[JobEvent]:
+        """Outbox events with an id greater than ``after``, in order (only ``job_id``'s
+        when given)."""
+        steps = self._ops.events(after, limit, job_id)
+        return await self._run(steps, standalone=True)
 
     async def add_dead_letter(
         self,
