@@ -13,6 +13,7 @@ JobhookError
     ├── SubmitError                        submit() did not reach a definite "accepted"
     │   └── JobIdMismatchError             the backend answered with a different job id
     └── BackendError                       refresh() / cancel() got an unusable answer
+└── OutputError                            an output file could not be kept
 ```
 
 Each class carries ``status_hint``: the HTTP status a server should answer when the
@@ -36,6 +37,7 @@ __all__ = [
     "JobIdMismatchError",
     "JobNotFoundError",
     "JobhookError",
+    "OutputError",
     "PayloadError",
     "SignatureError",
     "StoreUnavailableError",
@@ -181,3 +183,17 @@ class DeadLetterNotFoundError(JobhookError, LookupError):
     def __init__(self, dead_letter_id: int) -> None:
         super().__init__(f"no dead letter with id {dead_letter_id!r}")
         self.dead_letter_id = dead_letter_id
+
+
+class OutputError(JobhookError):
+    """An output file could not be fetched or kept (`jobhook.outputs`).
+
+    ``permanent`` is true when no retry will change it: a refused scheme or address, a
+    file over the size limit, an answer such as 404.
+    """
+
+    status_hint = 502
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
