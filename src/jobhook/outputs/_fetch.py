@@ -169,7 +169,7 @@ def _get(client: httpx.Client, url: httpx.URL, policy: FetchPolicy, ends: float)
                 raise OutputError(message, permanent=response.status_code in _GONE)
             length = response.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > policy.max_bytes:
-                raise _refused(f"{url} is {length} bytes, over {policy.max_bytes}")
+                raise _refused(f"{url} is {length} bytes: over {policy.max_bytes} bytes")
             chunks: list[bytes] = []
             size = 0
             for chunk in response.iter_bytes():

@@ -241,7 +241,7 @@ class SQLHolds:
 
     def add(self, job_id: str, delivery_id: str | None, update: JobUpdate, now: datetime) -> bool:
         table = self.table
-        row = {
+        row: dict[str, Any] = {
             "job_id": job_id,
             "delivery_id": delivery_id,
             "update": update_to_json(update),
