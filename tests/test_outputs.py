@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -519,3 +519,106 @@ def test_local_storage_refuses_keys_that_leave_its_directory(storage: LocalStora
     for key in ["../x", "a/../../x", "/etc/passwd", "", "a//b"]:
         with pytest.raises(ValueError, match="not a storage key"):
             storage.put(key, b"x", "text/plain")
+
+
+# --- https: the request goes to the checked address, TLS checks the host name ------------
+
+
+def _certificate(name: str, directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for ``name``: (CA cert, cert, key) PEM files."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(timezone.utc)
+
+    def build(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> Any:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = build("jobhook test CA", ca_key, "jobhook test CA", ca_key, True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build(name, key, "jobhook test CA", ca_key, False)
+    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+class Pictures(BaseHTTPRequestHandler):
+    hosts: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        Pictures.hosts.append(self.headers.get("host", ""))
+        data = png_for(self.path)
+        self.send_response(200)
+        self.send_header("content-type", "image/png")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("certified", "fetched"), [("files.test", True), ("other.test", False)])
+def test_https_goes_to_the_checked_address_and_verifies_the_host_name(
+    tmp_path: Path, certified: str, fetched: bool
+) -> None:
+    import ssl
+
+    ca, cert, key = _certificate(certified, tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pictures)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    resolved: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return ["127.0.0.1"]
+
+    policy = FetchPolicy(allow_networks=["127.0.0.0/8"], resolve=resolve)
+    trusting = ssl.create_default_context(cafile=str(ca))
+    Pictures.hosts.clear()
+    try:
+        with httpx.Client(verify=trusting, follow_redirects=False, trust_env=False) as client:
+            url = f"https://files.test:{port}/a.png"
+            if fetched:
+                assert fetch(url, policy, client).data == png_for("/a.png")
+                assert Pictures.hosts == [f"files.test:{port}"]
+            else:
+                with pytest.raises(OutputError) as failed:
+                    fetch(url, policy, client)
+                assert "certificate" in str(failed.value).lower()
+                assert Pictures.hosts == []
+        assert resolved == ["files.test"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -177,7 +177,13 @@ class OutputKeeper:
         self._listeners = tuple(listeners)
         self._holds = holds if holds is not None else _holds_for(store)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(follow_redirects=False, trust_env=False)
+        # No connection reuse: a pooled connection is keyed by the address it went to,
+        # and two host names on one address must each have their own TLS check.
+        self._http = http_client or httpx.Client(
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
         self._guarded = _KeepingStore(store, self)
         if create_schema:
             self.create_schema()
@@ -192,8 +198,15 @@ class OutputKeeper:
         return self._guarded
 
     def create_schema(self) -> None:
-        """Create the holds table when missing (SQL stores; idempotent)."""
+        """Create the holds table when missing (SQL stores; idempotent). Until it
+        exists, holding a success raises `StoreUnavailableError` (webhooks answer 503)."""
         self._holds.create_schema()
+
+    @property
+    def metadata(self) -> Any:
+        """The holds table's SQLAlchemy `MetaData` (SQL stores), for the app's own
+        migrations; None for in-memory holds."""
+        return getattr(self._holds, "metadata", None)
 
     def close(self) -> None:
         """Close the HTTP client the keeper made."""
@@ -246,9 +259,13 @@ class OutputKeeper:
         return settled
 
     def run(self, stop: threading.Event, *, interval: float = 1.0) -> None:
-        """Call `run_once` every ``interval`` seconds until ``stop`` is set."""
+        """Call `run_once` every ``interval`` seconds until ``stop`` is set; a failing
+        round (the store unavailable) is logged and tried again."""
         while not stop.is_set():
-            self.run_once()
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("the output keeper's round failed; trying again")
             stop.wait(interval)
 
     def _keep(self, hold: Hold) -> bool:
@@ -311,11 +328,12 @@ class OutputKeeper:
     def _give_up(self, hold: Hold, reason: str) -> bool:
         log.warning("job %s: output not kept: %s", hold.job_id, reason)
         failure = JobUpdate(JobStatus.FAILED, error=JobError(NOT_KEPT, reason[:1000]))
-        self._apply(hold, failure, f"{NOT_KEPT}:{hold.job_id}")
+        result = self._apply(hold, failure, f"{NOT_KEPT}:{hold.job_id}")
+        failed = result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
         self._holds.save(
             hold.job_id,
             now=self._now(),
-            state=FAILED,
+            state=FAILED if failed else DROPPED,
             attempts=hold.attempts + 1,
             last_error=reason,
         )
