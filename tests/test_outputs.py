@@ -622,3 +622,33 @@ def test_https_goes_to_the_checked_address_and_verifies_the_host_name(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_openai_image_generation_result_is_kept_as_a_file(
+    plain_store: Any, storage: LocalStorage
+) -> None:
+    keeper = OutputKeeper(
+        plain_store, storage, backend=backends.OpenAI("sk-test", model="gpt-image-1")
+    )
+    keeper.create_schema()
+    store = keeper.store
+    store.create({}, job_id="oa")
+    picture = png_for("openai")
+    output = [
+        {
+            "type": "image_generation_call",
+            "id": "ig_1",
+            "result": base64.b64encode(picture).decode(),
+        },
+        {"type": "message", "content": [{"type": "output_text", "text": "here it is"}]},
+    ]
+    assert files_for("openai")(output) == [(0, "result")]
+    store.apply("oa", JobUpdate(JobStatus.SUCCEEDED, output=output))
+    assert store.get("oa").status is JobStatus.PENDING
+    keeper.run_once()
+    done = store.get("oa").output
+    assert done[0]["result"] == "https://app.example/files/oa/0.png"
+    assert done[1] == output[1]
+    assert kept_bytes(storage, done[0]["result"]) == picture
+    assert keeper.kept("oa").files[0].source == "base64"
+    keeper.close()

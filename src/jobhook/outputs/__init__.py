@@ -10,7 +10,7 @@ output that names the kept copies; the provider's originals stay recorded
 from __future__ import annotations
 
 from jobhook.outputs._fetch import Fetched, FetchPolicy, fetch
-from jobhook.outputs._files import FileFinder, any_url, fal_files, files_for
+from jobhook.outputs._files import FileFinder, any_url, fal_files, files_for, openai_files
 from jobhook.outputs._keeper import KeptFile, KeptOutput, OutputKeeper
 from jobhook.outputs._storage import LocalStorage, S3Storage, Storage
 
@@ -28,4 +28,5 @@ __all__ = [
     "fal_files",
     "fetch",
     "files_for",
+    "openai_files",
 ]

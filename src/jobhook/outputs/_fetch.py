@@ -186,6 +186,30 @@ def _get(client: httpx.Client, url: httpx.URL, policy: FetchPolicy, ends: float)
     raise _refused(f"more than {policy.max_redirects} redirects")
 
 
+_SIGNATURES = [
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"RIFF", "image/webp"),
+]
+
+
+def inline_base64(value: str, policy: FetchPolicy) -> Fetched:
+    """A bare base64 value (OpenAI's ``image_generation_call`` result) as a file, its
+    content type read from its first bytes. Raises a permanent `OutputError` when it
+    is not base64 or is over ``max_bytes``."""
+    if len(value) > policy.max_bytes * 4 // 3 + 4:
+        raise _refused(f"an inline file over {policy.max_bytes} bytes")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _refused("a value chosen as a file is neither a URL nor base64") from None
+    if len(data) > policy.max_bytes:
+        raise _refused(f"an inline file over {policy.max_bytes} bytes")
+    kind = next((t for sig, t in _SIGNATURES if data.startswith(sig)), None)
+    return _fetched(data, kind or "application/octet-stream")
+
+
 def fetch(url: str, policy: FetchPolicy, client: httpx.Client) -> Fetched:
     """Fetch ``url`` (http, https or data:) under ``policy`` with ``client`` (which must
     not follow redirects or hold cookies: the keeper's own).

@@ -7,7 +7,7 @@ from typing import Any
 
 from jobhook._models import JSON
 
-__all__ = ["FileFinder", "any_url", "fal_files", "files_for", "replace_at"]
+__all__ = ["FileFinder", "any_url", "fal_files", "files_for", "openai_files", "replace_at"]
 
 #: A place in a JSON value: the keys and list indexes that lead to it.
 Path = tuple[str | int, ...]
@@ -52,9 +52,17 @@ def fal_files(output: JSON) -> list[Path]:
 
 
 def openai_files(output: JSON) -> list[Path]:
-    """OpenAI answers carry images inline (``b64_json``) or as ``url``: the URLs and
-    ``data:`` URIs anywhere in the output."""
-    return any_url(output)
+    """OpenAI's Responses: the ``result`` of each ``image_generation_call`` item (a
+    base64 image, kept as its bytes), and any URL or ``data:`` URI."""
+    found = any_url(output)
+    for path, value in _walk(output, ()):
+        if (
+            isinstance(value, dict)
+            and value.get("type") == "image_generation_call"
+            and isinstance(value.get("result"), str)
+        ):
+            found.append((*path, "result"))
+    return found
 
 
 _BY_PROFILE: dict[str, FileFinder] = {"fal": fal_files, "openai": openai_files}
@@ -62,7 +70,7 @@ _BY_PROFILE: dict[str, FileFinder] = {"fal": fal_files, "openai": openai_files}
 
 def files_for(backend: Any) -> FileFinder:
     """The file finder for a `jobhook.backends` profile (or its ``name``): `fal_files`
-    for fal, `any_url` for the others."""
+    for fal, `openai_files` for OpenAI, `any_url` for the others."""
     name = backend if isinstance(backend, str) else getattr(backend, "name", "")
     return _BY_PROFILE.get(name, any_url)
 

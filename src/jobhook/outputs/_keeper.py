@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ from jobhook._models import (
     Outcome,
 )
 from jobhook.exceptions import JobNotFoundError, OutputError, ValidationError
-from jobhook.outputs._fetch import FetchPolicy, fetch
+from jobhook.outputs._fetch import FetchPolicy, fetch, inline_base64
 from jobhook.outputs._files import FileFinder, files_for, replace_at, value_at
 from jobhook.outputs._storage import Storage
 from jobhook.stores._outputs import (
@@ -97,9 +98,20 @@ def _extension(content_type: str) -> str:
     return mimetypes.guess_extension(content_type, strict=False) or ""
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _is_url(value: object) -> bool:
+    """True for a string that starts with a scheme (a URL, a ``data:`` URI); false for
+    bare base64, whose alphabet has no colon."""
+    return isinstance(value, str) and _SCHEME.match(value) is not None
+
+
 def _source(url: str) -> str:
     # An inline file is recorded by its media type: its bytes are the kept file.
-    return url.split(",", 1)[0] if url[:5].lower() == "data:" else url
+    if url[:5].lower() == "data:":
+        return url.split(",", 1)[0]
+    return url if _is_url(url) else "base64"
 
 
 class _KeepingStore:
@@ -279,7 +291,10 @@ class OutputKeeper:
                 continue  # kept before a restart: its original may be gone by now
             url = value_at(output, path)
             try:
-                fetched = fetch(url, self.policy, self._http)
+                if isinstance(url, str) and not _is_url(url):
+                    fetched = inline_base64(url, self.policy)
+                else:
+                    fetched = fetch(url, self.policy, self._http)  # refuses a non-string
                 key = f"{hold.job_id}/{index}{_extension(fetched.content_type)}"
                 kept_url = self.storage.put(key, fetched.data, fetched.content_type)
             except OutputError as exc:
