@@ -38,12 +38,26 @@ def _check_key(key: str) -> list[str]:
     return parts
 
 
+def _sync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not every platform opens directories (Windows)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class LocalStorage:
     """Files in a local ``directory`` (created when missing), the embedded default.
 
     URLs are ``base_url`` + the key (serve the directory there, as the examples do at
     ``/files/``), or ``file://`` URLs without ``base_url``. Each file is written to a
-    temporary file, flushed to disk and renamed into place. Thread- and process-safe.
+    temporary file, flushed to disk and renamed into place (the directory flushed
+    too). Thread- and process-safe.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, base_url: str | None = None) -> None:
@@ -78,6 +92,7 @@ class LocalStorage:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+        _sync_directory(target.parent)  # the rename itself survives a power loss
         return self.url(key)
 
     def get(self, key: str) -> bytes:

@@ -93,7 +93,9 @@ class FakeGenerator:
     Callbacks go to the submitted callback URL over HTTP (``callback_client``, by
     default a plain `httpx.Client`), or straight into ``handler`` (a `WebhookHandler`,
     also settable after construction) with the route's job id and the URL's
-    ``token``. Thread-safe. Raises `ValueError` for options that do not fit together.
+    ``token``. Whatever it impersonates, it serves the pictures `Scripts.pictures`
+    names at ``GET /files/{job_id}/{n}.png`` (small PNGs), until `expire_files`.
+    Thread-safe. Raises `ValueError` for options that do not fit together.
     """
 
     submit_path = "/jobs"
