@@ -652,3 +652,42 @@ def test_an_openai_image_generation_result_is_kept_as_a_file(
     assert kept_bytes(storage, done[0]["result"]) == picture
     assert keeper.kept("oa").files[0].source == "base64"
     keeper.close()
+
+
+def test_a_success_the_reconciler_finds_by_polling_is_held_too(
+    keeper: OutputKeeper, files: tuple[FakeGenerator, str]
+) -> None:
+    from datetime import timedelta
+
+    from jobhook import Reconciler
+    from jobhook.testing import Chaos
+
+    _, files_url = files
+    secret = "whsec_" + base64.b64encode(b"r" * 32).decode()
+    store = keeper.store
+    lossy = FakeGenerator(secret, script=Scripts.pictures(files_url), chaos=Chaos(drop=1.0))
+    with lossy:
+        lossy.handler = WebhookHandler(store, secret=secret)
+        http = httpx.Client(transport=lossy.transport)
+        client = GeneratorClient(
+            store,
+            "http://fake.invalid",
+            callback_url=HOOK,
+            status_path=FakeGenerator.status_path,
+            http_client=http,
+        )
+        job = client.submit({"prompt": "lost"}, job_id="lost-1")
+        lossy.deliver_all()  # every webhook is lost
+        assert store.get(job.id).status is JobStatus.SUBMITTED
+        reconciler = Reconciler(
+            store, client, stale_after=timedelta(microseconds=1), give_up_after=timedelta(hours=1)
+        )
+        reconciler.run_once()
+        client.close()
+        http.close()
+    assert store.get(job.id).status is not JobStatus.SUCCEEDED  # polled, and held
+    assert keeper.kept(job.id).state == "keeping"
+    assert keeper.run_once() == 1
+    done = store.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.output == {"images": ["https://app.example/files/lost-1/0.png"]}
