@@ -444,16 +444,22 @@ def test_dead_letters_replay_errors(run: Runner, db: str, store: SQLJobStore) ->
 
 
 def test_demo_runs_the_whole_flow_and_checks_it(
-    run: Runner, monkeypatch: pytest.MonkeyPatch
+    run: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "200")  # wide enough for every cell in full
-    status, out, err = run("demo", "--jobs", "4", "--step", "0.01")
+    monkeypatch.setenv("COLUMNS", "300")  # wide enough for every cell in full
+    pictures = tmp_path / "pictures"
+    status, out, err = run("demo", "--jobs", "4", "--step", "0.01", "--files", str(pictures))
     assert status == 0, err
     assert "every job ended as the backend reported" in out
     table = out[out.index("JOB ID") :]
     assert table.count("succeeded") == 3
     assert "nsfw: the prompt was refused" in table  # the demo's refused prompt
-    assert "https://fake.invalid/" in table
+    # Each success names its picture, kept in --files: a real PNG.
+    kept = sorted(pictures.glob("*/0.png"))
+    assert len(kept) == 3
+    for picture in kept:
+        assert picture.as_uri() in table
+        assert picture.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "deliveries applied" in out
     assert err == ""
 

@@ -53,6 +53,7 @@ PUBLIC_MODULES = [
     "jobhook.testing",
     "jobhook.sender",
     "jobhook.reconcile",
+    "jobhook.outputs",
     "jobhook.flask",
     "jobhook.fastapi",
     "jobhook.django",

@@ -5,7 +5,9 @@ submits it by id with `GeneratorClient`; the backend's signed webhooks land on
 ``/webhooks/jobhook/<job_id>`` through jobhook's Flask adapter; the page follows each
 job's progress and result as Server-Sent Events from ``/jobs/<job_id>/events``;
 notifications are made from the store's event outbox by an `OutboxConsumer`, once per
-finished job.
+finished job. With ``files_dir``, an `OutputKeeper`
+copies each job's pictures there before the job may succeed, and the page shows the
+kept copies (served at ``/files/``), which outlive the backend's URLs.
 
 Run it against the stub backend (see README.md)::
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from flask import Flask, abort, jsonify, redirect, render_template, request
+from flask import Flask, abort, jsonify, redirect, render_template, request, send_from_directory
 from werkzeug.wrappers import Response
 
 from jobhook import (
@@ -35,11 +37,13 @@ from jobhook import (
     WebhookHandler,
 )
 from jobhook.flask import events_view, webhook_view
+from jobhook.outputs import FetchPolicy, LocalStorage, OutputKeeper
 
 HERE = Path(__file__).resolve().parent
 BACKEND_URL = os.environ.get("JOBHOOK_BACKEND_URL", "http://127.0.0.1:8001")
 APP_URL = os.environ.get("APP_URL", "http://127.0.0.1:5000")
 DATABASE_URL = os.environ.get("JOBHOOK_DATABASE_URL", f"sqlite:///{HERE / 'jobs.db'}")
+FILES_DIR = os.environ.get("JOBHOOK_FILES_DIR", str(HERE / "files"))
 # What `jobhook fake-backend` signs with unless told otherwise. In production the
 # secret comes from your secret store, shared with the backend and nobody else.
 WEBHOOK_SECRET = os.environ.get(
@@ -109,10 +113,31 @@ def create_app(
     app_url: str = APP_URL,
     secret: str = WEBHOOK_SECRET,
     backend_http: httpx.Client | None = None,
+    files_dir: str | Path | None = None,
+    fetch_policy: FetchPolicy | None = None,
 ) -> Flask:
-    """The app. Tests pass their own store and an ``httpx.Client`` that reaches a fake."""
+    """The app. Tests pass their own store and an ``httpx.Client`` that reaches a fake.
+
+    With ``files_dir`` the pictures are kept there (fetched under ``fetch_policy``) by
+    a keeper thread; ``app.extensions["jobhook_keeper_stop"].set()`` stops it.
+    """
     if store is None:
         store = SQLJobStore(DATABASE_URL, create_schema=True)
+    app = Flask(__name__, template_folder=str(HERE / "templates"))
+    if files_dir is not None:
+        storage = LocalStorage(files_dir, base_url=f"{app_url}/files/")
+        keeper = OutputKeeper(store, storage, policy=fetch_policy, create_schema=True)
+        store = keeper.store  # a success waits until its pictures are kept
+        stop = threading.Event()
+        app.extensions["jobhook_keeper_stop"] = stop
+        threading.Thread(
+            target=keeper.run, args=(stop,), kwargs={"interval": 0.2}, daemon=True
+        ).start()
+
+        @app.get("/files/<path:key>")
+        def kept_file(key: str) -> Response:
+            return send_from_directory(storage.directory, key)
+
     client = GeneratorClient(
         store,
         backend_url,
@@ -122,7 +147,6 @@ def create_app(
     )
     handler = WebhookHandler(store, secret=secret)
     notifier = Notifier(store)
-    app = Flask(__name__, template_folder=str(HERE / "templates"))
 
     @app.get("/generate-images")
     def page() -> str:
@@ -171,4 +195,8 @@ def create_app(
 if __name__ == "__main__":
     port = httpx.URL(APP_URL).port or 5000
     print(f"open {APP_URL}/generate-images (backend: {BACKEND_URL})")
-    create_app().run(host="127.0.0.1", port=port, threaded=True)
+    # The stub backend serves its pictures on loopback, which only development allows.
+    loopback = FetchPolicy(allow_networks=["127.0.0.0/8"])
+    create_app(files_dir=FILES_DIR, fetch_policy=loopback).run(
+        host="127.0.0.1", port=port, threaded=True
+    )

@@ -14,6 +14,7 @@ JobhookError
     ├── SubmitError                        submit() did not reach a definite "accepted"
     │   └── JobIdMismatchError             the backend answered with a different job id
     └── BackendError                       refresh() / cancel() got an unusable answer
+└── OutputError                            an output file could not be kept
 ```
 
 Each class carries ``status_hint``: the HTTP status a server should answer when the
@@ -37,6 +38,7 @@ __all__ = [
     "JobIdMismatchError",
     "JobNotFoundError",
     "JobhookError",
+    "OutputError",
     "ParkedEventNotFoundError",
     "PayloadError",
     "SignatureError",
@@ -193,3 +195,17 @@ class ParkedEventNotFoundError(JobhookError, LookupError):
     def __init__(self, parked_id: int) -> None:
         super().__init__(f"no parked event with id {parked_id!r}")
         self.parked_id = parked_id
+
+
+class OutputError(JobhookError):
+    """An output file could not be fetched or kept (`jobhook.outputs`).
+
+    ``permanent`` is true when no retry will change it: a refused scheme or address, a
+    file over the size limit, an answer such as 404.
+    """
+
+    status_hint = 502
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent

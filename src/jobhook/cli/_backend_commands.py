@@ -225,15 +225,18 @@ def _report(report: ReconcileReport, args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
-def _fake_script() -> Any:
+def _fake_script(served: dict[str, str]) -> Any:
+    """Pictures served by the fake itself at ``served["url"]``; a refusal for prompts
+    with "fail" in them."""
     from jobhook.testing import Scripts
 
-    success = Scripts.success(progress=_FAKE_PROGRESS)
     failure = Scripts.failure("refused", "the fake backend refuses prompts with 'fail'")
 
     def script(submission: Any) -> Any:
         text = dumps(submission.input).lower()
-        return failure(submission) if "fail" in text else success(submission)
+        if "fail" in text:
+            return failure(submission)
+        return Scripts.pictures(served["url"], progress=_FAKE_PROGRESS)(submission)
 
     return script
 
@@ -257,9 +260,10 @@ def run_fake_backend(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise CLIError(f"--secret: {exc}") from None
     chaos = Chaos(duplicate=0.2, reorder=0.2, drop=0.1, delay=0.5) if args.chaos else None
+    served: dict[str, str] = {}
     fake = FakeGenerator(
         secret,
-        script=_fake_script(),
+        script=_fake_script(served),
         delivery="background",
         chaos=chaos,
         workers=4,
@@ -267,6 +271,7 @@ def run_fake_backend(args: argparse.Namespace) -> int:
     )
     try:
         with _stop_on_sigterm(), fake, fake.serve(args.host, args.port) as url:
+            served["url"] = url
             _announce(url, secret, origin, chaos is not None)
             _follow(fake)
     except OSError as exc:
@@ -298,6 +303,7 @@ def _announce(url: str, secret: str, origin: str, chaos: bool) -> None:
     print(f"  submit  POST {url}/jobs   {{job_id, callback_url, kind, input}}")
     print(f"  status  GET  {url}/jobs/{{job_id}}")
     print(f"  cancel  POST {url}/jobs/{{job_id}}/cancel")
+    print(f"  files   GET  {url}/files/{{job_id}}/1.png   (the pictures it makes)")
     print(f"webhooks are signed with {secret} ({origin})")
     if chaos:
         print("chaos: some webhooks are duplicated, reordered, delayed or lost")

@@ -6,6 +6,10 @@ webhook route on another; a `GeneratorClient` creates each job in an SQLite stor
 submits it by id. The fake calls back with signed webhooks — duplicated, reordered
 and lost with ``--chaos`` — and a `Reconciler` recovers what was lost. The demo then
 checks every job against what the backend decided, and its outbox events.
+
+The fake makes real pictures (small PNGs it serves itself); an `OutputKeeper` copies
+each into a local directory (``--files``) before the job may succeed, so the table at
+the end names kept files, not the backend's URLs.
 """
 
 from __future__ import annotations
@@ -76,16 +80,36 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="SECONDS",
         help="stop waiting for the jobs after this long (default 60)",
     )
+    demo.add_argument(
+        "--files",
+        metavar="DIR",
+        help="keep the generated pictures in this directory (default: a temporary one)",
+    )
     demo.set_defaults(run=run_demo, check=check_demo)
 
 
-def _script(submission: Any) -> Sequence[JobUpdate]:
+def _script(files_url: dict[str, str]) -> Any:
+    """The fake's script: pictures served by the fake at ``files_url["url"]`` (known
+    once it serves), and a refusal for `REFUSED`."""
     from jobhook.testing import Scripts
 
-    prompt = submission.input.get("prompt") if isinstance(submission.input, dict) else None
-    if prompt == REFUSED:
-        return Scripts.failure("nsfw", "the prompt was refused", progress=(10.0,))(submission)
-    return Scripts.success(progress=_PROGRESS_STEPS)(submission)
+    def script(submission: Any) -> Sequence[JobUpdate]:
+        prompt = submission.input.get("prompt") if isinstance(submission.input, dict) else None
+        if prompt == REFUSED:
+            return Scripts.failure("nsfw", "the prompt was refused", progress=(10.0,))(submission)
+        pictures = Scripts.pictures(files_url["url"], progress=_PROGRESS_STEPS)
+        return pictures(submission)
+
+    return script
+
+
+@contextmanager
+def _files_dir(directory: str | None) -> Iterator[str]:
+    if directory is not None:
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="jobhook-demo-files-") as temporary:
+        yield temporary
 
 
 @contextmanager
@@ -112,6 +136,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from jobhook._client import GeneratorClient
     from jobhook._signing import new_webhook_secret
     from jobhook._webhook import WebhookHandler
+    from jobhook.outputs import FetchPolicy, LocalStorage, OutputKeeper
     from jobhook.testing import Chaos, FakeGenerator
 
     width = shutil.get_terminal_size().columns
@@ -124,14 +149,25 @@ def run_demo(args: argparse.Namespace) -> int:
     out = sys.stdout
     with ExitStack() as stack:
         url = stack.enter_context(_demo_db(args.db))
-        store = open_store(url, create=True)
-        stack.callback(store.close)
+        plain_store = open_store(url, create=True)
+        stack.callback(plain_store.close)
+        files = stack.enter_context(_files_dir(args.files))
+        # The fake serves its pictures on loopback: allowed here, refused by default.
+        keeper = OutputKeeper(
+            plain_store,
+            LocalStorage(files),
+            policy=FetchPolicy(allow_networks=["127.0.0.0/8"]),
+            create_schema=True,
+        )
+        stack.callback(keeper.close)
+        store = keeper.store  # a success waits until its pictures are kept
         receiver = WebhookReceiver(WebhookHandler(store, secret=secret)).start()
         stack.callback(receiver.stop)
+        files_url: dict[str, str] = {}
         fake = stack.enter_context(
             FakeGenerator(
                 secret,
-                script=_script,
+                script=_script(files_url),
                 delivery="background",
                 chaos=chaos,
                 workers=4,
@@ -139,6 +175,7 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         )
         backend_url = stack.enter_context(fake.serve())
+        files_url["url"] = backend_url
         client = stack.enter_context(
             GeneratorClient(
                 store,
@@ -151,6 +188,8 @@ def run_demo(args: argparse.Namespace) -> int:
         _print_field("fake generator backend", backend_url, width)
         _print_field("webhook receiver", f"{receiver.url}/webhooks/jobhook/<job_id>", width)
         _print_field("job store", _shown(url, args.db), width)
+        shown_files = files if args.files else "a temporary directory (--files DIR to keep them)"
+        _print_field("kept pictures", shown_files, width)
         mode = "with chaos: duplicated, reordered, delayed and lost webhooks" if chaos else ""
         print(file=out)
         _print_wrapped(f"submitting {args.jobs} jobs {mode}".rstrip(), width)
@@ -162,16 +201,18 @@ def run_demo(args: argparse.Namespace) -> int:
             job = client.submit({"prompt": prompt}, kind="image", owner_id="demo-user")
             labels[job.id] = prompt
         board = ProgressBoard(out, labels, width=width)
-        jobs, timed_out = _watch(store, fake, board, list(labels), deadline=started + args.timeout)
+        jobs, timed_out = _watch(
+            store, fake, keeper, board, list(labels), deadline=started + args.timeout
+        )
         recovered: list[str] = []
         if not timed_out:
             if args.chaos:
                 _stray_webhook(secret, receiver.callback_url)
-            recovered = _recover(store, client, jobs)
+            recovered = _recover(store, client, jobs, keeper)
             jobs = [store.get(job_id) for job_id in labels]
             board.update(jobs)
         elapsed = time.monotonic() - started
-        problems = [] if timed_out else _check(store, fake, jobs)
+        problems = [] if timed_out else _check(store, fake, jobs, keeper)
         _summary(jobs, labels, receiver.outcomes, recovered, store, elapsed, width)
         if args.db:
             print(f"\nthe jobs are kept; list them with\n  jobhook jobs list --db {args.db}")
@@ -218,14 +259,22 @@ def _shown(url: str, chosen: str | None) -> str:
 
 
 def _watch(
-    store: Any, fake: Any, board: ProgressBoard, job_ids: list[str], *, deadline: float
+    store: Any,
+    fake: Any,
+    keeper: Any,
+    board: ProgressBoard,
+    job_ids: list[str],
+    *,
+    deadline: float,
 ) -> tuple[list[Job], bool]:
-    """Redraw the bars until every job is final or the fake has nothing left to send.
+    """Redraw the bars until every job is final or the fake has nothing left to send,
+    keeping the pictures of each success on the way.
 
     Returns the jobs, and whether ``deadline`` passed first (the fake still had
     webhooks to send: some jobs are not final yet, and nothing was lost).
     """
     while True:
+        keeper.run_once()
         jobs = [store.get(job_id) for job_id in job_ids]
         board.update(jobs)
         if all(job.terminal for job in jobs):
@@ -238,6 +287,7 @@ def _watch(
             continue
         # Idle: every callback was sent or lost. Whatever is not final now never will be
         # by webhook; one last look, then the reconciler takes over.
+        keeper.run_once()
         jobs = [store.get(job_id) for job_id in job_ids]
         board.update(jobs)
         return jobs, False
@@ -253,22 +303,25 @@ def _stray_webhook(secret: str, callback_url: str) -> None:
         sender.send(callback_url.replace("{job_id}", job_id), payload)
 
 
-def _recover(store: Any, client: Any, jobs: list[Job]) -> list[str]:
-    """Run the reconciler over the jobs whose last webhook was lost; their ids."""
+def _recover(store: Any, client: Any, jobs: list[Job], keeper: Any) -> list[str]:
+    """Run the reconciler over the jobs whose last webhook was lost, then keep the
+    pictures of the successes it found; the ids of the jobs that ended so."""
     from jobhook.reconcile import Reconciler
 
-    if all(job.terminal for job in jobs):
+    unfinished = [job.id for job in jobs if not job.terminal]
+    if not unfinished:
         return []
     # The backend is idle, so any unfinished job is one whose webhooks were lost:
     # treat every job as stale at once instead of waiting minutes as in production.
     reconciler = Reconciler(
         store, client, stale_after=timedelta(microseconds=1), give_up_after=timedelta(hours=1)
     )
-    report = reconciler.run_once()
-    return list(report.refreshed)
+    reconciler.run_once()
+    keeper.run_once()  # a success found by polling waits for its pictures too
+    return [job_id for job_id in unfinished if store.get(job_id).terminal]
 
 
-def _check(store: Any, fake: Any, jobs: list[Job]) -> list[str]:
+def _check(store: Any, fake: Any, jobs: list[Job], keeper: Any) -> list[str]:
     """Every way a job could have ended wrong, as sentences (empty: all is well)."""
     problems = []
     terminal_events: dict[str, int] = {job.id: 0 for job in jobs}
@@ -284,11 +337,24 @@ def _check(store: Any, fake: Any, jobs: list[Job]) -> list[str]:
             problems.append(f"job {job.id} is {job.status}, the backend said {expected}")
         elif job.status is JobStatus.SUCCEEDED and not job.output:
             problems.append(f"job {job.id} succeeded without its output")
+        elif job.status is JobStatus.SUCCEEDED and not _pictures_kept(job, keeper):
+            problems.append(f"job {job.id} succeeded, but its pictures are not kept")
         if terminal_events[job.id] != 1:
             problems.append(
                 f"job {job.id} has {terminal_events[job.id]} final notifications, not 1"
             )
     return problems
+
+
+def _pictures_kept(job: Job, keeper: Any) -> bool:
+    """True when the job's output names kept PNG files, and only those."""
+    record = keeper.kept(job.id)
+    if record is None or record.state != "kept" or not record.files:
+        return False
+    urls = [kept.url for kept in record.files]
+    if job.output.get("images") != urls:
+        return False
+    return all(keeper.storage.get(kept.key).startswith(b"\x89PNG") for kept in record.files)
 
 
 def _summary(

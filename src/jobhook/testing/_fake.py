@@ -26,6 +26,7 @@ from jobhook._models import JobStatus, JobUpdate
 from jobhook.sender import DeliveryReport
 from jobhook.testing._delivery import Courier
 from jobhook.testing._planning import Planned, plan
+from jobhook.testing._png import png_for
 from jobhook.testing._scripts import Chaos, Script, Scripts, Submission
 from jobhook.testing._wires import (
     FakeJob,
@@ -92,7 +93,9 @@ class FakeGenerator:
     Callbacks go to the submitted callback URL over HTTP (``callback_client``, by
     default a plain `httpx.Client`), or straight into ``handler`` (a `WebhookHandler`,
     also settable after construction) with the route's job id and the URL's
-    ``token``. Thread-safe. Raises `ValueError` for options that do not fit together.
+    ``token``. Whatever it impersonates, it serves the pictures `Scripts.pictures`
+    names at ``GET /files/{job_id}/{n}.png`` (small PNGs), until `expire_files`.
+    Thread-safe. Raises `ValueError` for options that do not fit together.
     """
 
     submit_path = "/jobs"
@@ -159,6 +162,9 @@ class FakeGenerator:
         self._courier = Courier(sender_attempts)
         self._callback_client = callback_client
         self._own_clients: dict[str, httpx.Client] = {}  # made here, closed by close()
+        #: The requests for output files (``GET /files/...``) the fake received.
+        self.file_requests: list[httpx.Request] = []
+        self._files_expired = False
 
     def __repr__(self) -> str:
         shown = "" if self.impersonate == "jobhook" else f" impersonate={self.impersonate!r}"
@@ -196,6 +202,8 @@ class FakeGenerator:
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Answer one request (sync); ``before_answer`` callbacks are sent first."""
+        if request.method == "GET" and request.url.path.startswith("/files/"):
+            return self._file(request)
         response, planned = self._answer(request)
         for item in planned:
             self._send(item, self._http())
@@ -203,12 +211,32 @@ class FakeGenerator:
 
     async def ahandle_request(self, request: httpx.Request) -> httpx.Response:
         """Answer one request (async); ``before_answer`` callbacks are awaited first."""
+        if request.method == "GET" and request.url.path.startswith("/files/"):
+            return self._file(request)
         response, planned = self._answer(request)
         if planned:
             async with self._async_http() as http:
                 for item in planned:
                     await self._asend(item, http)
         return response
+
+    # -- output files -----------------------------------------------------------------
+
+    def expire_files(self) -> None:
+        """From now on answer 404 for every output file, as a provider does once its
+        outputs expire (Replicate's after an hour)."""
+        with self._cond:
+            self._files_expired = True
+
+    def _file(self, request: httpx.Request) -> httpx.Response:
+        """``GET /files/{job_id}/{name}.png``: the job's picture (`Scripts.pictures`)."""
+        with self._cond:
+            self.file_requests.append(request)
+            expired = self._files_expired
+        name = request.url.path[len("/files/") :]
+        if expired or not name.endswith(".png") or ".." in name.split("/"):
+            return json_response(404, {"error": "no such file (outputs expire)"})
+        return httpx.Response(200, headers={"content-type": "image/png"}, content=png_for(name))
 
     # -- scripting and inspection -----------------------------------------------------
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from jobhook._models import JSON, JobError, JobStatus, JobUpdate
+from jobhook.testing._png import png_data_uri
 
 __all__ = ["Chaos", "Script", "Scripts", "Submission"]
 
@@ -55,6 +56,30 @@ class Scripts:
         def script(submission: Submission) -> list[JobUpdate]:
             result = _default_output(submission.job_id) if output is None else output
             return [*_running(progress), JobUpdate(JobStatus.SUCCEEDED, output=result)]
+
+        return script
+
+    @staticmethod
+    def pictures(
+        base_url: str | None = None,
+        *,
+        count: int = 1,
+        progress: Sequence[float] = (30.0, 70.0),
+    ) -> Script:
+        """Like `success`, with real pictures: ``{"images": [...]}`` names ``count``
+        small PNGs, served by the fake at ``{base_url}/files/{job_id}/{n}.png`` (the
+        URL `FakeGenerator.serve` yields), or inline as ``data:image/png;base64,…`` URIs
+        without ``base_url`` (as Cog answers when it has no upload URL).
+        """
+
+        def script(submission: Submission) -> list[JobUpdate]:
+            names = [f"{submission.job_id}/{n}.png" for n in range(1, count + 1)]
+            if base_url is None:
+                images = [png_data_uri(name) for name in names]
+            else:
+                images = [f"{base_url.rstrip('/')}/files/{name}" for name in names]
+            update = JobUpdate(JobStatus.SUCCEEDED, output={"images": images})
+            return [*_running(progress), update]
 
         return script
 

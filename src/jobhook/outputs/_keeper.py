@@ -1,0 +1,371 @@
+"""The output keeper: holds a success back until the files it names are kept."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+import httpx
+
+from jobhook._models import (
+    JSON,
+    ApplyResult,
+    Job,
+    JobError,
+    JobEvent,
+    JobStatus,
+    JobUpdate,
+    Outcome,
+)
+from jobhook.exceptions import JobNotFoundError, OutputError, ValidationError
+from jobhook.outputs._fetch import FetchPolicy, fetch, inline_base64
+from jobhook.outputs._files import FileFinder, files_for, replace_at, value_at
+from jobhook.outputs._storage import Storage
+from jobhook.stores._outputs import (
+    DROPPED,
+    FAILED,
+    KEPT,
+    Hold,
+    Holds,
+    MemoryHolds,
+    SQLHolds,
+)
+
+__all__ = ["KeptFile", "KeptOutput", "OutputKeeper"]
+
+log = logging.getLogger("jobhook.outputs")
+
+#: Called after the keeper applies a change: ``listener(event, job)``, as with
+#: `jobhook.WebhookHandler`'s listeners.
+Listener = Callable[[JobEvent, Job], Any]
+
+#: The `JobError` code of a job whose files could not be kept.
+NOT_KEPT = "output_not_kept"
+
+
+@attrs.frozen
+class KeptFile:
+    """One kept file: where it was (``source``, the provider's URL, or ``data:`` and
+    its media type for an inline file), where it is (``key`` in the storage, ``url``),
+    its ``content_type``, ``size`` in bytes and ``sha256`` (hex)."""
+
+    index: int
+    source: str
+    key: str
+    url: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+@attrs.frozen
+class KeptOutput:
+    """What the keeper did for a job: ``state`` is ``keeping`` (not done yet),
+    ``kept`` (the job succeeded with the kept files), ``failed`` (the job failed with
+    ``code="output_not_kept"``) or ``dropped`` (the job had ended otherwise);
+    ``original_output`` is the output the provider reported."""
+
+    job_id: str
+    state: str
+    original_output: JSON
+    files: list[KeptFile]
+    attempts: int
+    last_error: str | None
+
+
+def _holds_for(store: Any) -> Holds:
+    from jobhook.stores.memory import InMemoryJobStore
+    from jobhook.stores.sql import SQLJobStore
+
+    if isinstance(store, SQLJobStore):
+        return SQLHolds(store.engine, store.tables.prefix)
+    if isinstance(store, InMemoryJobStore):
+        return MemoryHolds()
+    raise ValidationError(
+        f"OutputKeeper keeps its holds beside an InMemoryJobStore or a SQLJobStore, not "
+        f"{type(store).__name__}"
+    )
+
+
+def _extension(content_type: str) -> str:
+    return mimetypes.guess_extension(content_type, strict=False) or ""
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _is_url(value: object) -> bool:
+    """True for a string that starts with a scheme (a URL, a ``data:`` URI); false for
+    bare base64, whose alphabet has no colon."""
+    return isinstance(value, str) and _SCHEME.match(value) is not None
+
+
+def _source(url: str) -> str:
+    # An inline file is recorded by its media type: its bytes are the kept file.
+    if url[:5].lower() == "data:":
+        return url.split(",", 1)[0]
+    return url if _is_url(url) else "base64"
+
+
+class _KeepingStore:
+    """The store as the keeper guards it: a success that names files is held back."""
+
+    def __init__(self, store: Any, keeper: OutputKeeper) -> None:
+        self._store = store
+        self._keeper = keeper
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def __repr__(self) -> str:
+        return f"<kept outputs of {self._store!r}>"
+
+    def apply(
+        self, job_id: str, update: JobUpdate, *, delivery_id: str | None = None
+    ) -> ApplyResult:
+        """As the store's ``apply``, except that a success whose output names files is
+        held until they are kept: the answer is then ``applied`` (``duplicate`` when
+        already held) with the job as it is, and no event is written yet."""
+        held = self._keeper._hold(job_id, update, delivery_id)
+        if held is not None:
+            return held
+        result: ApplyResult = self._store.apply(job_id, update, delivery_id=delivery_id)
+        return result
+
+
+class OutputKeeper:
+    """Keeps the files a job's output references in ``storage``, before anyone learns
+    that the job succeeded.
+
+    Give `store` (the guarded store) to the `WebhookHandler`, the `GeneratorClient` and
+    the `Reconciler` instead of the plain one: a ``succeeded`` update whose output
+    names files (found by ``files``, by default `files_for` ``backend``) is then held
+    durably, with no event, and the delivery is answered 200. `run_once` (or `run`, in
+    a worker) fetches each held file under ``policy``, writes it to ``storage`` under
+    ``{job_id}/{index}{extension}``, records it, and once all are kept applies the
+    success with an output naming the kept copies: one event, after the files exist.
+    ``listeners`` are called for the changes the keeper applies.
+
+    A keeper that dies mid-copy resumes where it was: kept files are recorded one by
+    one and a file's key never changes, so a rerun writes no second copy. A failure
+    that no retry changes (a refused URL, a 404, a file over the size limit) fails the
+    job with ``code="output_not_kept"``; other failures are retried after
+    ``retry_after`` seconds (doubling), the job failed so after ``max_attempts``.
+    Run one keeper per store. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        storage: Storage,
+        *,
+        files: FileFinder | None = None,
+        backend: Any = None,
+        policy: FetchPolicy | None = None,
+        max_attempts: int = 5,
+        retry_after: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        listeners: Iterable[Listener] = (),
+        http_client: httpx.Client | None = None,
+        holds: Holds | None = None,
+        create_schema: bool = False,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValidationError(f"max_attempts must be at least 1, got {max_attempts!r}")
+        self._plain = store
+        self.storage = storage
+        self.policy = policy or FetchPolicy()
+        self._files = files or files_for(backend)
+        self._max_attempts = max_attempts
+        self._retry_after = retry_after
+        self._clock = clock
+        self._listeners = tuple(listeners)
+        self._holds = holds if holds is not None else _holds_for(store)
+        self._owns_http = http_client is None
+        # No connection reuse: a pooled connection is keyed by the address it went to,
+        # and two host names on one address must each have their own TLS check.
+        self._http = http_client or httpx.Client(
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+        self._guarded = _KeepingStore(store, self)
+        if create_schema:
+            self.create_schema()
+
+    def __repr__(self) -> str:
+        return f"<OutputKeeper store={self._plain!r} storage={self.storage!r}>"
+
+    @property
+    def store(self) -> Any:
+        """The guarded store: the plain store's methods, with ``apply`` holding back
+        successes whose files are not kept yet."""
+        return self._guarded
+
+    def create_schema(self) -> None:
+        """Create the holds table when missing (SQL stores; idempotent). Until it
+        exists, holding a success raises `StoreUnavailableError` (webhooks answer 503)."""
+        self._holds.create_schema()
+
+    @property
+    def metadata(self) -> Any:
+        """The holds table's SQLAlchemy `MetaData` (SQL stores), for the app's own
+        migrations; None for in-memory holds."""
+        return getattr(self._holds, "metadata", None)
+
+    def close(self) -> None:
+        """Close the HTTP client the keeper made."""
+        if self._owns_http:
+            self._http.close()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), timezone.utc)
+
+    # -- holding -------------------------------------------------------------------
+
+    def _hold(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult | None:
+        """Hold a success that names files; None when the update is not one to hold."""
+        if update.status is not JobStatus.SUCCEEDED or not self._files(update.output):
+            return None
+        try:
+            job: Job = self._plain.get(job_id)
+        except JobNotFoundError:
+            return None  # the store answers not_found; the handler keeps a dead letter
+        if job.terminal:
+            return None  # the store answers duplicate or conflict
+        added = self._holds.add(job_id, delivery_id, update, self._now())
+        outcome = Outcome.APPLIED if added else Outcome.DUPLICATE
+        log.info("job %s: success held until its files are kept (%s)", job_id, outcome)
+        return ApplyResult(outcome, job)
+
+    def kept(self, job_id: str) -> KeptOutput | None:
+        """What the keeper did for ``job_id``; None when nothing was held for it."""
+        hold = self._holds.get(job_id)
+        if hold is None:
+            return None
+        files = [KeptFile(**entry) for entry in hold.files if entry is not None]
+        return KeptOutput(
+            hold.job_id, hold.state, hold.update.output, files, hold.attempts, hold.last_error
+        )
+
+    # -- keeping -------------------------------------------------------------------
+
+    def run_once(self, *, limit: int = 100) -> int:
+        """Work on every hold that is due; return how many were settled (the job
+        succeeded, failed or had ended). Errors of one job are logged and retried."""
+        settled = 0
+        for hold in self._holds.due(self._now(), limit):
+            try:
+                if self._keep(hold):
+                    settled += 1
+            except Exception as exc:
+                log.exception("job %s: keeping its output failed", hold.job_id)
+                self._retry(hold, f"{type(exc).__name__}: {exc}")
+        return settled
+
+    def run(self, stop: threading.Event, *, interval: float = 1.0) -> None:
+        """Call `run_once` every ``interval`` seconds until ``stop`` is set; a failing
+        round (the store unavailable) is logged and tried again."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("the output keeper's round failed; trying again")
+            stop.wait(interval)
+
+    def _keep(self, hold: Hold) -> bool:
+        output = hold.update.output
+        paths = self._files(output)
+        files: list[dict[str, JSON] | None] = list(hold.files) + [None] * (
+            len(paths) - len(hold.files)
+        )
+        for index, path in enumerate(paths):
+            if files[index] is not None:
+                continue  # kept before a restart: its original may be gone by now
+            url = value_at(output, path)
+            try:
+                if isinstance(url, str) and not _is_url(url):
+                    fetched = inline_base64(url, self.policy)
+                else:
+                    fetched = fetch(url, self.policy, self._http)  # refuses a non-string
+                key = f"{hold.job_id}/{index}{_extension(fetched.content_type)}"
+                kept_url = self.storage.put(key, fetched.data, fetched.content_type)
+            except OutputError as exc:
+                if exc.permanent:
+                    return self._give_up(hold, f"file {index}: {exc}")
+                return self._retry(hold, f"file {index}: {exc}")
+            except OSError as exc:
+                return self._retry(hold, f"file {index}: storage: {exc}")
+            files[index] = attrs.asdict(
+                KeptFile(
+                    index,
+                    _source(url),
+                    key,
+                    kept_url,
+                    fetched.content_type,
+                    len(fetched.data),
+                    fetched.sha256,
+                )
+            )
+            self._holds.save(hold.job_id, now=self._now(), files=files)
+            log.info("job %s: kept file %d as %s", hold.job_id, index, key)
+        kept_output = replace_at(
+            output,
+            {
+                path: entry["url"]
+                for path, entry in zip(paths, files[: len(paths)], strict=True)
+                if entry
+            },
+        )
+        result = self._apply(hold, attrs.evolve(hold.update, output=kept_output), hold.delivery_id)
+        done = result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
+        self._holds.save(hold.job_id, now=self._now(), state=KEPT if done else DROPPED)
+        return True
+
+    def _apply(self, hold: Hold, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
+        result: ApplyResult = self._plain.apply(hold.job_id, update, delivery_id=delivery_id)
+        log.info("job %s: %s after keeping; outcome=%s", hold.job_id, update.status, result.outcome)
+        if result.event is not None and result.job is not None:
+            for listener in self._listeners:
+                try:
+                    listener(result.event, result.job)
+                except Exception:
+                    log.exception("output keeper listener %r failed", listener)
+        return result
+
+    def _give_up(self, hold: Hold, reason: str) -> bool:
+        log.warning("job %s: output not kept: %s", hold.job_id, reason)
+        failure = JobUpdate(JobStatus.FAILED, error=JobError(NOT_KEPT, reason[:1000]))
+        result = self._apply(hold, failure, f"{NOT_KEPT}:{hold.job_id}")
+        failed = result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
+        self._holds.save(
+            hold.job_id,
+            now=self._now(),
+            state=FAILED if failed else DROPPED,
+            attempts=hold.attempts + 1,
+            last_error=reason,
+        )
+        return True
+
+    def _retry(self, hold: Hold, reason: str) -> bool:
+        attempts = hold.attempts + 1
+        if attempts >= self._max_attempts:
+            return self._give_up(hold, f"{reason} (after {attempts} attempts)")
+        delay = self._retry_after * 2 ** (attempts - 1)
+        log.warning("job %s: output not kept yet (%s); retry in %.0f s", hold.job_id, reason, delay)
+        now = self._now()
+        self._holds.save(
+            hold.job_id,
+            now=now,
+            attempts=attempts,
+            last_error=reason,
+            next_attempt_at=now + timedelta(seconds=delay),
+        )
+        return False
