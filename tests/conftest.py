@@ -37,8 +37,11 @@ STORE_KINDS = [
     "postgres-lent",
     "async-postgres",
     "async-postgres-asyncpg",
+    "django-sqlite",
+    "django-postgres",
+    "django-mariadb",
 ]
-SQL_KINDS = [kind for kind in STORE_KINDS if "memory" not in kind]
+SQL_KINDS = [kind for kind in STORE_KINDS if "memory" not in kind and "django" not in kind]
 
 
 class SyncFacade:
@@ -113,6 +116,10 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
     if kind == "async-memory":
         facade = SyncFacade(AsyncInMemoryJobStore())
         return facade, facade.close
+    if kind.startswith("django-"):
+        from .django_stores import build_django_store
+
+        return build_django_store(kind)
     if "postgres" in kind and not PG_URL:
         pytest.skip(PG_SKIP_REASON)
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore

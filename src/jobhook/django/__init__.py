@@ -1,16 +1,21 @@
-"""Django adapter: a CSRF-exempt, POST-only view over a `WebhookHandler`.
+"""Django: a CSRF-exempt, POST-only view over a `WebhookHandler`, and a Django app.
 
 ```python
 path("webhooks/jobhook/<str:job_id>", webhook_view(handler))
 ```
 
 The view is async when the handler's store is async, sync otherwise.
+
+With ``"jobhook.django"`` in ``INSTALLED_APPS``, jobhook keeps its jobs in the
+project's own database through `DjangoJobStore` (models, migrations, admin and
+management commands), and ``webhook_view()`` without a handler builds one from the
+``JOBHOOK`` setting. `DjangoJobStore` loads when first used, once Django is set up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from django.core.handlers.wsgi import WSGIRequest
@@ -25,7 +30,19 @@ except ModuleNotFoundError as exc:  # Django, or one of its own dependencies, is
 from jobhook._body import read_limited
 from jobhook._webhook import WebhookHandler, WebhookResponse
 
-__all__ = ["webhook_view"]
+if TYPE_CHECKING:
+    from jobhook.django._store import DjangoJobStore
+
+__all__ = ["DjangoJobStore", "webhook_view"]
+
+
+def __getattr__(name: str) -> Any:
+    # The store imports the models, which need Django's app registry to be ready.
+    if name == "DjangoJobStore":
+        from jobhook.django._store import DjangoJobStore
+
+        return DjangoJobStore
+    raise AttributeError(f"module 'jobhook.django' has no attribute {name!r}")
 
 
 def _body(request: HttpRequest, limit: int) -> bytes:
@@ -51,11 +68,17 @@ def _response(answer: WebhookResponse) -> HttpResponse:
     return response
 
 
-def webhook_view(handler: WebhookHandler) -> Callable[..., Any]:
+def webhook_view(handler: WebhookHandler | None = None) -> Callable[..., Any]:
     """A view passing the raw body, the route's ``job_id`` and ``?token=``.
 
     It reads at most ``handler.max_body_bytes + 1`` bytes of the body, chunked or not.
+    Without ``handler``, one is built from the ``JOBHOOK`` setting over a
+    `DjangoJobStore` (see `jobhook.django.conf.handler`).
     """
+    if handler is None:
+        from jobhook.django.conf import handler as from_settings
+
+        handler = from_settings()
     view: Callable[..., Any]
     if handler.async_store:
 
