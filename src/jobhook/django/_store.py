@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import builtins
 import functools
+import random
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -114,6 +116,8 @@ def _mapped(method: Callable[..., T]) -> Callable[..., T]:
                     and attempt < _ATTEMPTS
                     and not connections[self.using].in_atomic_block
                 ):
+                    # The database rolled the whole transaction back: run it again.
+                    time.sleep(random.uniform(0, 0.01 * attempt))
                     continue
                 raise StoreUnavailableError(
                     f"the database {self.using!r} is unavailable, or its jobhook tables are "
