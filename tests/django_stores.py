@@ -22,9 +22,7 @@ from sqlalchemy.engine import make_url
 
 PG_URL = os.environ.get("JOBHOOK_TEST_POSTGRES_URL")
 MYSQL_URL = os.environ.get("JOBHOOK_TEST_MYSQL_URL")
-MYSQL_SKIP_REASON = (
-    "MariaDB/MySQL tests need JOBHOOK_TEST_MYSQL_URL (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
-)
+MYSQL_SKIP_REASON = "MariaDB/MySQL tests need JOBHOOK_TEST_MYSQL_URL (e.g. mysql+pymysql://root@127.0.0.1:3306/test)"
 ALIASES = {"django-sqlite": "default", "django-postgres": "postgres", "django-mariadb": "mariadb"}
 _configured: dict[str, Any] = {}
 

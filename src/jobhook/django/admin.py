@@ -58,11 +58,11 @@ class JobAdmin(_ReadOnly):
             actions.pop("cancel", None)
         return actions
 
-    @admin.action(description="Resubmit the selected jobs to the backend")
+    @admin.action(description="Resubmit the selected jobs to the backend")  # type: ignore[untyped-decorator]
     def resubmit(self, request: Any, queryset: Any) -> None:
         _each(self, request, queryset, "Resubmitted", conf.client().resubmit)
 
-    @admin.action(description="Cancel the selected jobs at the backend")
+    @admin.action(description="Cancel the selected jobs at the backend")  # type: ignore[untyped-decorator]
     def cancel(self, request: Any, queryset: Any) -> None:
         _each(self, request, queryset, "Canceled", conf.client().cancel)
 
@@ -77,7 +77,7 @@ class DeadLetterAdmin(_ReadOnly):
     exclude = ("body",)
     actions = ("replay",)
 
-    @admin.action(description="Replay the selected dead letters")
+    @admin.action(description="Replay the selected dead letters")  # type: ignore[untyped-decorator]
     def replay(self, request: Any, queryset: Any) -> None:
         from jobhook.django._store import DjangoJobStore
 

@@ -17,7 +17,7 @@ def add_counter(apps: Any, schema_editor: Any) -> None:
 class Migration(migrations.Migration):  # type: ignore[misc]
     initial = True
 
-    dependencies = []  # noqa: RUF012
+    dependencies: list[tuple[str, str]] = []  # noqa: RUF012
 
     operations = [  # noqa: RUF012
         migrations.CreateModel(
