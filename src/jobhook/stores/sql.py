@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, CursorResult, Engine
@@ -46,6 +46,9 @@ from jobhook.stores._steps import Rows, Steps, drive
 from jobhook.stores.protocol import StatusFilter
 
 __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
+
+if TYPE_CHECKING:
+    from jobhook.stores._bound import BoundSQLJobStore
 
 T = TypeVar("T")
 
@@ -90,6 +93,15 @@ class SQLJobStore:
     def metadata(self) -> sa.MetaData:
         """The tables' `MetaData`, for the app's own Alembic migrations."""
         return self.tables.metadata
+
+    def bind(self, connection: sa.Connection) -> BoundSQLJobStore:
+        """This store's operations on ``connection``, in the transaction the caller
+        holds there: a job created through it commits or rolls back with the app's own
+        rows. See `BoundSQLJobStore`; with an ORM ``Session``, pass
+        ``session.connection()``."""
+        from jobhook.stores._bound import BoundSQLJobStore
+
+        return BoundSQLJobStore(self, connection)
 
     def create_schema(self) -> None:
         """Create the tables and indexes that do not exist yet (idempotent)."""
