@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from jobhook._http import RetryPolicy
     from jobhook.reconcile import AsyncReconciler, Reconciler, ReconcileReport
     from jobhook.sender import CallbackSender
+    from jobhook.stores._adopt import JobTable
+    from jobhook.stores._bound import BoundSQLJobStore
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
 #: Public names whose modules load on first use, and where they live.
@@ -57,6 +59,8 @@ _LAZY = {
     "RetryPolicy": "jobhook._http",
     "AsyncSQLJobStore": "jobhook.stores.sql",
     "SQLJobStore": "jobhook.stores.sql",
+    "BoundSQLJobStore": "jobhook.stores._bound",
+    "JobTable": "jobhook.stores._adopt",
 }
 
 __all__ = [
@@ -67,6 +71,7 @@ __all__ = [
     "AsyncReconciler",
     "AsyncSQLJobStore",
     "BackendError",
+    "BoundSQLJobStore",
     "CallbackSender",
     "ClientError",
     "DeadLetter",
@@ -81,6 +86,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "JobStore",
+    "JobTable",
     "JobUpdate",
     "JobhookError",
     "Outcome",

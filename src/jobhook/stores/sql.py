@@ -48,6 +48,7 @@ from jobhook.stores.protocol import StatusFilter
 __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
 
 if TYPE_CHECKING:
+    from jobhook.stores._adopt import JobTable
     from jobhook.stores._bound import BoundSQLJobStore
 
 T = TypeVar("T")
@@ -60,6 +61,10 @@ class SQLJobStore:
     ``postgresql://`` uses psycopg 3) or an `Engine`. Thread-safe; every method is one
     transaction. Raises `StoreUnavailableError` when the database cannot be reached.
     Call `create_schema` once (idempotent), or manage `metadata` with Alembic.
+
+    ``job_table`` adopts the app's own table as the job table (see `JobTable`; sync
+    store only): jobhook then adds only its side tables. Raises `ValidationError`
+    naming the job fields that table has no column for.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class SQLJobStore:
         *,
         table_prefix: str = "jobhook_",
         create_schema: bool = False,
+        job_table: JobTable | None = None,
     ) -> None:
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
@@ -78,8 +84,17 @@ class SQLJobStore:
             self.engine = create_engine_for(sa.create_engine, url, extra)
             self._owns_engine = True
         install_sqlite_pragmas(self.engine)
-        self.tables = Tables(table_prefix)
-        self._ops = Operations(self.tables, self.engine.dialect.name)
+        self._ops: Operations
+        if job_table is None:
+            self.tables = Tables(table_prefix)
+            self._ops = Operations(self.tables, self.engine.dialect.name)
+        else:
+            from jobhook.stores._adopt import adopt
+
+            try:
+                self.tables, self._ops = adopt(self.engine, table_prefix, job_table)
+            except DATABASE_ERRORS as exc:
+                raise store_error(exc, self.engine.url) from exc
         self._standalone, self._transaction = run_options(
             self.engine.dialect.name, owned=self._owns_engine
         )
