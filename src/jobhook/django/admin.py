@@ -44,7 +44,16 @@ class JobAdmin(_ReadOnly):
     """Jobs, newest first; filter by status, kind and owner; search by id and remote id.
     Resubmit and cancel go through ``JOBHOOK["CLIENT"]`` when it is configured."""
 
-    list_display = ("id", "kind", "owner_id", "status", "progress", "remote_id", "updated_at")
+    list_display = (
+        "id",
+        "kind",
+        "owner_id",
+        "status",
+        "progress",
+        "error_code",
+        "remote_id",
+        "updated_at",
+    )
     list_filter = ("status", "kind", "owner_id")
     search_fields = ("=id", "=remote_id")
     ordering = ("-created_at", "-id")

@@ -21,4 +21,5 @@ class Command(BaseCommand):  # type: ignore[misc]
 
         name = options["name"]
         handled = consume_once(conf.store(), name, conf.consumer(name), batch=options["batch"])
-        self.stdout.write(f"{name}: {handled} event(s) handled")
+        if options["verbosity"]:
+            self.stdout.write(f"{name}: {handled} event(s) handled")

@@ -28,4 +28,5 @@ class Command(BaseCommand):  # type: ignore[misc]
             stale_after=options["stale_after"],
             give_up_after=options["give_up_after"],
         ).run_once()
-        self.stdout.write(str(report))
+        if options["verbosity"]:
+            self.stdout.write(str(report))
