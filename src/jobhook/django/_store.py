@@ -49,7 +49,6 @@ from jobhook._models import (
     JobUpdate,
     Outcome,
 )
-from jobhook.django import models as m
 from jobhook.exceptions import (
     DeadLetterNotFoundError,
     JobExistsError,
@@ -74,8 +73,19 @@ T = TypeVar("T")
 
 #: PostgreSQL: event ids are ``txid * _PER_TRANSACTION + n``.
 _PER_TRANSACTION = 65_536
-_JOB_FIELDS = [f.name for f in m.Job._meta.fields]
 _ATTEMPTS = 5
+
+
+def _models() -> Any:
+    """jobhook's models, imported when first used: they need Django's app registry,
+    while `DjangoJobStore` itself can be imported before Django is set up."""
+    from jobhook.django import models
+
+    return models
+
+
+def _job_fields() -> list[str]:
+    return [f.name for f in _models().Job._meta.fields]
 
 
 class _Rollback(Exception):
@@ -156,6 +166,7 @@ class DjangoJobStore:
         return str(connections[self.using].vendor)
 
     def _jobs(self) -> Any:
+        m = _models()
         return m.Job.objects.using(self.using)
 
     @contextmanager
@@ -198,7 +209,8 @@ class DjangoJobStore:
         return job
 
     def _row(self, job_id: str) -> Mapping[str, Any] | None:
-        row: Mapping[str, Any] | None = self._jobs().filter(id=job_id).values(*_JOB_FIELDS).first()
+        row: Mapping[str, Any] | None
+        row = self._jobs().filter(id=job_id).values(*_job_fields()).first()
         return row
 
     @_mapped
@@ -218,7 +230,7 @@ class DjangoJobStore:
             self._jobs()
             .filter(remote_id=remote_id)
             .order_by("-created_at", "-id")
-            .values(*_JOB_FIELDS)
+            .values(*_job_fields())
             .first()
         )
         if row is None:
@@ -253,18 +265,19 @@ class DjangoJobStore:
                 Q(created_at__lt=anchor["created_at"])
                 | Q(created_at=anchor["created_at"], id__lt=anchor["id"])
             )
-        rows = query.order_by("-created_at", "-id").values(*_JOB_FIELDS)[:limit]
+        rows = query.order_by("-created_at", "-id").values(*_job_fields())[:limit]
         return [job_from_row(r) for r in rows]
 
     @_mapped
     def stale(self, *, updated_before: datetime, limit: int = 100) -> builtins.list[Job]:
         """Non-terminal jobs last updated before ``updated_before``, oldest first."""
+        m = _models()
         check_limit(limit)
         rows = (
             self._jobs()
             .filter(status__in=m.NON_TERMINAL, updated_at__lt=utc(updated_before))
             .order_by("updated_at", "id")
-            .values(*_JOB_FIELDS)[:limit]
+            .values(*_job_fields())[:limit]
         )
         return [job_from_row(r) for r in rows]
 
@@ -311,6 +324,7 @@ class DjangoJobStore:
 
     def _record_delivery(self, delivery_id: str, job_id: str, now: datetime) -> bool:
         """Record the delivery id; False when it was recorded before (its unique key)."""
+        m = _models()
         try:
             with self._atomic():
                 m.Delivery.objects.using(self.using).create(
@@ -362,6 +376,7 @@ class DjangoJobStore:
 
     def _insert_event(self, job: Job, delivery_id: str | None, now: datetime) -> int:
         """Append the job's event to the outbox; return its id (see the module)."""
+        m = _models()
         fields = {
             "job_id": job.id,
             "owner_id": job.owner_id,
@@ -407,6 +422,7 @@ class DjangoJobStore:
     @_mapped
     def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
         """Outbox events with an id greater than ``after``, in order."""
+        m = _models()
         check_limit(limit)
         query = m.Event.objects.using(self.using).filter(id__gt=after)
         if self._vendor == "postgresql":
@@ -432,6 +448,7 @@ class DjangoJobStore:
         reason: str = "not_found",
     ) -> DeadLetter:
         """Keep a delivery that named an unknown job, once per ``delivery_id``."""
+        m = _models()
         check_id(job_id)
         if delivery_id is not None:
             check_delivery_id(delivery_id)
@@ -460,6 +477,7 @@ class DjangoJobStore:
         self, *, job_id: str | None = None, include_replayed: bool = False, limit: int = 100
     ) -> builtins.list[DeadLetter]:
         """Kept deliveries, oldest first (not yet replayed ones unless asked)."""
+        m = _models()
         check_limit(limit)
         query = m.DeadLetter.objects.using(self.using).order_by("id")
         if job_id is not None:
@@ -472,6 +490,7 @@ class DjangoJobStore:
     def replay_dead_letter(self, dead_letter_id: int, *, job_id: str | None = None) -> ApplyResult:
         """Apply a kept delivery under its delivery id (to ``job_id`` when given).
         Raises `DeadLetterNotFoundError`."""
+        m = _models()
         letters = m.DeadLetter.objects.using(self.using)
         with self._atomic():
             row = letters.filter(id=dead_letter_id).values().first()
