@@ -152,7 +152,7 @@ def empty(using: str) -> None:
     """Empty jobhook's tables on ``using`` (the outbox counter row stays)."""
     from jobhook.django import models as m
 
-    for model in (m.Job, m.Delivery, m.Event, m.DeadLetter, m.Consumer):
+    for model in (m.Job, m.Delivery, m.Event, m.DeadLetter, m.Consumer, m.ParkedEvent):
         model.objects.using(using).all().delete()
 
 

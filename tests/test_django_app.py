@@ -265,6 +265,53 @@ def test_consume_command_hands_each_event_once_in_order(sqlite_store: Any) -> No
     assert "notify: 0 event(s) handled" in out.getvalue()
 
 
+ALWAYS_FAILING: set[str] = set()
+
+
+def notify_or_fail(event: Any) -> None:
+    """A consumer that fails on the jobs in ``ALWAYS_FAILING``."""
+    if event.job_id in ALWAYS_FAILING:
+        raise RuntimeError(f"cannot notify about {event.job_id}")
+    NOTIFIED.append(event.job_id)
+
+
+def test_an_event_that_keeps_failing_is_parked_then_retried_from_the_admin(
+    admin_client: Any, sqlite_store: Any
+) -> None:
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    from jobhook.django.models import ParkedEvent
+
+    NOTIFIED.clear()
+    ALWAYS_FAILING.clear()
+    ALWAYS_FAILING.add("poison")
+    for job_id in ("first", "poison", "last"):
+        sqlite_store.create({}, job_id=job_id)
+        sqlite_store.apply(job_id, JobUpdate("succeeded"))
+    conf = {"SECRET": SECRET, "CONSUMERS": {"n": f"{__name__}.notify_or_fail"}}
+    with override_settings(JOBHOOK=conf):
+        for _ in range(2):  # retried, not passed
+            with pytest.raises(RuntimeError, match="poison"):
+                call_command("jobhook_consume", "n", "--max-attempts=3", verbosity=0)
+        call_command("jobhook_consume", "n", "--max-attempts=3", verbosity=0)  # parked
+        assert NOTIFIED == ["first", "last"]
+        [parked] = ParkedEvent.objects.all()
+        assert (parked.consumer, parked.job_id) == ("n", "poison")
+        assert "cannot notify" in parked.error
+        assert b"poison" in admin_client.get("/admin/jobhook/parkedevent/").content
+
+        ALWAYS_FAILING.clear()  # the notification service is back
+        answer = admin_client.post(
+            "/admin/jobhook/parkedevent/",
+            {"action": "retry", "_selected_action": [str(parked.pk)]},
+            follow=True,
+        )
+    assert answer.status_code == 200
+    assert NOTIFIED == ["first", "last", "poison"]
+    assert not ParkedEvent.objects.exists()
+
+
 def test_reconcile_command_needs_a_client_and_times_out_old_jobs(sqlite_store: Any) -> None:
     from django.core.management import CommandError, call_command
     from django.test import override_settings

@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from jobhook.django import conf
 from jobhook.django import models as m
 
-__all__ = ["ConsumerAdmin", "DeadLetterAdmin", "JobAdmin"]
+__all__ = ["ConsumerAdmin", "DeadLetterAdmin", "JobAdmin", "ParkedEventAdmin"]
 
 
 class _ReadOnly(admin.ModelAdmin):  # type: ignore[misc]
@@ -103,4 +103,30 @@ class DeadLetterAdmin(_ReadOnly):
 class ConsumerAdmin(_ReadOnly):
     """Outbox readers and the last event id each has handled."""
 
-    list_display = ("name", "position", "updated_at")
+    list_display = ("name", "position", "failures", "last_error", "updated_at")
+
+
+@admin.register(m.ParkedEvent)
+class ParkedEventAdmin(_ReadOnly):
+    """Events a consumer failed on too often and passed; retry hands them to it again."""
+
+    list_display = ("event_id", "consumer", "job_id", "error", "parked_at")
+    list_filter = ("consumer",)
+    search_fields = ("=job_id",)
+    actions = ("retry",)
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return True  # dismissing a parked event is the operator's call
+
+    @admin.action(description="Hand the selected events to their consumer again")  # type: ignore[untyped-decorator]
+    def retry(self, request: Any, queryset: Any) -> None:
+        from jobhook.django._consume import retry_parked
+        from jobhook.django._store import DjangoJobStore
+
+        store = DjangoJobStore(using=queryset.db)
+
+        def retry_one(pk: int) -> None:
+            parked = queryset.model.objects.using(queryset.db).get(pk=pk)
+            retry_parked(store, parked, conf.consumer(parked.consumer))
+
+        _each(self, request, queryset, "Handled", retry_one)

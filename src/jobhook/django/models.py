@@ -16,7 +16,7 @@ from django.db import models
 from jobhook._convert import dumps, loads
 from jobhook._models import JobStatus
 
-__all__ = ["Consumer", "Counter", "DeadLetter", "Delivery", "Event", "Job"]
+__all__ = ["Consumer", "Counter", "DeadLetter", "Delivery", "Event", "Job", "ParkedEvent"]
 
 # CheckConstraint(check=...) became condition=... in Django 5.1.
 _CONDITION = "condition" if django.VERSION >= (5, 1) else "check"
@@ -139,9 +139,31 @@ class Consumer(models.Model):  # type: ignore[misc]
     name = models.CharField(max_length=255, primary_key=True)
     position = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField()
+    #: How often the event after ``position`` has failed so far, and how.
+    failures = models.IntegerField(default=0)
+    last_error = models.TextField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.name} at {self.position}"
+
+
+class ParkedEvent(models.Model):  # type: ignore[misc]
+    """An event a consumer failed on too often: passed, kept here to be handled again."""
+
+    id = models.BigAutoField(primary_key=True)
+    consumer = models.CharField(max_length=255)
+    event_id = models.BigIntegerField()
+    job_id = models.CharField(max_length=255)
+    error = models.TextField()
+    parked_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [  # noqa: RUF012
+            models.UniqueConstraint(fields=["consumer", "event_id"], name="jobhook_parked_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.event_id} parked by {self.consumer}"
 
 
 class Counter(models.Model):  # type: ignore[misc]

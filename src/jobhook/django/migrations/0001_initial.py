@@ -26,7 +26,27 @@ class Migration(migrations.Migration):  # type: ignore[misc]
                 ("name", models.CharField(max_length=255, primary_key=True, serialize=False)),
                 ("position", models.BigIntegerField(default=0)),
                 ("updated_at", models.DateTimeField()),
+                ("failures", models.IntegerField(default=0)),
+                ("last_error", models.TextField(blank=True, null=True)),
             ],
+        ),
+        migrations.CreateModel(
+            name="ParkedEvent",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("consumer", models.CharField(max_length=255)),
+                ("event_id", models.BigIntegerField()),
+                ("job_id", models.CharField(max_length=255)),
+                ("error", models.TextField()),
+                ("parked_at", models.DateTimeField()),
+            ],
+            options={
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("consumer", "event_id"), name="jobhook_parked_once"
+                    )
+                ],
+            },
         ),
         migrations.CreateModel(
             name="Counter",

@@ -15,11 +15,23 @@ class Command(BaseCommand):  # type: ignore[misc]
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
         parser.add_argument("--batch", type=int, default=100)
+        parser.add_argument(
+            "--max-attempts",
+            type=int,
+            default=3,
+            help="park an event after it failed this often (default: 3)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from jobhook.django._consume import consume_once
 
         name = options["name"]
-        handled = consume_once(conf.store(), name, conf.consumer(name), batch=options["batch"])
+        handled = consume_once(
+            conf.store(),
+            name,
+            conf.consumer(name),
+            batch=options["batch"],
+            max_attempts=options["max_attempts"],
+        )
         if options["verbosity"]:
             self.stdout.write(f"{name}: {handled} event(s) handled")
