@@ -6,7 +6,9 @@ async twins too. PostgreSQL stores use ``JOBHOOK_TEST_POSTGRES_URL`` and a table
 of their own per test, dropped afterwards; ``async-postgres`` runs the async store on
 psycopg 3, ``async-postgres-asyncpg`` on asyncpg (the same URL, its driver switched).
 The ``-lent`` kinds run the store on an engine the app made and lends it, with
-execution options (a tenant schema on PostgreSQL) and listeners.
+execution options (a tenant schema on PostgreSQL) and listeners. The ``django-*`` kinds
+run `DjangoJobStore` on SQLite, PostgreSQL and MariaDB (``JOBHOOK_TEST_MYSQL_URL``),
+Django being configured once per process (see ``tests/django_stores.py``).
 """
 
 from __future__ import annotations
