@@ -27,10 +27,9 @@ ALIASES = {"django-sqlite": "default", "django-postgres": "postgres", "django-ma
 _configured: dict[str, Any] = {}
 
 
-def _postgres_database() -> dict[str, Any]:
+def _create_postgres_database(name: str) -> None:
     assert PG_URL is not None
     url = make_url(PG_URL).set(drivername="postgresql+psycopg")
-    name = f"jobhook_dj_{uuid.uuid4().hex[:10]}"
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
@@ -41,6 +40,12 @@ def _postgres_database() -> dict[str, Any]:
         engine.dispose()
 
     atexit.register(drop)
+
+
+def _postgres_database() -> dict[str, Any]:
+    assert PG_URL is not None
+    url = make_url(PG_URL)
+    name = f"jobhook_dj_{uuid.uuid4().hex[:10]}"
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": name,
@@ -51,18 +56,23 @@ def _postgres_database() -> dict[str, Any]:
     }
 
 
-def _mariadb_database() -> dict[str, Any]:
-    import pymysql
-
-    # Django asks for mysqlclient; PyMySQL speaks the same protocol and API.
-    pymysql.version_info = (2, 2, 1, "final", 0)
-    pymysql.install_as_MySQLdb()
+def _mysql_connect() -> dict[str, Any]:
     assert MYSQL_URL is not None
     url = make_url(MYSQL_URL)
-    name = f"jobhook_dj_{uuid.uuid4().hex[:10]}"
-    connect = {"host": url.host, "port": url.port or 3306, "user": url.username or "root"}
+    connect: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port or 3306,
+        "user": url.username or "root",
+    }
     if url.password:
         connect["password"] = url.password
+    return connect
+
+
+def _create_mariadb_database(name: str) -> None:
+    import pymysql
+
+    connect = _mysql_connect()
     with pymysql.connect(**connect) as conn, conn.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
 
@@ -71,12 +81,21 @@ def _mariadb_database() -> dict[str, Any]:
             cursor.execute(f"DROP DATABASE IF EXISTS {name}")
 
     atexit.register(drop)
+
+
+def _mariadb_database() -> dict[str, Any]:
+    import pymysql
+
+    # Django asks for mysqlclient; PyMySQL speaks the same protocol and API.
+    pymysql.version_info = (2, 2, 1, "final", 0)
+    pymysql.install_as_MySQLdb()
+    connect = _mysql_connect()
     return {
         "ENGINE": "django.db.backends.mysql",
-        "NAME": name,
+        "NAME": f"jobhook_dj_{uuid.uuid4().hex[:10]}",
         "USER": connect["user"],
-        "PASSWORD": url.password or "",
-        "HOST": url.host,
+        "PASSWORD": connect.get("password", ""),
+        "HOST": connect["host"],
         "PORT": str(connect["port"]),
         "OPTIONS": {"charset": "utf8mb4"},
     }
@@ -116,12 +135,12 @@ SETTINGS: dict[str, Any] = {
 
 
 def setup_django() -> None:
-    """Configure Django for this process (once) and migrate every alias from empty."""
+    """Configure Django for this process (once). Each alias's database is made and
+    migrated from empty when a store first uses it (`prepare`)."""
     if _configured:
         return
     import django
     from django.conf import settings
-    from django.core.management import call_command
 
     sqlite = os.path.join(tempfile.mkdtemp(prefix="jobhook-django-"), "db.sqlite3")
     databases: dict[str, Any] = {
@@ -143,9 +162,24 @@ def setup_django() -> None:
         raise RuntimeError("Django was configured before the django-* store kinds")
     settings.configure(DATABASES=databases, **SETTINGS)
     django.setup()
-    for alias in databases:
-        call_command("migrate", database=alias, verbosity=0, interactive=False)
     _configured["databases"] = databases
+    _configured["prepared"] = set()
+
+
+def prepare(using: str) -> None:
+    """Make ``using``'s database (PostgreSQL, MariaDB) and migrate it, once."""
+    from django.core.management import call_command
+
+    setup_django()
+    if using in _configured["prepared"]:
+        return
+    name = _configured["databases"][using]["NAME"]
+    if using == "postgres":
+        _create_postgres_database(name)
+    elif using == "mariadb":
+        _create_mariadb_database(name)
+    call_command("migrate", database=using, verbosity=0, interactive=False)
+    _configured["prepared"].add(using)
 
 
 def empty(using: str) -> None:
@@ -188,10 +222,10 @@ def build_django_store(kind: str) -> tuple[Any, Any]:
     if kind == "django-mariadb" and not MYSQL_URL:
         pytest.skip(MYSQL_SKIP_REASON)
     pytest.importorskip("django")
-    setup_django()
+    using = ALIASES[kind]
+    prepare(using)
     from jobhook.django import DjangoJobStore
 
-    using = ALIASES[kind]
     empty(using)
     store = DjangoJobStore(using=using)
     if kind == "django-postgres":
