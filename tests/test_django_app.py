@@ -206,7 +206,7 @@ def test_admin_replays_a_dead_letter_once_its_job_exists(
     assert sqlite_store.dead_letters() == []
 
 
-def test_admin_cancels_through_the_configured_client(admin_client: Any, sqlite_store: Any) -> None:
+def test_admin_cancels_and_resubmits_through_the_configured_client(admin_client: Any, sqlite_store: Any) -> None:
     from django.test import override_settings
 
     with FakeGenerator(SECRET) as fake:
@@ -228,6 +228,17 @@ def test_admin_cancels_through_the_configured_client(admin_client: Any, sqlite_s
             )
         assert answer.status_code == 200
         assert sqlite_store.get(job.id).status is JobStatus.CANCELED
+
+        # A job whose submit never left (it stays pending) is resubmitted under its id.
+        stuck = sqlite_store.create({"prompt": "an owl"})
+        with override_settings(JOBHOOK={"SECRET": SECRET, "CLIENT": client}):
+            admin_client.post(
+                "/admin/jobhook/job/",
+                {"action": "resubmit", "_selected_action": [stuck.id]},
+                follow=True,
+            )
+        assert [s.job_id for s in fake.submissions] == [job.id, stuck.id]
+        assert sqlite_store.get(stuck.id).status is JobStatus.SUBMITTED
         client.close()
 
 

@@ -55,8 +55,9 @@ def handler() -> WebhookHandler:
 
 
 def client() -> Any:
-    """The ``CLIENT`` (a dotted path to a `GeneratorClient`, or to a callable returning
-    one), or ``None`` when it is not configured."""
+    """The ``CLIENT`` (a dotted path to a `GeneratorClient`, or to a function returning
+    one, called each time a client is needed: return the same one), or ``None`` when
+    it is not configured."""
     path = options().get("CLIENT")
     if path is None:
         return None
