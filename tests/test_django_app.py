@@ -206,7 +206,9 @@ def test_admin_replays_a_dead_letter_once_its_job_exists(
     assert sqlite_store.dead_letters() == []
 
 
-def test_admin_cancels_and_resubmits_through_the_configured_client(admin_client: Any, sqlite_store: Any) -> None:
+def test_admin_cancels_and_resubmits_through_the_configured_client(
+    admin_client: Any, sqlite_store: Any
+) -> None:
     from django.test import override_settings
 
     with FakeGenerator(SECRET) as fake:
