@@ -34,7 +34,6 @@ from django.db import (
     transaction,
 )
 from django.db.models import BigIntegerField, Case, F, Q, Value, When
-from django.db.models.expressions import RawSQL
 
 from jobhook._convert import update_to_dict
 from jobhook._ids import check_delivery_id, utcnow
@@ -49,6 +48,7 @@ from jobhook._models import (
     JobUpdate,
     Outcome,
 )
+from jobhook.django._outbox import insert_event, visible
 from jobhook.exceptions import (
     DeadLetterNotFoundError,
     JobExistsError,
@@ -71,8 +71,6 @@ __all__ = ["DjangoJobStore"]
 
 T = TypeVar("T")
 
-#: PostgreSQL: event ids are ``txid * _PER_TRANSACTION + n``.
-_PER_TRANSACTION = 65_536
 _ATTEMPTS = 5
 
 
@@ -308,7 +306,8 @@ class DjangoJobStore:
                 row = self._row(job_id)
                 assert row is not None
                 job = job_from_row(row)
-                return applied(job, delivery_id, now, self._insert_event(job, delivery_id, now))
+                event_id = insert_event(self.using, job, delivery_id, now)
+                return applied(job, delivery_id, now, event_id)
             row = self._row(job_id)
             if row is None:
                 # Roll back the delivery id too: a retry after the job exists must apply.
@@ -381,49 +380,6 @@ class DjangoJobStore:
             )
         return bool(query.update(**sets) == 1)
 
-    def _insert_event(self, job: Job, delivery_id: str | None, now: datetime) -> int:
-        """Append the job's event to the outbox; return its id (see the module)."""
-        m = _models()
-        fields = {
-            "job_id": job.id,
-            "owner_id": job.owner_id,
-            "kind": job.kind,
-            "status": job.status.value,
-            "progress": job.progress,
-            "version": job.version,
-            "delivery_id": delivery_id,
-            "created_at": now,
-        }
-        vendor = self._vendor
-        events = m.Event.objects.using(self.using)
-        if vendor == "postgresql":
-            connection = connections[self.using]
-            table = connection.ops.quote_name(m.Event._meta.db_table)
-            columns = ", ".join(connection.ops.quote_name(c) for c in fields)
-            placeholders = ", ".join(["%s"] * len(fields))
-            # Only this transaction writes ids in its range: no other writer can race.
-            sql = (
-                f"INSERT INTO {table} (id, {columns}) "
-                f"SELECT COALESCE(MAX(id) + 1, txid_current() * {_PER_TRANSACTION}), "
-                f"{placeholders} FROM {table} "
-                f"WHERE id >= txid_current() * {_PER_TRANSACTION} "
-                f"AND id < (txid_current() + 1) * {_PER_TRANSACTION} RETURNING id"
-            )
-            with connection.cursor() as cursor:
-                cursor.execute(sql, list(fields.values()))
-                return int(cursor.fetchone()[0])
-        if vendor == "mysql":
-            counters = m.Counter.objects.using(self.using).filter(name="events")
-            if counters.update(value=F("value") + 1) != 1:
-                raise StoreUnavailableError(
-                    f"the outbox counter row is missing in {self.using!r}: run "
-                    "`manage.py migrate jobhook`"
-                )
-            event_id = int(counters.values_list("value", flat=True).get())
-            events.create(id=event_id, **fields)
-            return event_id
-        return int(events.create(**fields).id)
-
     # -- the outbox -----------------------------------------------------------------
 
     @_mapped
@@ -431,14 +387,7 @@ class DjangoJobStore:
         """Outbox events with an id greater than ``after``, in order."""
         m = _models()
         check_limit(limit)
-        query = m.Event.objects.using(self.using).filter(id__gt=after)
-        if self._vendor == "postgresql":
-            # Below the oldest running transaction: nothing can commit there any more.
-            query = query.filter(
-                id__lt=RawSQL(
-                    f"txid_snapshot_xmin(txid_current_snapshot()) * {_PER_TRANSACTION}", []
-                )
-            )
+        query = visible(self.using, m.Event.objects.using(self.using).filter(id__gt=after))
         rows = query.order_by("id").values()[:limit]
         return [event_from_row(r) for r in rows]
 
