@@ -10,6 +10,9 @@ execution options (a tenant schema on PostgreSQL) and listeners.
 ``mariadb`` and ``async-mariadb`` (PyMySQL, asyncmy) do the same with
 ``JOBHOOK_TEST_MYSQL_URL``; on a MariaDB server the async kind connects with a
 ``mariadb://`` URL, so that both of the store's MySQL-family apply paths run.
+The ``django-*`` kinds run `DjangoJobStore` on SQLite, PostgreSQL and MariaDB
+(``JOBHOOK_TEST_MYSQL_URL``), Django being configured once per process (see
+``tests/django_stores.py``).
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ STORE_KINDS = [
     "async-postgres-asyncpg",
     "mariadb",
     "async-mariadb",
+    "django-sqlite",
+    "django-postgres",
+    "django-mariadb",
 ]
-SQL_KINDS = [kind for kind in STORE_KINDS if "memory" not in kind]
+SQL_KINDS = [kind for kind in STORE_KINDS if "memory" not in kind and "django" not in kind]
 
 
 class SyncFacade:
@@ -122,6 +128,10 @@ def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
     if kind == "async-memory":
         facade = SyncFacade(AsyncInMemoryJobStore())
         return facade, facade.close
+    if kind.startswith("django-"):
+        from .django_stores import build_django_store
+
+        return build_django_store(kind)
     if "postgres" in kind and not PG_URL:
         pytest.skip(PG_SKIP_REASON)
     if "mariadb" in kind:

@@ -203,6 +203,11 @@ def same_job(job: Job, model: ModelJob) -> None:
 def reset(store: Any) -> None:
     """Empty a SQL store's tables (cheaper than a fresh schema per example)."""
     inner = store.inner if isinstance(store, SyncFacade) else store
+    if not hasattr(inner, "tables"):  # a DjangoJobStore
+        from .django_stores import empty
+
+        empty(inner.using)
+        return
     tables = list(reversed(inner.tables.metadata.sorted_tables))
     if isinstance(store, SyncFacade):
 

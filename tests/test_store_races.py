@@ -22,6 +22,9 @@ from jobhook import (
 )
 
 from .conftest import SyncFacade
+from .django_stores import ALIASES
+
+DJANGO_KINDS = list(ALIASES)
 
 JOBS = 12
 WORKERS = 8
@@ -85,7 +88,10 @@ def check(store: Any, job_ids: list[str], results: list[tuple[str, str, ApplyRes
         assert max(mine, key=lambda e: e.version).status == job.status
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "sqlite-lent", "postgres", "postgres-lent"])
+@pytest.mark.parametrize(
+    "kind",
+    ["sqlite", "sqlite-lent", "postgres", "postgres-lent", *DJANGO_KINDS],
+)
 def test_threads_race_on_one_store(make_store: Any, kind: str) -> None:
     store = make_store(kind)
     job_ids = [store.create({"n": n}).id for n in range(JOBS)]
@@ -152,7 +158,9 @@ def _retries_of_one_404(rounds: int = WORKERS) -> list[tuple[dict[str, str], byt
     ]
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "sqlite-lent", "postgres", "postgres-lent"])
+@pytest.mark.parametrize(
+    "kind", ["memory", "sqlite", "sqlite-lent", "postgres", "postgres-lent", *DJANGO_KINDS]
+)
 def test_concurrent_retries_of_one_404_keep_one_dead_letter(make_store: Any, kind: str) -> None:
     store = make_store(kind)
     handler = WebhookHandler(store, secret=SECRET, clock=lambda: 1_700_000_000.0)

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from jobhook.consumer import AsyncOutboxConsumer, OutboxConsumer
     from jobhook.reconcile import AsyncReconciler, Reconciler, ReconcileReport
     from jobhook.sender import CallbackSender
+    from jobhook.stores._adopt import JobTable
+    from jobhook.stores._bound import BoundSQLJobStore
     from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
 #: Public names whose modules load on first use, and where they live.
@@ -62,6 +64,8 @@ _LAZY = {
     "RetryPolicy": "jobhook._http",
     "AsyncSQLJobStore": "jobhook.stores.sql",
     "SQLJobStore": "jobhook.stores.sql",
+    "BoundSQLJobStore": "jobhook.stores._bound",
+    "JobTable": "jobhook.stores._adopt",
 }
 
 __all__ = [
@@ -73,6 +77,7 @@ __all__ = [
     "AsyncReconciler",
     "AsyncSQLJobStore",
     "BackendError",
+    "BoundSQLJobStore",
     "CallbackSender",
     "ClientError",
     "ConsumerInfo",
@@ -88,6 +93,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStatus",
     "JobStore",
+    "JobTable",
     "JobUpdate",
     "JobhookError",
     "OutboxConsumer",

@@ -14,7 +14,6 @@ import pytest
 
 pytest.importorskip("django")
 
-import django
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
@@ -31,9 +30,11 @@ from .conftest import MAX_BODY, SECRET, TOKEN_SECRET, Delivery, handler_for, sig
 BIG = 50 * 1024 * 1024
 
 if not settings.configured:
-    # Minimal settings; each test mounts its own URLs and middleware below.
-    settings.configure(SECRET_KEY="jobhook-tests", ALLOWED_HOSTS=["testserver"])
-    django.setup()
+    # The test process's one configuration (it also serves the django-* store kinds);
+    # each test mounts its own URLs and middleware below.
+    from tests.django_stores import setup_django
+
+    setup_django()
 
 
 @pytest.fixture

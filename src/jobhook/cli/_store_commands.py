@@ -1,5 +1,5 @@
-"""``jobhook db init``, ``jobhook jobs list|show``, ``jobhook dead-letters list|replay``
-(``db prune`` and ``events`` live in `jobhook.cli._outbox_commands`)."""
+"""``jobhook db init|upgrade``, ``jobhook jobs list|show``, ``jobhook dead-letters
+list|replay`` (``db prune`` and ``events`` live in `jobhook.cli._outbox_commands`)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def add_store_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     add_db_options(init)
     init.set_defaults(run=db_init)
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        help="apply the schema's migrations (Alembic; safe to run again)",
+        description="Bring jobhook's tables to the newest revision: create them in an "
+        "empty database, or upgrade those an earlier version made, rows kept. Needs "
+        "pip install 'jobhook[migrations]'.",
+    )
+    add_db_options(upgrade)
+    upgrade.add_argument("--revision", default="head", help="the revision to reach (default: head)")
+    upgrade.set_defaults(run=db_upgrade)
     add_prune_command(db_commands, add_db_options)
     add_events_command(commands, add_db_options)
 
@@ -124,6 +134,16 @@ def db_init(args: argparse.Namespace) -> int:
         print(f"jobhook tables ready in {store.engine.url.render_as_string(hide_password=True)}")
     finally:
         store.close()
+    return 0
+
+
+def db_upgrade(args: argparse.Namespace) -> int:
+    """Apply the migrations up to ``--revision``."""
+    from jobhook.migrations import upgrade
+
+    url = db_url(args)
+    reached = upgrade(url, table_prefix=args.table_prefix, revision=args.revision)
+    print(f"jobhook tables at revision {reached}")
     return 0
 
 

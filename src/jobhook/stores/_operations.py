@@ -52,6 +52,10 @@ class Operations(Statements):
     ``(statement, parameters)`` and receives the rows, so that the sync and the async
     store run the same rules."""
 
+    def select_jobs(self) -> sa.Select[Any]:
+        """The SELECT `list` narrows: every row of the jobs table."""
+        return sa.select(self.t.jobs)
+
     # -- operations -----------------------------------------------------------------
 
     def create(
@@ -107,7 +111,7 @@ class Operations(Statements):
         check_limit(limit)
         jobs = self.t.jobs
         c = jobs.c
-        query = sa.select(jobs)
+        query = self.select_jobs()
         if owner_id is not None:
             query = query.where(c.owner_id == owner_id)
         statuses = status_values(status)

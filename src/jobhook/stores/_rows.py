@@ -150,14 +150,15 @@ def check_output(update: JobUpdate) -> None:
 
 
 def bound(table: sa.Table, **fixed: Any) -> dict[str, Any]:
-    """VALUES for an INSERT of every column: a bound parameter named after each column,
+    """VALUES for an INSERT of every column: a bound parameter named after each column's
+    key (its name, unless an adopted table maps it),
     except those in ``fixed`` (a SQL expression, or ``None`` to leave it out). The
     statement then compiles the same whatever parameters it is given."""
     values: dict[str, Any] = {}
     for column in table.c:
-        value = fixed.get(column.name, column)
+        value = fixed.get(column.key, column)
         if value is column:
-            values[column.name] = sa.bindparam(column.name, type_=column.type)
+            values[column.key] = sa.bindparam(column.key, type_=column.type)
         elif value is not None:
-            values[column.name] = value
+            values[column.key] = value
     return values

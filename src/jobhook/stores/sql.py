@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, CursorResult, Engine
@@ -54,6 +54,10 @@ from jobhook.stores.protocol import StatusFilter
 
 __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
 
+if TYPE_CHECKING:
+    from jobhook.stores._adopt import JobTable
+    from jobhook.stores._bound import BoundSQLJobStore
+
 T = TypeVar("T")
 
 
@@ -68,6 +72,9 @@ class SQLJobStore(SQLConsumerMethods):
     ``group_commit=True`` (PostgreSQL only, else `ValueError`): deliveries that arrive
     while another one commits are applied together, in one transaction and one commit
     (see the "Group commit" section of the stores documentation).
+    ``job_table`` adopts the app's own table as the job table (see `JobTable`; sync
+    store only): jobhook then adds only its side tables. Raises `ValidationError`
+    naming the job fields that table has no column for.
     """
 
     def __init__(
@@ -77,6 +84,7 @@ class SQLJobStore(SQLConsumerMethods):
         table_prefix: str = "jobhook_",
         create_schema: bool = False,
         group_commit: bool = False,
+        job_table: JobTable | None = None,
     ) -> None:
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
@@ -87,8 +95,17 @@ class SQLJobStore(SQLConsumerMethods):
             self.engine = create_engine_for(sa.create_engine, url, extra)
             self._owns_engine = True
         install_sqlite_pragmas(self.engine)
-        self.tables = Tables(table_prefix)
-        self._ops = Operations(self.tables, self.engine.dialect.name)
+        self._ops: Operations
+        if job_table is None:
+            self.tables = Tables(table_prefix)
+            self._ops = Operations(self.tables, self.engine.dialect.name)
+        else:
+            from jobhook.stores._adopt import adopt
+
+            try:
+                self.tables, self._ops = adopt(self.engine, table_prefix, job_table)
+            except DATABASE_ERRORS as exc:
+                raise store_error(exc, self.engine.url) from exc
         self._standalone, self._transaction = run_options(
             self.engine.dialect.name, owned=self._owns_engine
         )
@@ -110,6 +127,15 @@ class SQLJobStore(SQLConsumerMethods):
     def metadata(self) -> sa.MetaData:
         """The tables' `MetaData`, for the app's own Alembic migrations."""
         return self.tables.metadata
+
+    def bind(self, connection: sa.Connection) -> BoundSQLJobStore:
+        """This store's operations on ``connection``, in the transaction the caller
+        holds there: a job created through it commits or rolls back with the app's own
+        rows. See `BoundSQLJobStore`; with an ORM ``Session``, pass
+        ``session.connection()``."""
+        from jobhook.stores._bound import BoundSQLJobStore
+
+        return BoundSQLJobStore(self, connection)
 
     def create_schema(self) -> None:
         """Create the tables and indexes that do not exist yet (idempotent)."""

@@ -1,5 +1,5 @@
-"""Django adapter: a CSRF-exempt, POST-only view over a `WebhookHandler`, and a GET
-view streaming a job's events as Server-Sent Events.
+"""Django: a CSRF-exempt, POST-only view over a `WebhookHandler`, a GET view streaming
+a job's events as Server-Sent Events, and a Django app.
 
 ```python
 path("webhooks/jobhook/<str:job_id>", webhook_view(handler))
@@ -7,12 +7,17 @@ path("jobs/<str:job_id>/events", events_view(store, authorize=can_see))
 ```
 
 Each view is async when its store is async, sync otherwise.
+
+With ``"jobhook.django"`` in ``INSTALLED_APPS``, jobhook keeps its jobs in the
+project's own database through `DjangoJobStore` (models, migrations, admin and
+management commands), and ``webhook_view()`` without a handler builds one from the
+``JOBHOOK`` setting. `DjangoJobStore` loads when first used, once Django is set up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from django.core.handlers.asgi import ASGIRequest
@@ -39,7 +44,19 @@ from jobhook._streams import aopen_stream, open_stream, open_threaded_stream
 from jobhook._webhook import WebhookHandler, WebhookResponse
 from jobhook.live import AsyncWatcher, Watcher, is_async_store, shared_watcher
 
-__all__ = ["events_view", "webhook_view"]
+if TYPE_CHECKING:
+    from jobhook.django._store import DjangoJobStore
+
+__all__ = ["DjangoJobStore", "events_view", "webhook_view"]
+
+
+def __getattr__(name: str) -> Any:
+    # The store imports the models, which need Django's app registry to be ready.
+    if name == "DjangoJobStore":
+        from jobhook.django._store import DjangoJobStore
+
+        return DjangoJobStore
+    raise AttributeError(f"module 'jobhook.django' has no attribute {name!r}")
 
 
 def _body(request: HttpRequest, limit: int) -> bytes:
@@ -65,11 +82,17 @@ def _response(answer: WebhookResponse) -> HttpResponse:
     return response
 
 
-def webhook_view(handler: WebhookHandler) -> Callable[..., Any]:
+def webhook_view(handler: WebhookHandler | None = None) -> Callable[..., Any]:
     """A view passing the raw body, the route's ``job_id`` and ``?token=``.
 
     It reads at most ``handler.max_body_bytes + 1`` bytes of the body, chunked or not.
+    Without ``handler``, one is built from the ``JOBHOOK`` setting over a
+    `DjangoJobStore` (see `jobhook.django.conf.handler`).
     """
+    if handler is None:
+        from jobhook.django.conf import handler as from_settings
+
+        handler = from_settings()
     view: Callable[..., Any]
     if handler.async_store:
 
