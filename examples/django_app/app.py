@@ -24,6 +24,7 @@ from typing import Any
 
 import django
 import httpx
+import sqlalchemy as sa
 from django.conf import settings
 
 HERE = Path(__file__).resolve().parent
@@ -74,7 +75,6 @@ from jobhook import (  # noqa: E402
     Job,
     JobEvent,
     JobNotFoundError,
-    JobStore,
     OutboxConsumer,
     SQLJobStore,
     SubmitError,
@@ -82,34 +82,54 @@ from jobhook import (  # noqa: E402
 )
 from jobhook.django import events_view, webhook_view  # noqa: E402
 
+NOTIFICATIONS = sa.Table(
+    "notifications",
+    sa.MetaData(),
+    # One row per outbox event: the consumer hands an event over at least once, and the
+    # key makes a second hand-over change nothing.
+    sa.Column("event_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("user_id", sa.String(255), nullable=False, index=True),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
 
 class Notifier:
     """Makes one notification per finished job from the store's outbox, through an
-    `OutboxConsumer`: its position is kept in jobhook's tables, so a restart neither
-    loses a notification nor makes one again.
-
-    The notifications are kept in memory here, keyed by event id (which makes the
-    handler idempotent: the consumer hands an event over at least once); a real app
-    writes them to its own table under that unique key.
+    `OutboxConsumer`, as a row of the app's own ``notifications`` table (in the store's
+    database) keyed by the event's id. The consumer's position is kept in jobhook's
+    tables: a restart neither loses a notification nor makes one twice.
     """
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: Any) -> None:
         self.store = store
-        self.messages: dict[int, tuple[str, str]] = {}  # event id -> (user, text)
+        self.engine: sa.Engine = store.engine
+        NOTIFICATIONS.metadata.create_all(self.engine)
         self.consumer = OutboxConsumer(store, "notifications", self.handle)
         self._lock = threading.Lock()
 
     def handle(self, event: JobEvent) -> None:
-        if event.status.terminal and event.owner_id is not None:
-            job = self.store.get(event.job_id)
-            self.messages.setdefault(event.id, (event.owner_id, notification(job)))
+        if not event.status.terminal or event.owner_id is None:
+            return
+        job = self.store.get(event.job_id)
+        row = {"event_id": event.id, "user_id": event.owner_id, "text": notification(job)}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(NOTIFICATIONS.insert(), row)
+        except sa.exc.IntegrityError:
+            pass  # made already: the consumer handed this event over again
 
     def for_user(self, user_id: str) -> list[str]:
         # Here on each page view; a busy app runs ``consumer.run(stop)`` in a worker.
         with self._lock:
             while self.consumer.run_once() == self.consumer.batch:
                 pass
-            return [text for user, text in reversed(self.messages.values()) if user == user_id]
+        query = (
+            sa.select(NOTIFICATIONS.c.text)
+            .where(NOTIFICATIONS.c.user_id == user_id)
+            .order_by(NOTIFICATIONS.c.event_id.desc())
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
 
 
 def notification(job: Job) -> str:

@@ -24,9 +24,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
+import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobhook import (
     AsyncGeneratorClient,
@@ -55,33 +57,58 @@ log = logging.getLogger(__name__)
 templates = Jinja2Templates(directory=HERE / "templates")
 
 
+NOTIFICATIONS = sa.Table(
+    "notifications",
+    sa.MetaData(),
+    # One row per outbox event: the consumer hands an event over at least once, and the
+    # key makes a second hand-over change nothing.
+    sa.Column("event_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("user_id", sa.String(255), nullable=False, index=True),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
+
 class Notifier:
     """Makes one notification per finished job from the store's outbox, through an
-    `AsyncOutboxConsumer`: its position is kept in jobhook's tables, so a restart
-    neither loses a notification nor makes one again.
-
-    The notifications are kept in memory here, keyed by event id (which makes the
-    handler idempotent: the consumer hands an event over at least once); a real app
-    writes them to its own table under that unique key.
+    `AsyncOutboxConsumer`, as a row of the app's own ``notifications`` table (in the
+    store's database) keyed by the event's id. The consumer's position is kept in
+    jobhook's tables: a restart neither loses a notification nor makes one twice.
     """
 
-    def __init__(self, store: AsyncJobStore) -> None:
+    def __init__(self, store: Any) -> None:
         self.store = store
-        self.messages: dict[int, tuple[str, str]] = {}  # event id -> (user, text)
+        self.engine: AsyncEngine = store.engine
         self.consumer = AsyncOutboxConsumer(store, "notifications", self.handle)
         self._lock = asyncio.Lock()
+        self._created = False
 
     async def handle(self, event: JobEvent) -> None:
-        if event.status.terminal and event.owner_id is not None:
-            job = await self.store.get(event.job_id)
-            self.messages.setdefault(event.id, (event.owner_id, notification(job)))
+        if not event.status.terminal or event.owner_id is None:
+            return
+        job = await self.store.get(event.job_id)
+        row = {"event_id": event.id, "user_id": event.owner_id, "text": notification(job)}
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(NOTIFICATIONS.insert(), row)
+        except sa.exc.IntegrityError:
+            pass  # made already: the consumer handed this event over again
 
     async def for_user(self, user_id: str) -> list[str]:
         # Here on each page view; a busy app runs ``consumer.run(stop)`` in a task.
         async with self._lock:
+            if not self._created:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(NOTIFICATIONS.metadata.create_all)
+                self._created = True
             while await self.consumer.run_once() == self.consumer.batch:
                 pass
-            return [text for user, text in reversed(self.messages.values()) if user == user_id]
+        query = (
+            sa.select(NOTIFICATIONS.c.text)
+            .where(NOTIFICATIONS.c.user_id == user_id)
+            .order_by(NOTIFICATIONS.c.event_id.desc())
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())
 
 
 def notification(job: Job) -> str:

@@ -84,6 +84,26 @@ def test_a_prompt_becomes_an_image_and_one_notification(wired: Any) -> None:
     assert f'href="https://fake.invalid/{submission.job_id}/1.png"' in page
 
 
+def test_notifications_survive_a_restart_and_are_made_once(wired: Any) -> None:
+    """The notification rows and the consumer's position are both in the database: an
+    app started again over it shows each notification once, and makes none again."""
+    app, fake, store = wired
+    app.test_client().post("/generate-images", data={"prompt": "a red fox"})
+    fake.deliver_all()
+    first = app.test_client().get("/generate-images/status").get_json()["notifications"]
+    assert first == ["Your image “a red fox” is ready."]
+    again = create_app(store, backend_url="http://backend.invalid", app_url=APP_URL)
+    after = again.test_client().get("/generate-images/status").get_json()["notifications"]
+    assert after == first
+    # The consumer handing the same event over again changes nothing.
+    from examples.flask_app.app import Notifier
+
+    notifier = Notifier(store)
+    (event,) = [e for e in store.events() if e.status.terminal]
+    notifier.handle(event)
+    assert notifier.for_user("user-1") == first
+
+
 def test_a_failed_generation_shows_why(wired: Any) -> None:
     app, fake, _ = wired
     browser = app.test_client()
