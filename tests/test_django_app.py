@@ -367,3 +367,45 @@ def test_apply_in_the_apps_transaction_rolls_back_with_it(dstore: Any) -> None:
     assert dstore.events() == []
     result = dstore.apply(job.id, JobUpdate("running", progress=5))
     assert result.outcome is Outcome.APPLIED
+
+
+def test_prune_removes_what_no_one_needs_and_keeps_the_rest(dstore: Any) -> None:
+    """Old delivery ids go (a retry within retention stays a duplicate); events go
+    only once every consumer has passed them; finished jobs only when asked."""
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    from jobhook.django.models import Consumer, Delivery, Event
+
+    for n in range(5):
+        job = dstore.create({}, job_id=f"p{n}")
+        assert dstore.apply(job.id, JobUpdate("succeeded"), delivery_id=f"d{n}").applied
+    # Nothing is old enough yet: a retried delivery is still a duplicate.
+    report = dstore.prune(deliveries_older_than=timedelta(hours=1), batch=2)
+    assert (report.deliveries, report.events, report.jobs) == (0, 0, 0)
+    assert dstore.apply("p0", JobUpdate("succeeded"), delivery_id="d0").outcome is (
+        Outcome.DUPLICATE
+    )
+    # Everything is old now, but no consumer is registered: no event goes.
+    report = dstore.prune(deliveries_older_than=timedelta(0), batch=2)
+    assert (report.deliveries, report.events) == (5, 0)
+    assert Delivery.objects.using(dstore.using).count() == 0
+    ids = [e.id for e in dstore.events()]
+    from django.utils import timezone
+
+    Consumer.objects.using(dstore.using).create(
+        name="notify", position=ids[2], updated_at=timezone.now()
+    )
+    report = dstore.prune(
+        deliveries_older_than=timedelta(0), finished_jobs_older_than=timedelta(0), batch=2
+    )
+    assert report.events == 3  # up to the consumer's position, never past it
+    assert [e.id for e in dstore.events()] == ids[3:]
+    assert report.jobs == 5
+    assert Event.objects.using(dstore.using).count() == 2
+    with override_settings(JOBHOOK={"SECRET": SECRET, "DATABASE": dstore.using}):
+        out = io.StringIO()
+        call_command("jobhook_prune", "--days", "0", stdout=out)
+    assert "removed 0 delivery ids, 0 events, 0 jobs" in out.getvalue()

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -48,6 +48,7 @@ from jobhook._models import (
     JobUpdate,
     Outcome,
 )
+from jobhook._outbox import PruneReport, check_prune, prune_plan, prune_report
 from jobhook.django._outbox import insert_event, visible
 from jobhook.exceptions import (
     DeadLetterNotFoundError,
@@ -383,13 +384,56 @@ class DjangoJobStore:
     # -- the outbox -----------------------------------------------------------------
 
     @_mapped
-    def events(self, *, after: int = 0, limit: int = 100) -> builtins.list[JobEvent]:
-        """Outbox events with an id greater than ``after``, in order."""
+    def events(
+        self, *, after: int = 0, limit: int = 100, job_id: str | None = None
+    ) -> builtins.list[JobEvent]:
+        """Outbox events with an id greater than ``after``, in order (only ``job_id``'s
+        when given)."""
         m = _models()
         check_limit(limit)
-        query = visible(self.using, m.Event.objects.using(self.using).filter(id__gt=after))
-        rows = query.order_by("id").values()[:limit]
+        query = m.Event.objects.using(self.using).filter(id__gt=after)
+        if job_id is not None:
+            query = query.filter(job_id=job_id)
+        rows = visible(self.using, query).order_by("id").values()[:limit]
         return [event_from_row(r) for r in rows]
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    @_mapped
+    def prune(
+        self,
+        *,
+        deliveries_older_than: timedelta,
+        finished_jobs_older_than: timedelta | None = None,
+        batch: int = 1000,
+    ) -> PruneReport:
+        """Remove delivery ids older than the retention, events as old that every
+        consumer has passed (none while no consumer is registered), and, when asked,
+        finished jobs older than theirs: ``batch`` rows per transaction, oldest first,
+        safe beside live traffic (as `SQLJobStore.prune`)."""
+        check_prune(deliveries_older_than, finished_jobs_older_than, batch)
+        m = _models()
+        report = PruneReport()
+        for kind, cutoff in prune_plan(deliveries_older_than, finished_jobs_older_than):
+            if kind == "deliveries":
+                query = m.Delivery.objects.filter(received_at__lt=cutoff).order_by("received_at")
+            elif kind == "events":
+                positions = m.Consumer.objects.using(self.using).values_list("position", flat=True)
+                passed = min(positions, default=None)
+                if passed is None:
+                    continue
+                query = m.Event.objects.filter(id__lte=passed, created_at__lt=cutoff).order_by("id")
+            else:
+                terminal = [s.value for s in JobStatus if s.terminal]
+                query = m.Job.objects.filter(status__in=terminal, completed_at__lt=cutoff)
+                query = query.order_by("completed_at")
+            removed = batch
+            while removed >= batch:
+                with transaction.atomic(using=self.using):
+                    ids = list(query.using(self.using).values_list("pk", flat=True)[:batch])
+                    removed, _ = query.model.objects.using(self.using).filter(pk__in=ids).delete()
+                report += prune_report(kind, removed)
+        return report
 
     # -- dead letters ---------------------------------------------------------------
 
