@@ -34,9 +34,12 @@ def consume(url: str, prefix: str, name: str, batch: int, lease: float) -> None:
     store = SQLJobStore(url, table_prefix=prefix)
     consumer = OutboxConsumer(store, name, lambda e: None, batch=batch, lease=lease)
     owner = consumer.owner
-    mark = sa.text(
-        f"INSERT INTO {prefix}handled (event_id) VALUES (:id) ON CONFLICT (event_id) DO NOTHING"
-    )
+    if store.engine.dialect.name in ("mysql", "mariadb"):
+        mark = sa.text(f"INSERT IGNORE INTO {prefix}handled (event_id) VALUES (:id)")
+    else:
+        mark = sa.text(
+            f"INSERT INTO {prefix}handled (event_id) VALUES (:id) ON CONFLICT (event_id) DO NOTHING"
+        )
     log = sa.text(f"INSERT INTO {prefix}log VALUES (:id, :owner, :started, :ended)")
 
     def handle(event: Any) -> None:

@@ -1,4 +1,4 @@
-"""Consumers in separate processes, on SQLite and PostgreSQL: a consumer killed with
+"""Consumers in separate processes, on SQLite, PostgreSQL and MariaDB/MySQL: a consumer killed with
 SIGKILL mid-batch loses and skips nothing; two instances with one name never handle
 events at the same time; four writers and two consumers: every event id is handled."""
 
@@ -19,26 +19,30 @@ import sqlalchemy as sa
 
 from jobhook import SQLJobStore
 
-from .conftest import PG_SKIP_REASON, PG_URL
+from .conftest import MYSQL_SKIP_REASON, MYSQL_URL, PG_SKIP_REASON, PG_URL
 from .consumer_worker import side_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     if request.param == "postgres":
         if not PG_URL:
             pytest.skip(PG_SKIP_REASON)
         url, prefix = PG_URL, f"t{uuid.uuid4().hex[:10]}_"
+    elif request.param == "mariadb":
+        if not MYSQL_URL:
+            pytest.skip(MYSQL_SKIP_REASON)
+        url, prefix = MYSQL_URL, f"t{uuid.uuid4().hex[:10]}_"
     else:
         url, prefix = f"sqlite:///{tmp_path / 'jobs.db'}", "jobhook_"
     store = SQLJobStore(url, table_prefix=prefix, create_schema=True)
     side_tables(store.engine, prefix)
     yield url, prefix
-    if request.param == "postgres":
-        store.metadata.drop_all(store.engine)
+    if request.param != "sqlite":
         with store.engine.begin() as conn:
+            store.tables.drop(conn)
             conn.exec_driver_sql(f"DROP TABLE {prefix}handled, {prefix}log")
     store.close()
 

@@ -181,6 +181,44 @@ def test_values_come_back_as_written(make_store: Any, kind: str) -> None:
 
 
 @needs_mysql
+def test_every_table_is_innodb_in_utf8mb4_bin(make_store: Any) -> None:
+    store = make_store("mariadb")
+    names = [t.name for t in store.tables.metadata.sorted_tables] + [store.tables.event_ids.name]
+    assert f"{store.tables.prefix}consumers" in names
+    assert f"{store.tables.prefix}parked_events" in names
+    query = sa.text(
+        "SELECT table_name, engine, table_collation FROM information_schema.tables "
+        "WHERE table_schema = DATABASE() AND table_name IN :names"
+    ).bindparams(sa.bindparam("names", expanding=True))
+    with store.engine.connect() as conn:
+        found = [tuple(row) for row in conn.execute(query, {"names": names})]
+    assert sorted(found) == sorted((name, "InnoDB", "utf8mb4_bin") for name in names)
+
+
+@needs_mysql
+@pytest.mark.parametrize("kind", ["mariadb", "async-mariadb"])
+def test_consumer_names_are_case_distinct_and_a_parked_error_keeps_its_characters(
+    make_store: Any, kind: str
+) -> None:
+    store = make_store(kind)
+    job = store.create({})
+    event = store.apply(job.id, JobUpdate("succeeded")).event
+    assert event is not None
+    assert store.claim_consumer("mail", "a", lease=30) == 0
+    # Another consumer, not the lease of "mail" under another owner.
+    assert store.claim_consumer("Mail", "b", lease=30) == 0
+    assert store.park_event(
+        "Mail", "b", event, error="smtp \U0001f648 refused", attempts=3, lease=30
+    )
+    # Parking the same event again keeps the first record.
+    assert store.park_event("Mail", "b", event, error="again", attempts=4, lease=30)
+    [parked] = store.parked_events(consumer="Mail")
+    assert (parked.error, parked.attempts, parked.event) == ("smtp \U0001f648 refused", 3, event)
+    assert store.parked_events(consumer="mail") == []
+    assert {(c.name, c.position) for c in store.consumers()} == {("mail", 0), ("Mail", event.id)}
+
+
+@needs_mysql
 def test_a_dead_letter_body_over_64_kib_is_kept_whole(make_store: Any) -> None:
     store = make_store("mariadb")
     body = bytes(range(256)) * 1024  # 256 KiB, every byte value

@@ -5,7 +5,8 @@ A consumer's lease is a row: ``owner`` holds it until ``lease_expires_at``. Clai
 one upsert whose ``WHERE`` lets it through only when the lease is free, expired, or the
 claimer's own, so two instances can never both hold it; every later write of the
 consumer (advance, park) is guarded by ``owner = :owner``, so an instance that lost its
-lease cannot move the position.
+lease cannot move the position. MySQL and MariaDB say the same in a few more statements
+per step, in one transaction (`jobhook.stores._mysql_consumers`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from jobhook._outbox import (
     event_to_dict,
 )
 from jobhook.exceptions import ParkedEventNotFoundError
+from jobhook.stores._mysql_consumers import MySQLConsumerStatements
 from jobhook.stores._rows import aware, event_from_row, utc
-from jobhook.stores._schema import Tables
+from jobhook.stores._schema import MYSQL_DIALECTS, Tables
 from jobhook.stores._steps import Rollback as _Rollback
 from jobhook.stores._steps import Steps
 
@@ -74,7 +76,7 @@ class ConsumerOperations:
     def __init__(self, tables: Tables, dialect: str) -> None:
         self.t = tables
         insert: Callable[[sa.Table], Any] = (
-            postgresql.insert if dialect == "postgresql" else sqlite.insert
+            sqlite.insert if dialect == "sqlite" else postgresql.insert
         )
         c = tables.consumers
         free = sa.or_(
@@ -82,6 +84,13 @@ class ConsumerOperations:
             c.c.owner == sa.bindparam("c_owner"),
             c.c.lease_expires_at < sa.bindparam("c_now"),
         )
+        #: MySQL and MariaDB: their statements in place of ON CONFLICT and RETURNING.
+        self.mysql: MySQLConsumerStatements | None = None
+        if dialect in MYSQL_DIALECTS:
+            self.mysql = MySQLConsumerStatements(tables, free)
+        #: Whether every statement of claim, advance and prune is atomic alone; on MySQL
+        #: and MariaDB each of those steps needs one transaction.
+        self.stands_alone = self.mysql is None
         claim = insert(c).values(
             name=sa.bindparam("c_name"),
             position=0,
@@ -100,7 +109,7 @@ class ConsumerOperations:
         ).returning(c.c.position)
         mine = sa.and_(c.c.name == sa.bindparam("c_name"), c.c.owner == sa.bindparam("c_owner"))
         position = sa.bindparam("c_position", type_=sa.BigInteger)
-        self.advance = (
+        self.advance_only = (
             sa.update(c)
             .where(mine)
             .values(
@@ -109,8 +118,8 @@ class ConsumerOperations:
                 lease_expires_at=sa.bindparam("c_expires"),
                 updated_at=sa.bindparam("c_now"),
             )
-            .returning(c.c.position)
         )
+        self.advance = self.advance_only.returning(c.c.position)
         self.release = sa.update(c).where(mine).values(owner=sa.null(), lease_expires_at=sa.null())
         p = tables.parked
         waiting = (
@@ -196,29 +205,34 @@ class ConsumerOperations:
         check_consumer_name(name)
         check_consumer_name(owner)
         now = utcnow()
-        rows = yield (
-            self.claim,
-            {
-                "c_name": name,
-                "c_owner": owner,
-                "c_now": now,
-                "c_expires": now + check_lease(lease),
-            },
-        )
+        params = {
+            "c_name": name,
+            "c_owner": owner,
+            "c_now": now,
+            "c_expires": now + check_lease(lease),
+        }
+        if self.mysql is None:
+            rows = yield self.claim, params
+        else:
+            yield self.mysql.lock_consumer, params
+            yield self.mysql.claim, params
+            rows = yield self.mysql.select_held, params
         return int(rows[0]["position"]) if rows else None
 
     def advance_consumer(self, name: str, owner: str, position: int, lease: float) -> Steps[bool]:
         now = utcnow()
-        rows = yield (
-            self.advance,
-            {
-                "c_name": name,
-                "c_owner": owner,
-                "c_position": position,
-                "c_now": now,
-                "c_expires": now + check_lease(lease),
-            },
-        )
+        params = {
+            "c_name": name,
+            "c_owner": owner,
+            "c_position": position,
+            "c_now": now,
+            "c_expires": now + check_lease(lease),
+        }
+        if self.mysql is None:
+            rows = yield self.advance, params
+        else:
+            yield self.advance_only, params
+            rows = yield self.mysql.select_held, params
         return bool(rows)
 
     def release_consumer(self, name: str, owner: str) -> Steps[None]:
@@ -229,21 +243,12 @@ class ConsumerOperations:
     ) -> Steps[bool]:
         """Keep ``event`` as parked and move the position past it, in one transaction;
         nothing is written (False) when ``owner`` no longer holds the lease."""
-        now = utcnow()
-        moved = yield (
-            self.advance,
-            {
-                "c_name": name,
-                "c_owner": owner,
-                "c_position": event.id,
-                "c_now": now,
-                "c_expires": now + check_lease(lease),
-            },
-        )
+        moved = yield from self.advance_consumer(name, owner, event.id, lease)
         if not moved:
             raise _Rollback(False)
+        now = utcnow()
         yield (
-            self.insert_parked,
+            self.insert_parked if self.mysql is None else self.mysql.insert_parked,
             {
                 "c_name": name,
                 "c_event_id": event.id,
@@ -287,12 +292,20 @@ class ConsumerOperations:
 
     def prune_batch(self, kind: str, cutoff: datetime, batch: int) -> Steps[int]:
         """Remove one batch of ``kind`` (deliveries, events, jobs) older than ``cutoff``."""
+        params: dict[str, Any] = {"c_cutoff": utc(cutoff), "c_batch": batch}
+        if self.mysql is not None:
+            ids = [row["id"] for row in (yield self.mysql.select_prunable[kind], params)]
+            if not ids:
+                return 0
+            yield self.mysql.delete_prunable[kind], {**params, "c_ids": ids}
+            (deleted,) = yield self.mysql.select_deleted, None
+            return int(deleted["deleted"])
         statement = {
             "deliveries": self.prune_deliveries,
             "events": self.prune_events,
             "jobs": self.prune_jobs,
         }[kind]
-        rows = yield statement, {"c_cutoff": utc(cutoff), "c_batch": batch}
+        rows = yield statement, params
         return len(rows)
 
 

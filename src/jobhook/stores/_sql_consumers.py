@@ -46,13 +46,13 @@ class SQLConsumerMethods(_Base):
         position; None when another owner holds an unexpired lease. A new name starts
         at position 0. Atomic."""
         steps = self._consumer_ops.claim_consumer(name, owner, lease)
-        return self._run(steps, standalone=True)
+        return self._run(steps, standalone=self._consumer_ops.stands_alone)
 
     def advance_consumer(self, name: str, owner: str, position: int, *, lease: float) -> bool:
         """Move the position forward to ``position`` and renew the lease; False (nothing
         written) when ``owner`` does not hold the lease."""
         steps = self._consumer_ops.advance_consumer(name, owner, position, lease)
-        return self._run(steps, standalone=True)
+        return self._run(steps, standalone=self._consumer_ops.stands_alone)
 
     def release_consumer(self, name: str, owner: str) -> None:
         """Give the lease up (when ``owner`` holds it), so a standby takes over at once."""
@@ -102,7 +102,7 @@ class SQLConsumerMethods(_Base):
             removed = batch
             while removed >= batch:
                 steps = self._consumer_ops.prune_batch(kind, cutoff, batch)
-                removed = self._run(steps, standalone=True)
+                removed = self._run(steps, standalone=self._consumer_ops.stands_alone)
                 report += prune_report(kind, removed)
         return report
 
@@ -115,11 +115,11 @@ class AsyncSQLConsumerMethods(_Base):
 
     async def claim_consumer(self, name: str, owner: str, *, lease: float) -> int | None:
         steps = self._consumer_ops.claim_consumer(name, owner, lease)
-        return await self._run(steps, standalone=True)
+        return await self._run(steps, standalone=self._consumer_ops.stands_alone)
 
     async def advance_consumer(self, name: str, owner: str, position: int, *, lease: float) -> bool:
         steps = self._consumer_ops.advance_consumer(name, owner, position, lease)
-        return await self._run(steps, standalone=True)
+        return await self._run(steps, standalone=self._consumer_ops.stands_alone)
 
     async def release_consumer(self, name: str, owner: str) -> None:
         steps = self._consumer_ops.release_consumer(name, owner)
@@ -162,6 +162,6 @@ class AsyncSQLConsumerMethods(_Base):
             removed = batch
             while removed >= batch:
                 steps = self._consumer_ops.prune_batch(kind, cutoff, batch)
-                removed = await self._run(steps, standalone=True)
+                removed = await self._run(steps, standalone=self._consumer_ops.stands_alone)
                 report += prune_report(kind, removed)
         return report
