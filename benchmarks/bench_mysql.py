@@ -31,8 +31,9 @@ from typing import Any
 import pymysql
 import sqlalchemy as sa
 from _common import SECRET, Report, Target, interleaved, machine, median, ms, parse_args, summary
+from _floor import verify
 from _floor_mysql import floor_apply
-from bench_webhook import Delivery, check_done, plan, seed_jobs, sign, verify
+from bench_webhook import Delivery, check_done, plan, seed_jobs, sign
 
 from jobhook._webhook import WebhookHandler
 from jobhook.stores.sql import SQLJobStore

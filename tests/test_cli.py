@@ -169,8 +169,8 @@ def test_a_bad_database_url_is_one_line(run: Runner) -> None:
 
 
 def test_an_unsupported_database_is_one_line(run: Runner) -> None:
-    status, _, err = run("jobs", "list", "--db", "mysql://u:hunter2@host/db")
-    assert_one_line_error(status, err, "unsupported database 'mysql'", "SQLite or PostgreSQL")
+    status, _, err = run("jobs", "list", "--db", "oracle://u:hunter2@host/db")
+    assert_one_line_error(status, err, "unsupported database 'oracle'", "MariaDB/MySQL")
     assert "hunter2" not in err
 
 

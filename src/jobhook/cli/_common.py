@@ -29,7 +29,9 @@ __all__ = [
 
 DEFAULT_DB_URL = "sqlite:///jobhook.db"
 DB_ENV = "JOBHOOK_DATABASE_URL"
-_URL_EXAMPLES = "e.g. sqlite:///jobhook.db or postgresql://user@localhost/app"
+_URL_EXAMPLES = (
+    "e.g. sqlite:///jobhook.db, postgresql://user@localhost/app or mysql://user@localhost/app"
+)
 
 
 class CLIError(Exception):
@@ -73,10 +75,10 @@ def open_store(url_text: str, *, table_prefix: str = "jobhook_", create: bool = 
         url = sa.engine.make_url(url_text)
     except sa_exc.ArgumentError:
         raise CLIError(f"not a database URL: {url_text!r} ({_URL_EXAMPLES})") from None
-    if url.get_backend_name() not in ("sqlite", "postgresql", "postgres"):
+    if url.get_backend_name() not in ("sqlite", "postgresql", "postgres", "mysql", "mariadb"):
         raise CLIError(
             f"unsupported database {url.get_backend_name()!r} in {_safe(url)}: "
-            f"jobhook stores jobs in SQLite or PostgreSQL ({_URL_EXAMPLES})"
+            f"jobhook stores jobs in SQLite, PostgreSQL or MariaDB/MySQL ({_URL_EXAMPLES})"
         )
     path = _sqlite_file(url)
     if path is not None and not create and not path.exists():
@@ -88,8 +90,9 @@ def open_store(url_text: str, *, table_prefix: str = "jobhook_", create: bool = 
         store = SQLJobStore(url, table_prefix=table_prefix)
     except ModuleNotFoundError as exc:
         raise CLIError(
-            f"the database driver {exc.name!r} is not installed; for PostgreSQL install "
-            "jobhook's postgres extra (`pip install -e '.[postgres]'` in a clone of jobhook)"
+            f"the database driver {exc.name!r} is not installed; install jobhook's extra "
+            "for your database (`pip install -e '.[postgres]'` or `'.[mysql]'` in a clone "
+            "of jobhook)"
         ) from None
     except (sa_exc.ArgumentError, ValueError) as exc:
         raise CLIError(f"cannot use {_safe(url)}: {one_line(exc)}") from None
