@@ -65,7 +65,7 @@ class Async:
         return self._runner.run(coroutine)
 
 
-@pytest.fixture(params=["async-memory", "async-sqlite", "async-postgres"])
+@pytest.fixture(params=["async-memory", "async-sqlite", "async-postgres", "async-postgres-asyncpg"])
 def loop_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Async]:
     facade, close = build_store(request.param, tmp_path)
     yield Async(facade)
