@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from jobhook._models import ApplyResult, DeadLetter, Job, JobUpdate
+from jobhook._models import ApplyResult, Job, JobUpdate
 from jobhook.exceptions import JobNotFoundError, OutputError, ValidationError
 from jobhook.outputs._fetch import FetchPolicy
 from jobhook.outputs._files import FileFinder, value_at
@@ -21,9 +21,8 @@ from jobhook.outputs._keeper import (
     KeeperCore,
     KeptOutput,
     Listener,
-    _letter_row,
-    _pick,
 )
+from jobhook.outputs._letters import afind_dead_letter
 from jobhook.outputs._storage import Storage
 from jobhook.stores._outputs import (
     FAILED,
@@ -33,7 +32,6 @@ from jobhook.stores._outputs import (
     AsyncSQLHolds,
     Hold,
 )
-from jobhook.stores._rows import dead_letter_from_row
 
 __all__ = ["AsyncOutputKeeper"]
 
@@ -50,19 +48,6 @@ def _async_holds_for(store: Any) -> AsyncHolds:
         return AsyncMemoryHolds()
     hint = "; use OutputKeeper" if isinstance(store, (SQLJobStore, InMemoryJobStore)) else ""
     raise ValidationError(f"{_SUPPORTED}, not {type(store).__name__}{hint}")
-
-
-async def find_dead_letter(store: Any, dead_letter_id: int) -> DeadLetter:
-    """The dead letter ``dead_letter_id`` of an async store; raises
-    `DeadLetterNotFoundError`."""
-    from jobhook.stores.sql import AsyncSQLJobStore
-
-    if isinstance(store, AsyncSQLJobStore):
-        async with store.engine.connect() as conn:
-            row = (await conn.execute(_letter_row(store, dead_letter_id))).mappings().first()
-        return _pick([] if row is None else [dead_letter_from_row(row)], dead_letter_id)
-    letters = await store.dead_letters(include_replayed=True, limit=max(dead_letter_id, 1))
-    return _pick(letters, dead_letter_id)
 
 
 class _AsyncKeepingStore:
@@ -92,7 +77,7 @@ class _AsyncKeepingStore:
         self, dead_letter_id: int, *, job_id: str | None = None
     ) -> ApplyResult:
         """As `OutputKeeper.store`'s ``replay_dead_letter``, awaited."""
-        letter = await find_dead_letter(self._store, dead_letter_id)
+        letter = await afind_dead_letter(self._store, dead_letter_id)
         target = letter.job_id if job_id is None else job_id
         held = await self._keeper._hold(target, letter.update, letter.delivery_id, dead_letter_id)
         if held is not None:

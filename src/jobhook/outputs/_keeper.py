@@ -13,12 +13,10 @@ from typing import Any
 
 import attrs
 import httpx
-import sqlalchemy as sa
 
 from jobhook._models import (
     JSON,
     ApplyResult,
-    DeadLetter,
     Job,
     JobError,
     JobEvent,
@@ -27,13 +25,13 @@ from jobhook._models import (
     Outcome,
 )
 from jobhook.exceptions import (
-    DeadLetterNotFoundError,
     JobNotFoundError,
     OutputError,
     ValidationError,
 )
 from jobhook.outputs._fetch import FetchPolicy, fetch, inline_base64
 from jobhook.outputs._files import FileFinder, files_for, replace_at, value_at
+from jobhook.outputs._letters import find_dead_letter
 from jobhook.outputs._storage import Storage
 from jobhook.stores._outputs import (
     DROPPED,
@@ -44,7 +42,6 @@ from jobhook.stores._outputs import (
     MemoryHolds,
     SQLHolds,
 )
-from jobhook.stores._rows import dead_letter_from_row
 
 __all__ = ["KeptFile", "KeptOutput", "OutputKeeper"]
 
@@ -108,36 +105,6 @@ def _holds_for(store: Any) -> Holds:
         else ""
     )
     raise ValidationError(f"{_SUPPORTED}, not {type(store).__name__}{hint}")
-
-
-def _letter_row(store: Any, dead_letter_id: int) -> Any:
-    """The select of one dead letter by id on a SQL store's table."""
-    letters = store.tables.dead_letters
-    return sa.select(letters).where(letters.c.id == dead_letter_id)
-
-
-def find_dead_letter(store: Any, dead_letter_id: int) -> DeadLetter:
-    """The dead letter ``dead_letter_id`` of a sync store; raises
-    `DeadLetterNotFoundError`."""
-    from jobhook.stores.sql import SQLJobStore
-
-    if isinstance(store, SQLJobStore):
-        with store.engine.connect() as conn:
-            row = conn.execute(_letter_row(store, dead_letter_id)).mappings().first()
-        if row is None:
-            raise DeadLetterNotFoundError(dead_letter_id)
-        return dead_letter_from_row(row)
-    # Ids grow from 1, so letter n is among the first n.
-    return _pick(
-        store.dead_letters(include_replayed=True, limit=max(dead_letter_id, 1)), dead_letter_id
-    )
-
-
-def _pick(letters: list[DeadLetter], dead_letter_id: int) -> DeadLetter:
-    for letter in letters:
-        if letter.id == dead_letter_id:
-            return letter
-    raise DeadLetterNotFoundError(dead_letter_id)
 
 
 def _extension(content_type: str) -> str:
