@@ -22,7 +22,7 @@ from jobhook import (
     WebhookHandler,
     backends,
 )
-from jobhook.exceptions import OutputError
+from jobhook.exceptions import DeadLetterNotFoundError, OutputError, ValidationError
 from jobhook.outputs import (
     FetchPolicy,
     LocalStorage,
@@ -691,3 +691,66 @@ def test_a_success_the_reconciler_finds_by_polling_is_held_too(
     done = store.get(job.id)
     assert done.status is JobStatus.SUCCEEDED
     assert done.output == {"images": ["https://app.example/files/lost-1/0.png"]}
+
+
+# --- dead letters and the stores that are not supported -----------------------------------
+
+
+def test_a_success_replayed_from_a_dead_letter_is_held_and_kept(
+    keeper: OutputKeeper, storage: LocalStorage, files: tuple[FakeGenerator, str]
+) -> None:
+    _, url = files
+    store = keeper.store
+    secret = "whsec_" + base64.b64encode(b"d" * 32).decode()
+    handler = WebhookHandler(store, secret=secret)
+    original = f"{url}/files/early/1.png"
+    payload = {"job_id": "early", "status": "succeeded", "output": {"images": [original]}}
+    headers, body = signed_delivery(secret, payload)
+    assert handler.handle(headers, body).status == 404  # no such job yet: a dead letter
+    [letter] = store.dead_letters()
+    store.create({}, job_id="early")
+
+    replayed = store.replay_dead_letter(letter.id)
+    assert replayed.outcome is Outcome.APPLIED
+    assert replayed.event is None
+    assert store.get("early").status is JobStatus.PENDING
+    assert succeeded_events(store, "early") == []
+    assert store.replay_dead_letter(letter.id).outcome is Outcome.DUPLICATE
+
+    assert keeper.run_once() == 1
+    done = store.get("early")
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.output == {"images": ["https://app.example/files/early/0.png"]}
+    assert kept_bytes(storage, done.output["images"][0]) == png_for("early/1.png")
+    assert keeper.kept("early").original_output == {"images": [original]}
+    assert len(succeeded_events(store, "early")) == 1
+    assert store.dead_letters() == []  # marked replayed once the success was applied
+    with pytest.raises(DeadLetterNotFoundError):
+        store.replay_dead_letter(letter.id + 100)
+
+
+def test_a_dead_letter_for_a_job_still_unknown_stays_a_dead_letter(
+    keeper: OutputKeeper, files: tuple[FakeGenerator, str]
+) -> None:
+    _, url = files
+    store = keeper.store
+    update = JobUpdate(JobStatus.SUCCEEDED, output=[f"{url}/files/nobody/1.png"])
+    letter = store.add_dead_letter("nobody", update, delivery_id="d-9")
+    assert store.replay_dead_letter(letter.id).outcome is Outcome.NOT_FOUND
+    assert keeper.kept("nobody") is None
+    assert [d.id for d in store.dead_letters()] == [letter.id]
+
+
+def test_a_django_store_is_refused_naming_the_supported_stores(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    pytest.importorskip("django")
+    django_store, close = build_store("django-sqlite", tmp_path)
+    try:
+        with pytest.raises(ValidationError) as refused:
+            OutputKeeper(django_store, storage)
+        message = str(refused.value)
+        for name in ("InMemoryJobStore", "SQLJobStore", "AsyncSQLJobStore", "DjangoJobStore"):
+            assert name in message
+    finally:
+        close()

@@ -5,7 +5,9 @@ submits it by id with `AsyncGeneratorClient`; the backend's signed webhooks land
 ``/webhooks/jobhook/{job_id}`` through jobhook's FastAPI adapter; the page follows each
 job's progress and result as Server-Sent Events from ``/jobs/{job_id}/events``;
 notifications are made from the store's event outbox by an `AsyncOutboxConsumer`, once
-per finished job.
+per finished job. With ``files_dir``, an `AsyncOutputKeeper` task copies each job's
+pictures there before the job may succeed, and the page shows the kept copies (served
+at ``/files/``), which outlive the backend's URLs.
 
 Run it against the stub backend (see README.md)::
 
@@ -27,6 +29,7 @@ import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,11 +45,13 @@ from jobhook import (
     WebhookHandler,
 )
 from jobhook.fastapi import events_endpoint, webhook_endpoint
+from jobhook.outputs import AsyncOutputKeeper, FetchPolicy, LocalStorage
 
 HERE = Path(__file__).resolve().parent
 BACKEND_URL = os.environ.get("JOBHOOK_BACKEND_URL", "http://127.0.0.1:8001")
 APP_URL = os.environ.get("APP_URL", "http://127.0.0.1:8000")
 DATABASE_URL = os.environ.get("JOBHOOK_DATABASE_URL", f"sqlite:///{HERE / 'jobs.db'}")
+FILES_DIR = os.environ.get("JOBHOOK_FILES_DIR", str(HERE / "files"))
 # What `jobhook fake-backend` signs with unless told otherwise. In production the
 # secret comes from your secret store, shared with the backend and nobody else.
 WEBHOOK_SECRET = os.environ.get(
@@ -139,9 +144,24 @@ def create_app(
     app_url: str = APP_URL,
     secret: str = WEBHOOK_SECRET,
     backend_http: httpx.AsyncClient | None = None,
+    files_dir: str | Path | None = None,
+    fetch_policy: FetchPolicy | None = None,
+    keeper_interval: float | None = 0.2,
 ) -> FastAPI:
-    """The app. Tests pass their own store and an ``httpx.AsyncClient`` to a fake."""
-    jobs: Any = store if store is not None else AsyncSQLJobStore(DATABASE_URL)
+    """The app. Tests pass their own store and an ``httpx.AsyncClient`` to a fake.
+
+    With ``files_dir`` the pictures are kept there (fetched under ``fetch_policy``) by
+    ``app.state.keeper``, which a task runs every ``keeper_interval`` seconds while the
+    app runs (None: no task; the caller runs ``keeper.run_once()``).
+    """
+    plain: Any = store if store is not None else AsyncSQLJobStore(DATABASE_URL)
+    jobs: Any = plain
+    keeper: AsyncOutputKeeper | None = None
+    storage: LocalStorage | None = None
+    if files_dir is not None:
+        storage = LocalStorage(files_dir, base_url=f"{app_url}/files/")
+        keeper = AsyncOutputKeeper(plain, storage, policy=fetch_policy)
+        jobs = keeper.store  # a success waits until its pictures are kept
     client = AsyncGeneratorClient(
         jobs,
         backend_url,
@@ -150,17 +170,32 @@ def create_app(
         http_client=backend_http,
     )
     handler = WebhookHandler(jobs, secret=secret)
-    notifier = Notifier(jobs)
+    notifier = Notifier(plain)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if hasattr(jobs, "create_schema"):
-            await jobs.create_schema()
+        if hasattr(plain, "create_schema"):
+            await plain.create_schema()
+        stop = asyncio.Event()
+        keeping = None
+        if keeper is not None:
+            await keeper.create_schema()
+            if keeper_interval is not None:
+                keeping = asyncio.create_task(keeper.run(stop, interval=keeper_interval))
         yield
+        stop.set()
+        if keeping is not None:
+            await keeping
+        if keeper is not None:
+            keeper.close()
         await client.aclose()
-        await jobs.close()
+        await plain.close()
 
     app = FastAPI(lifespan=lifespan)
+    app.state.keeper = keeper
+    if storage is not None:
+        # The kept copies, which outlive the backend's URLs.
+        app.mount("/files", StaticFiles(directory=storage.directory), name="files")
 
     async def state() -> dict[str, Any]:
         listed = await jobs.list(owner_id=USER_ID, kind="image", limit=20)
@@ -199,7 +234,7 @@ def create_app(
             return False
 
     app.post("/webhooks/jobhook/{job_id}")(webhook_endpoint(handler))
-    app.get("/jobs/{job_id}/events")(events_endpoint(jobs, authorize=may_follow))
+    app.get("/jobs/{job_id}/events")(events_endpoint(plain, authorize=may_follow))
     return app
 
 
@@ -208,4 +243,6 @@ if __name__ == "__main__":
 
     port = httpx.URL(APP_URL).port or 8000
     print(f"open {APP_URL}/generate-images (backend: {BACKEND_URL})")
-    uvicorn.run(create_app(), host="127.0.0.1", port=port)
+    # The stub backend serves its pictures on loopback, which only development allows.
+    loopback = FetchPolicy(allow_networks=["127.0.0.0/8"])
+    uvicorn.run(create_app(files_dir=FILES_DIR, fetch_policy=loopback), host="127.0.0.1", port=port)

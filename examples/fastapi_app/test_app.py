@@ -18,7 +18,9 @@ import httpx
 from fastapi.testclient import TestClient
 
 from jobhook import AsyncSQLJobStore
+from jobhook.outputs import FetchPolicy
 from jobhook.testing import FakeGenerator, Scripts, Submission, new_webhook_secret
+from jobhook.testing._png import png_for
 
 from .app import create_app
 
@@ -143,3 +145,62 @@ def test_a_job_that_is_not_yours_cannot_be_followed(wired: Any) -> None:
     answer = browser.get("/jobs/not-yours/events")
     assert answer.status_code == 403
     assert "data:" not in answer.text
+
+
+@pytest.fixture
+def keeping(tmp_path: Path) -> Iterator[tuple[TestClient, FakeGenerator, FakeGenerator]]:
+    """The app keeping pictures in ``tmp_path / "files"``; a fake backend whose pictures
+    are served over loopback HTTP by a second fake (the file host)."""
+    secret = new_webhook_secret()
+    store = AsyncSQLJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    fake_ref: dict[str, FakeGenerator] = {}
+    backend = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: fake_ref["fake"].ahandle_request(r))
+    )
+    with FakeGenerator() as file_host, file_host.serve() as files_url:
+        app = create_app(
+            store, backend_url="http://backend.invalid", app_url=APP_URL, secret=secret,
+            backend_http=backend, files_dir=tmp_path / "files",
+            # The file host is on loopback: allowed here, refused by default.
+            fetch_policy=FetchPolicy(allow_networks=["127.0.0.0/8"]),
+            keeper_interval=None,  # the test runs the keeper's rounds itself
+        )  # fmt: skip
+        with TestClient(app) as browser:
+            fake = FakeGenerator(
+                secret, script=Scripts.pictures(files_url), callback_client=browser
+            )
+            fake_ref["fake"] = fake
+            yield browser, fake, file_host
+            fake.close()
+
+
+def test_the_kept_picture_still_loads_after_the_backend_s_file_expired(keeping: Any) -> None:
+    browser, fake, file_host = keeping
+    browser.post("/generate-images", data={"prompt": "a red fox"})
+    (submission,) = fake.submissions
+    job_id = submission.job_id
+    fake.deliver_all()
+    # The success is held until the picture is kept: nobody hears of it yet.
+    (row,) = browser.get("/generate-images/status").json()["generations"]
+    assert row["status"] == "running"
+    assert browser.get("/generate-images/status").json()["notifications"] == []
+
+    keeper = browser.app.state.keeper
+    assert browser.portal.call(keeper.run_once) == 1
+    record = browser.portal.call(keeper.kept, job_id)
+    original = record.original_output["images"][0]
+    file_host.expire_files()
+    assert httpx.get(original).status_code == 404  # the backend's copy is gone
+
+    kept_url = f"{APP_URL}/files/{job_id}/0.png"
+    status = browser.get("/generate-images/status").json()
+    (row,) = status["generations"]
+    assert (row["status"], row["image"]) == ("succeeded", kept_url)
+    assert status["notifications"] == ["Your image “a red fox” is ready."]
+    assert f'<img class="picture" src="{kept_url}"' in browser.get("/generate-images").text
+    picture = browser.get(f"/files/{job_id}/0.png")
+    assert picture.status_code == 200
+    assert picture.headers["content-type"] == "image/png"
+    assert picture.content == png_for(f"{job_id}/1.png")
+    (state,) = sse_messages(browser.get(f"/jobs/{job_id}/events").text)
+    assert state["output"] == {"images": [kept_url]}

@@ -24,9 +24,14 @@ from jobhook._models import (
     JobUpdate,
     Outcome,
 )
-from jobhook.exceptions import JobNotFoundError, OutputError, ValidationError
+from jobhook.exceptions import (
+    JobNotFoundError,
+    OutputError,
+    ValidationError,
+)
 from jobhook.outputs._fetch import FetchPolicy, fetch, inline_base64
 from jobhook.outputs._files import FileFinder, files_for, replace_at, value_at
+from jobhook.outputs._letters import find_dead_letter
 from jobhook.outputs._storage import Storage
 from jobhook.stores._outputs import (
     DROPPED,
@@ -80,18 +85,26 @@ class KeptOutput:
     last_error: str | None
 
 
+_SUPPORTED = (
+    "OutputKeeper keeps its holds beside an InMemoryJobStore or a SQLJobStore, and "
+    "AsyncOutputKeeper beside an AsyncInMemoryJobStore or an AsyncSQLJobStore"
+)
+
+
 def _holds_for(store: Any) -> Holds:
-    from jobhook.stores.memory import InMemoryJobStore
-    from jobhook.stores.sql import SQLJobStore
+    from jobhook.stores.memory import AsyncInMemoryJobStore, InMemoryJobStore
+    from jobhook.stores.sql import AsyncSQLJobStore, SQLJobStore
 
     if isinstance(store, SQLJobStore):
         return SQLHolds(store.engine, store.tables.prefix)
     if isinstance(store, InMemoryJobStore):
         return MemoryHolds()
-    raise ValidationError(
-        f"OutputKeeper keeps its holds beside an InMemoryJobStore or a SQLJobStore, not "
-        f"{type(store).__name__}"
+    hint = (
+        "; use AsyncOutputKeeper"
+        if isinstance(store, (AsyncSQLJobStore, AsyncInMemoryJobStore))
+        else ""
     )
+    raise ValidationError(f"{_SUPPORTED}, not {type(store).__name__}{hint}")
 
 
 def _extension(content_type: str) -> str:
@@ -139,26 +152,187 @@ class _KeepingStore:
         result: ApplyResult = self._store.apply(job_id, update, delivery_id=delivery_id)
         return result
 
+    def replay_dead_letter(self, dead_letter_id: int, *, job_id: str | None = None) -> ApplyResult:
+        """As the store's ``replay_dead_letter``, except that a success whose output
+        names files is held like any other; the letter is marked replayed once the
+        keeper has applied it. Raises `DeadLetterNotFoundError`."""
+        letter = find_dead_letter(self._store, dead_letter_id)
+        target = letter.job_id if job_id is None else job_id
+        held = self._keeper._hold(target, letter.update, letter.delivery_id, dead_letter_id)
+        if held is not None:
+            return held
+        result: ApplyResult = self._store.replay_dead_letter(dead_letter_id, job_id=job_id)
+        return result
 
-class OutputKeeper:
+
+class KeeperCore:
+    """What the sync and async keepers share: configuration, and every decision
+    (what to hold, what to copy, what a failure means, the kept output)."""
+
+    def __init__(
+        self,
+        store: Any,
+        storage: Storage,
+        *,
+        files: FileFinder | None = None,
+        backend: Any = None,
+        policy: FetchPolicy | None = None,
+        max_attempts: int = 5,
+        retry_after: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        listeners: Iterable[Listener] = (),
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValidationError(f"max_attempts must be at least 1, got {max_attempts!r}")
+        self._plain = store
+        self.storage = storage
+        self.policy = policy or FetchPolicy()
+        self._files = files or files_for(backend)
+        self._max_attempts = max_attempts
+        self._retry_after = retry_after
+        self._clock = clock
+        self._listeners = tuple(listeners)
+        self._owns_http = http_client is None
+        # No connection reuse: a pooled connection is keyed by the address it went to,
+        # and two host names on one address must each have their own TLS check.
+        self._http = http_client or httpx.Client(
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} store={self._plain!r} storage={self.storage!r}>"
+
+    def close(self) -> None:
+        """Close the HTTP client the keeper made."""
+        if self._owns_http:
+            self._http.close()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), timezone.utc)
+
+    def _holds_back(self, update: JobUpdate) -> bool:
+        return update.status is JobStatus.SUCCEEDED and bool(self._files(update.output))
+
+    @staticmethod
+    def _held(job: Job, added: bool) -> ApplyResult:
+        outcome = Outcome.APPLIED if added else Outcome.DUPLICATE
+        log.info("job %s: success held until its files are kept (%s)", job.id, outcome)
+        return ApplyResult(outcome, job)
+
+    @staticmethod
+    def _report(hold: Hold | None) -> KeptOutput | None:
+        if hold is None:
+            return None
+        files = [KeptFile(**entry) for entry in hold.files if entry is not None]
+        return KeptOutput(
+            hold.job_id, hold.state, hold.update.output, files, hold.attempts, hold.last_error
+        )
+
+    def _to_keep(self, hold: Hold) -> tuple[list[Any], list[dict[str, JSON] | None]]:
+        """The paths of the hold's files, and what is kept of them so far."""
+        paths = self._files(hold.update.output)
+        files = list(hold.files) + [None] * (len(paths) - len(hold.files))
+        return paths, files
+
+    def _copy(self, hold: Hold, index: int, url: JSON) -> dict[str, JSON]:
+        """Fetch one file and put it in the storage (blocking); the `KeptFile` as JSON.
+        Raises `OutputError` or `OSError`."""
+        if isinstance(url, str) and not _is_url(url):
+            fetched = inline_base64(url, self.policy)
+        else:
+            fetched = fetch(url, self.policy, self._http)  # refuses a non-string
+        key = f"{hold.job_id}/{index}{_extension(fetched.content_type)}"
+        kept_url = self.storage.put(key, fetched.data, fetched.content_type)
+        log.info("job %s: kept file %d as %s", hold.job_id, index, key)
+        kept = KeptFile(
+            index,
+            _source(str(url)),
+            key,
+            kept_url,
+            fetched.content_type,
+            len(fetched.data),
+            fetched.sha256,
+        )
+        return attrs.asdict(kept)
+
+    @staticmethod
+    def _copy_failure(index: int, exc: Exception) -> tuple[bool, str]:
+        """Whether a failed copy is final, and the reason to record."""
+        if isinstance(exc, OutputError):
+            return exc.permanent, f"file {index}: {exc}"
+        return False, f"file {index}: storage: {exc}"
+
+    @staticmethod
+    def _kept_update(
+        hold: Hold, paths: list[Any], files: list[dict[str, JSON] | None]
+    ) -> JobUpdate:
+        urls = {path: entry["url"] for path, entry in zip(paths, files, strict=True) if entry}
+        return attrs.evolve(hold.update, output=replace_at(hold.update.output, urls))
+
+    @staticmethod
+    def _failure(hold: Hold, reason: str) -> tuple[JobUpdate, str]:
+        log.warning("job %s: output not kept: %s", hold.job_id, reason)
+        update = JobUpdate(JobStatus.FAILED, error=JobError(NOT_KEPT, reason[:1000]))
+        return update, f"{NOT_KEPT}:{hold.job_id}"
+
+    @staticmethod
+    def _settled(result: ApplyResult, state: str) -> str:
+        return state if result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE) else DROPPED
+
+    def _retry_plan(self, hold: Hold, reason: str) -> dict[str, Any] | None:
+        """The hold's changes for another attempt later; None when it is time to give up."""
+        attempts = hold.attempts + 1
+        if attempts >= self._max_attempts:
+            return None
+        delay = self._retry_after * 2 ** (attempts - 1)
+        log.warning("job %s: output not kept yet (%s); retry in %.0f s", hold.job_id, reason, delay)
+        now = self._now()
+        return {
+            "now": now,
+            "attempts": attempts,
+            "last_error": reason,
+            "next_attempt_at": now + timedelta(seconds=delay),
+        }
+
+    def _applied(self, hold: Hold, update: JobUpdate, result: ApplyResult) -> list[Any]:
+        """Log an apply; the listener calls it asks for (their results)."""
+        log.info("job %s: %s after keeping; outcome=%s", hold.job_id, update.status, result.outcome)
+        if result.event is None or result.job is None:
+            return []
+        answers = []
+        for listener in self._listeners:
+            try:
+                answers.append(listener(result.event, result.job))
+            except Exception:
+                log.exception("output keeper listener %r failed", listener)
+        return answers
+
+
+class OutputKeeper(KeeperCore):
     """Keeps the files a job's output references in ``storage``, before anyone learns
     that the job succeeded.
 
     Give `store` (the guarded store) to the `WebhookHandler`, the `GeneratorClient` and
     the `Reconciler` instead of the plain one: a ``succeeded`` update whose output
     names files (found by ``files``, by default `files_for` ``backend``) is then held
-    durably, with no event, and the delivery is answered 200. `run_once` (or `run`, in
-    a worker) fetches each held file under ``policy``, writes it to ``storage`` under
-    ``{job_id}/{index}{extension}``, records it, and once all are kept applies the
-    success with an output naming the kept copies: one event, after the files exist.
-    ``listeners`` are called for the changes the keeper applies.
+    durably, with no event, and the delivery is answered 200; so is a success replayed
+    from a dead letter. `run_once` (or `run`, in a worker) fetches each held file under
+    ``policy``, writes it to ``storage`` under ``{job_id}/{index}{extension}``, records
+    it, and once all are kept applies the success with an output naming the kept
+    copies: one event, after the files exist. ``listeners`` are called for the changes
+    the keeper applies.
 
     A keeper that dies mid-copy resumes where it was: kept files are recorded one by
     one and a file's key never changes, so a rerun writes no second copy. A failure
     that no retry changes (a refused URL, a 404, a file over the size limit) fails the
     job with ``code="output_not_kept"``; other failures are retried after
     ``retry_after`` seconds (doubling), the job failed so after ``max_attempts``.
-    Run one keeper per store. Thread-safe.
+    ``store`` is an `InMemoryJobStore` or a `SQLJobStore` (`AsyncOutputKeeper` is the
+    async twin); any other raises `ValidationError`. Run one keeper per store.
+    Thread-safe.
     """
 
     def __init__(
@@ -177,36 +351,27 @@ class OutputKeeper:
         holds: Holds | None = None,
         create_schema: bool = False,
     ) -> None:
-        if max_attempts < 1:
-            raise ValidationError(f"max_attempts must be at least 1, got {max_attempts!r}")
-        self._plain = store
-        self.storage = storage
-        self.policy = policy or FetchPolicy()
-        self._files = files or files_for(backend)
-        self._max_attempts = max_attempts
-        self._retry_after = retry_after
-        self._clock = clock
-        self._listeners = tuple(listeners)
         self._holds = holds if holds is not None else _holds_for(store)
-        self._owns_http = http_client is None
-        # No connection reuse: a pooled connection is keyed by the address it went to,
-        # and two host names on one address must each have their own TLS check.
-        self._http = http_client or httpx.Client(
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
+        super().__init__(
+            store,
+            storage,
+            files=files,
+            backend=backend,
+            policy=policy,
+            max_attempts=max_attempts,
+            retry_after=retry_after,
+            clock=clock,
+            listeners=listeners,
+            http_client=http_client,
         )
         self._guarded = _KeepingStore(store, self)
         if create_schema:
             self.create_schema()
 
-    def __repr__(self) -> str:
-        return f"<OutputKeeper store={self._plain!r} storage={self.storage!r}>"
-
     @property
     def store(self) -> Any:
-        """The guarded store: the plain store's methods, with ``apply`` holding back
-        successes whose files are not kept yet."""
+        """The guarded store: the plain store's methods, with ``apply`` and
+        ``replay_dead_letter`` holding back successes whose files are not kept yet."""
         return self._guarded
 
     def create_schema(self) -> None:
@@ -220,19 +385,17 @@ class OutputKeeper:
         migrations; None for in-memory holds."""
         return getattr(self._holds, "metadata", None)
 
-    def close(self) -> None:
-        """Close the HTTP client the keeper made."""
-        if self._owns_http:
-            self._http.close()
-
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self._clock(), timezone.utc)
-
     # -- holding -------------------------------------------------------------------
 
-    def _hold(self, job_id: str, update: JobUpdate, delivery_id: str | None) -> ApplyResult | None:
+    def _hold(
+        self,
+        job_id: str,
+        update: JobUpdate,
+        delivery_id: str | None,
+        dead_letter_id: int | None = None,
+    ) -> ApplyResult | None:
         """Hold a success that names files; None when the update is not one to hold."""
-        if update.status is not JobStatus.SUCCEEDED or not self._files(update.output):
+        if not self._holds_back(update):
             return None
         try:
             job: Job = self._plain.get(job_id)
@@ -240,20 +403,12 @@ class OutputKeeper:
             return None  # the store answers not_found; the handler keeps a dead letter
         if job.terminal:
             return None  # the store answers duplicate or conflict
-        added = self._holds.add(job_id, delivery_id, update, self._now())
-        outcome = Outcome.APPLIED if added else Outcome.DUPLICATE
-        log.info("job %s: success held until its files are kept (%s)", job_id, outcome)
-        return ApplyResult(outcome, job)
+        added = self._holds.add(job_id, delivery_id, update, self._now(), dead_letter_id)
+        return self._held(job, added)
 
     def kept(self, job_id: str) -> KeptOutput | None:
         """What the keeper did for ``job_id``; None when nothing was held for it."""
-        hold = self._holds.get(job_id)
-        if hold is None:
-            return None
-        files = [KeptFile(**entry) for entry in hold.files if entry is not None]
-        return KeptOutput(
-            hold.job_id, hold.state, hold.update.output, files, hold.attempts, hold.last_error
-        )
+        return self._report(self._holds.get(job_id))
 
     # -- keeping -------------------------------------------------------------------
 
@@ -281,91 +436,54 @@ class OutputKeeper:
             stop.wait(interval)
 
     def _keep(self, hold: Hold) -> bool:
-        output = hold.update.output
-        paths = self._files(output)
-        files: list[dict[str, JSON] | None] = list(hold.files) + [None] * (
-            len(paths) - len(hold.files)
-        )
+        paths, files = self._to_keep(hold)
         for index, path in enumerate(paths):
             if files[index] is not None:
                 continue  # kept before a restart: its original may be gone by now
-            url = value_at(output, path)
             try:
-                if isinstance(url, str) and not _is_url(url):
-                    fetched = inline_base64(url, self.policy)
-                else:
-                    fetched = fetch(url, self.policy, self._http)  # refuses a non-string
-                key = f"{hold.job_id}/{index}{_extension(fetched.content_type)}"
-                kept_url = self.storage.put(key, fetched.data, fetched.content_type)
-            except OutputError as exc:
-                if exc.permanent:
-                    return self._give_up(hold, f"file {index}: {exc}")
-                return self._retry(hold, f"file {index}: {exc}")
-            except OSError as exc:
-                return self._retry(hold, f"file {index}: storage: {exc}")
-            files[index] = attrs.asdict(
-                KeptFile(
-                    index,
-                    _source(url),
-                    key,
-                    kept_url,
-                    fetched.content_type,
-                    len(fetched.data),
-                    fetched.sha256,
-                )
-            )
+                files[index] = self._copy(hold, index, value_at(hold.update.output, path))
+            except (OutputError, OSError) as exc:
+                final, reason = self._copy_failure(index, exc)
+                return self._give_up(hold, reason) if final else self._retry(hold, reason)
             self._holds.save(hold.job_id, now=self._now(), files=files)
-            log.info("job %s: kept file %d as %s", hold.job_id, index, key)
-        kept_output = replace_at(
-            output,
-            {
-                path: entry["url"]
-                for path, entry in zip(paths, files[: len(paths)], strict=True)
-                if entry
-            },
-        )
-        result = self._apply(hold, attrs.evolve(hold.update, output=kept_output), hold.delivery_id)
-        done = result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
-        self._holds.save(hold.job_id, now=self._now(), state=KEPT if done else DROPPED)
+        result = self._apply(hold, self._kept_update(hold, paths, files), hold.delivery_id)
+        self._holds.save(hold.job_id, now=self._now(), state=self._settled(result, KEPT))
+        self._close_letter(hold)
         return True
 
     def _apply(self, hold: Hold, update: JobUpdate, delivery_id: str | None) -> ApplyResult:
         result: ApplyResult = self._plain.apply(hold.job_id, update, delivery_id=delivery_id)
-        log.info("job %s: %s after keeping; outcome=%s", hold.job_id, update.status, result.outcome)
-        if result.event is not None and result.job is not None:
-            for listener in self._listeners:
-                try:
-                    listener(result.event, result.job)
-                except Exception:
-                    log.exception("output keeper listener %r failed", listener)
+        self._applied(hold, update, result)
         return result
 
+    def _close_letter(self, hold: Hold) -> None:
+        # The job has ended: replaying the letter changes nothing and marks it replayed.
+        if hold.dead_letter_id is not None:
+            try:
+                self._plain.replay_dead_letter(hold.dead_letter_id, job_id=hold.job_id)
+            except Exception:
+                log.exception(
+                    "job %s: marking dead letter %s replayed failed",
+                    hold.job_id,
+                    hold.dead_letter_id,
+                )
+
     def _give_up(self, hold: Hold, reason: str) -> bool:
-        log.warning("job %s: output not kept: %s", hold.job_id, reason)
-        failure = JobUpdate(JobStatus.FAILED, error=JobError(NOT_KEPT, reason[:1000]))
-        result = self._apply(hold, failure, f"{NOT_KEPT}:{hold.job_id}")
-        failed = result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE)
+        update, delivery_id = self._failure(hold, reason)
+        result = self._apply(hold, update, delivery_id)
         self._holds.save(
             hold.job_id,
             now=self._now(),
-            state=FAILED if failed else DROPPED,
+            state=self._settled(result, FAILED),
             attempts=hold.attempts + 1,
             last_error=reason,
         )
+        self._close_letter(hold)
         return True
 
     def _retry(self, hold: Hold, reason: str) -> bool:
-        attempts = hold.attempts + 1
-        if attempts >= self._max_attempts:
-            return self._give_up(hold, f"{reason} (after {attempts} attempts)")
-        delay = self._retry_after * 2 ** (attempts - 1)
-        log.warning("job %s: output not kept yet (%s); retry in %.0f s", hold.job_id, reason, delay)
-        now = self._now()
-        self._holds.save(
-            hold.job_id,
-            now=now,
-            attempts=attempts,
-            last_error=reason,
-            next_attempt_at=now + timedelta(seconds=delay),
-        )
+        plan = self._retry_plan(hold, reason)
+        if plan is None:
+            return self._give_up(hold, f"{reason} (after {hold.attempts + 1} attempts)")
+        self._holds.save(hold.job_id, **plan)
         return False

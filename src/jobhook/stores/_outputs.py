@@ -21,7 +21,17 @@ from jobhook._convert import normalize_json
 from jobhook._models import JSON, JobError, JobStatus, JobUpdate
 from jobhook.stores._errors import DATABASE_ERRORS, store_error
 
-__all__ = ["Hold", "Holds", "MemoryHolds", "SQLHolds", "update_from_json", "update_to_json"]
+__all__ = [
+    "AsyncHolds",
+    "AsyncMemoryHolds",
+    "AsyncSQLHolds",
+    "Hold",
+    "Holds",
+    "MemoryHolds",
+    "SQLHolds",
+    "update_from_json",
+    "update_to_json",
+]
 
 _JSON = sa.JSON().with_variant(JSONB(), "postgresql")
 _TIMESTAMP = sa.DateTime(timezone=True)
@@ -67,7 +77,8 @@ class Hold:
     provider's files); ``files`` has one entry per file, ``None`` until it is kept, then
     a `jobhook.outputs.KeptFile` as JSON. ``state`` is ``keeping``, ``kept``, ``failed``
     (the job was failed with ``output_not_kept``) or ``dropped`` (the job had ended
-    otherwise).
+    otherwise). ``dead_letter_id`` names the dead letter the success was replayed from,
+    marked replayed once the keeper has applied it.
     """
 
     job_id: str
@@ -80,6 +91,7 @@ class Hold:
     next_attempt_at: datetime
     created_at: datetime
     updated_at: datetime
+    dead_letter_id: int | None = None
 
 
 class Holds(Protocol):
@@ -87,7 +99,14 @@ class Holds(Protocol):
 
     def create_schema(self) -> None: ...
 
-    def add(self, job_id: str, delivery_id: str | None, update: JobUpdate, now: datetime) -> bool:
+    def add(
+        self,
+        job_id: str,
+        delivery_id: str | None,
+        update: JobUpdate,
+        now: datetime,
+        dead_letter_id: int | None = None,
+    ) -> bool:
         """Hold ``update`` for ``job_id``; False (and nothing written) when the job has
         a hold already."""
         ...
@@ -123,13 +142,20 @@ class MemoryHolds:
     def create_schema(self) -> None:
         """Nothing to create."""
 
-    def add(self, job_id: str, delivery_id: str | None, update: JobUpdate, now: datetime) -> bool:
+    def add(
+        self,
+        job_id: str,
+        delivery_id: str | None,
+        update: JobUpdate,
+        now: datetime,
+        dead_letter_id: int | None = None,
+    ) -> bool:
         held = update_from_json(update_to_json(update))  # the same round-trip as SQL
         with self._lock:
             if job_id in self._holds:
                 return False
             self._holds[job_id] = Hold(
-                job_id, delivery_id, held, [], KEEPING, 0, None, now, now, now
+                job_id, delivery_id, held, [], KEEPING, 0, None, now, now, now, dead_letter_id
             )
             return True
 
@@ -188,15 +214,11 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
-class SQLHolds:
-    """Holds in the ``{prefix}output_keeps`` table, on a `jobhook.SQLJobStore`'s engine.
+class _HoldsTable:
+    """The ``{prefix}output_keeps`` table and its statements, each run on a connection
+    the caller holds (shared by `SQLHolds` and `AsyncSQLHolds`)."""
 
-    The table has its own `MetaData` (`metadata`), created by `create_schema`
-    (idempotent); each method is one transaction through ``Connection.execute``.
-    """
-
-    def __init__(self, engine: sa.Engine, prefix: str = "jobhook_") -> None:
-        self.engine = engine
+    def __init__(self, prefix: str) -> None:
         self.metadata = sa.MetaData()
         self.table = sa.Table(
             f"{prefix}output_keeps",
@@ -211,19 +233,12 @@ class SQLHolds:
             sa.Column("next_attempt_at", _TIMESTAMP, nullable=False),
             sa.Column("created_at", _TIMESTAMP, nullable=False),
             sa.Column("updated_at", _TIMESTAMP, nullable=False),
+            sa.Column("dead_letter_id", sa.BigInteger, nullable=True),
             sa.Index(f"ix_{prefix}output_keeps_due", "state", "next_attempt_at"),
         )
 
-    def _error(self, exc: Exception) -> Exception:
-        return store_error(exc, self.engine.url)
-
-    def create_schema(self) -> None:
-        """Create the table and its index when missing (idempotent)."""
-        try:
-            with self.engine.begin() as conn:
-                self.metadata.create_all(conn, checkfirst=True)
-        except DATABASE_ERRORS as exc:
-            raise self._error(exc) from exc
+    def create(self, conn: sa.Connection) -> None:
+        self.metadata.create_all(conn, checkfirst=True)
 
     def _hold(self, row: Any) -> Hold:
         return Hold(
@@ -237,10 +252,22 @@ class SQLHolds:
             next_attempt_at=_aware(row.next_attempt_at),
             created_at=_aware(row.created_at),
             updated_at=_aware(row.updated_at),
+            dead_letter_id=row.dead_letter_id,
         )
 
-    def add(self, job_id: str, delivery_id: str | None, update: JobUpdate, now: datetime) -> bool:
+    def add(
+        self,
+        conn: sa.Connection,
+        job_id: str,
+        delivery_id: str | None,
+        update: JobUpdate,
+        now: datetime,
+        dead_letter_id: int | None,
+    ) -> bool:
         table = self.table
+        taken = conn.execute(sa.select(table.c.job_id).where(table.c.job_id == job_id)).first()
+        if taken is not None:
+            return False
         row: dict[str, Any] = {
             "job_id": job_id,
             "delivery_id": delivery_id,
@@ -252,16 +279,64 @@ class SQLHolds:
             "next_attempt_at": now,
             "created_at": now,
             "updated_at": now,
+            "dead_letter_id": dead_letter_id,
         }
+        conn.execute(table.insert(), row)
+        return True
+
+    def get(self, conn: sa.Connection, job_id: str) -> Hold | None:
+        row = conn.execute(sa.select(self.table).where(self.table.c.job_id == job_id)).first()
+        return None if row is None else self._hold(row)
+
+    def due(self, conn: sa.Connection, now: datetime, limit: int) -> list[Hold]:
+        table = self.table
+        query = (
+            sa.select(table)
+            .where(table.c.state == KEEPING, table.c.next_attempt_at <= now)
+            .order_by(table.c.created_at, table.c.job_id)
+            .limit(limit)
+        )
+        return [self._hold(row) for row in conn.execute(query).all()]
+
+    def save(self, conn: sa.Connection, job_id: str, changes: dict[str, Any]) -> None:
+        conn.execute(self.table.update().where(self.table.c.job_id == job_id).values(**changes))
+
+
+class SQLHolds:
+    """Holds in the ``{prefix}output_keeps`` table, on a `jobhook.SQLJobStore`'s engine.
+
+    The table has its own `MetaData` (`metadata`), created by `create_schema`
+    (idempotent); each method is one transaction through ``Connection.execute``.
+    """
+
+    def __init__(self, engine: sa.Engine, prefix: str = "jobhook_") -> None:
+        self.engine = engine
+        self._t = _HoldsTable(prefix)
+        self.metadata = self._t.metadata
+        self.table = self._t.table
+
+    def _error(self, exc: Exception) -> Exception:
+        return store_error(exc, self.engine.url)
+
+    def create_schema(self) -> None:
+        """Create the table and its index when missing (idempotent)."""
         try:
             with self.engine.begin() as conn:
-                taken = conn.execute(
-                    sa.select(table.c.job_id).where(table.c.job_id == job_id)
-                ).first()
-                if taken is not None:
-                    return False
-                conn.execute(table.insert(), row)
-            return True
+                self._t.create(conn)
+        except DATABASE_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    def add(
+        self,
+        job_id: str,
+        delivery_id: str | None,
+        update: JobUpdate,
+        now: datetime,
+        dead_letter_id: int | None = None,
+    ) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                return self._t.add(conn, job_id, delivery_id, update, now, dead_letter_id)
         except sa.exc.IntegrityError:
             return False  # a concurrent hold for the same job won
         except DATABASE_ERRORS as exc:
@@ -270,27 +345,16 @@ class SQLHolds:
     def get(self, job_id: str) -> Hold | None:
         try:
             with self.engine.connect() as conn:
-                row: Any = conn.execute(
-                    sa.select(self.table).where(self.table.c.job_id == job_id)
-                ).first()
+                return self._t.get(conn, job_id)
         except DATABASE_ERRORS as exc:
             raise self._error(exc) from exc
-        return None if row is None else self._hold(row)
 
     def due(self, now: datetime, limit: int) -> list[Hold]:
-        table = self.table
-        query = (
-            sa.select(table)
-            .where(table.c.state == KEEPING, table.c.next_attempt_at <= now)
-            .order_by(table.c.created_at, table.c.job_id)
-            .limit(limit)
-        )
         try:
             with self.engine.connect() as conn:
-                rows = conn.execute(query).all()
+                return self._t.due(conn, now, limit)
         except DATABASE_ERRORS as exc:
             raise self._error(exc) from exc
-        return [self._hold(row) for row in rows]
 
     def save(
         self,
@@ -307,8 +371,142 @@ class SQLHolds:
         changes["updated_at"] = now
         try:
             with self.engine.begin() as conn:
-                conn.execute(
-                    self.table.update().where(self.table.c.job_id == job_id).values(**changes)
+                self._t.save(conn, job_id, changes)
+        except DATABASE_ERRORS as exc:
+            raise self._error(exc) from exc
+
+
+class AsyncHolds(Protocol):
+    """`Holds` for an async store: the same methods, awaited."""
+
+    async def create_schema(self) -> None: ...
+
+    async def add(
+        self,
+        job_id: str,
+        delivery_id: str | None,
+        update: JobUpdate,
+        now: datetime,
+        dead_letter_id: int | None = None,
+    ) -> bool: ...
+
+    async def get(self, job_id: str) -> Hold | None: ...
+
+    async def due(self, now: datetime, limit: int) -> list[Hold]: ...
+
+    async def save(
+        self,
+        job_id: str,
+        *,
+        now: datetime,
+        files: list[dict[str, JSON] | None] | None = None,
+        state: str | None = None,
+        attempts: int | None = None,
+        last_error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None: ...
+
+
+class AsyncMemoryHolds:
+    """`MemoryHolds` behind async methods, for `jobhook.AsyncInMemoryJobStore`."""
+
+    def __init__(self) -> None:
+        self._holds = MemoryHolds()
+
+    async def create_schema(self) -> None:
+        """Nothing to create."""
+
+    async def add(
+        self,
+        job_id: str,
+        delivery_id: str | None,
+        update: JobUpdate,
+        now: datetime,
+        dead_letter_id: int | None = None,
+    ) -> bool:
+        return self._holds.add(job_id, delivery_id, update, now, dead_letter_id)
+
+    async def get(self, job_id: str) -> Hold | None:
+        return self._holds.get(job_id)
+
+    async def due(self, now: datetime, limit: int) -> list[Hold]:
+        return self._holds.due(now, limit)
+
+    async def save(self, job_id: str, *, now: datetime, **fields: Any) -> None:
+        self._holds.save(job_id, now=now, **fields)
+
+
+class AsyncSQLHolds:
+    """`SQLHolds` on a `jobhook.AsyncSQLJobStore`'s `AsyncEngine`: the same table and
+    statements, each method one transaction (``AsyncConnection.run_sync``)."""
+
+    def __init__(self, engine: Any, prefix: str = "jobhook_") -> None:
+        self.engine = engine
+        self._t = _HoldsTable(prefix)
+        self.metadata = self._t.metadata
+        self.table = self._t.table
+
+    def _error(self, exc: Exception) -> Exception:
+        return store_error(exc, self.engine.url)
+
+    async def create_schema(self) -> None:
+        """Create the table and its index when missing (idempotent)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(self._t.create)
+        except DATABASE_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    async def add(
+        self,
+        job_id: str,
+        delivery_id: str | None,
+        update: JobUpdate,
+        now: datetime,
+        dead_letter_id: int | None = None,
+    ) -> bool:
+        try:
+            async with self.engine.begin() as conn:
+                added: bool = await conn.run_sync(
+                    self._t.add, job_id, delivery_id, update, now, dead_letter_id
                 )
+                return added
+        except sa.exc.IntegrityError:
+            return False  # a concurrent hold for the same job won
+        except DATABASE_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    async def get(self, job_id: str) -> Hold | None:
+        try:
+            async with self.engine.connect() as conn:
+                hold: Hold | None = await conn.run_sync(self._t.get, job_id)
+                return hold
+        except DATABASE_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    async def due(self, now: datetime, limit: int) -> list[Hold]:
+        try:
+            async with self.engine.connect() as conn:
+                holds: list[Hold] = await conn.run_sync(self._t.due, now, limit)
+                return holds
+        except DATABASE_ERRORS as exc:
+            raise self._error(exc) from exc
+
+    async def save(
+        self,
+        job_id: str,
+        *,
+        now: datetime,
+        files: list[dict[str, JSON] | None] | None = None,
+        state: str | None = None,
+        attempts: int | None = None,
+        last_error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        changes = _changes(files, state, attempts, last_error, next_attempt_at)
+        changes["updated_at"] = now
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(self._t.save, job_id, changes)
         except DATABASE_ERRORS as exc:
             raise self._error(exc) from exc
