@@ -22,7 +22,17 @@ from jobhook import (
     ValidationError,
 )
 
-from .conftest import PG_SKIP_REASON, PG_URL
+from .conftest import PG_SKIP_REASON, PG_URL, STORE_KINDS
+
+#: `DjangoJobStore` keeps its consumers in its own models and runs them with
+#: ``manage.py jobhook_consume`` (tests/test_django_app.py); `OutboxConsumer` runs on
+#: every other store.
+CONSUMER_KINDS = [kind for kind in STORE_KINDS if not kind.startswith("django-")]
+
+
+@pytest.fixture(params=CONSUMER_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def _write(store: Any, n: int) -> list[int]:

@@ -8,6 +8,17 @@ from typing import Any
 import pytest
 
 from jobhook import JobStatus, JobUpdate, ParkedEventNotFoundError, ValidationError
+from tests.conftest import STORE_KINDS
+
+#: `DjangoJobStore` keeps its consumers in its own models and runs them with
+#: ``manage.py jobhook_consume`` (tests/test_django_app.py); `OutboxConsumer` runs on
+#: every other store.
+CONSUMER_KINDS = [kind for kind in STORE_KINDS if not kind.startswith("django-")]
+
+
+@pytest.fixture(params=CONSUMER_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def _events(store: Any, n: int) -> list[Any]:
