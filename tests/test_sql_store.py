@@ -587,3 +587,24 @@ def test_async_single_statement_operations_run_in_autocommit_on_postgres(driver:
         prefix = store.inner.tables.prefix
         store.close()
         _drop_tables(PG_URL, prefix)
+
+
+def test_postgres_apply_statements_stay_short_enough_to_be_prepared() -> None:
+    """psycopg prepares a statement (and caches its parsing) only under 4 KiB: longer,
+    PostgreSQL would parse and plan the apply statement on every delivery."""
+    from sqlalchemy.dialects.postgresql import psycopg
+
+    from jobhook._lifecycle import changes
+    from jobhook.stores._operations import Operations
+    from jobhook.stores._schema import Tables
+
+    ops = Operations(Tables("jobhook_"), "postgresql")
+    updates = [
+        JobUpdate("running", progress=10, sequence=1),
+        JobUpdate("succeeded", output={"images": ["a"]}, remote_id="r-1"),
+        JobUpdate("failed", error=JobError("nsfw", "refused"), remote_id="r-1", sequence=3),
+    ]
+    for update in updates:
+        for with_delivery in (True, False):
+            statement = ops.one_trip(ops.shape(update, changes(update)), with_delivery)
+            assert len(str(statement.compile(dialect=psycopg.dialect()))) < 3500

@@ -243,14 +243,18 @@ class Statements:
         t = self.t
         jobs, deliveries = t.jobs, t.deliveries
         job_id = sa.bindparam("b_id", type_=jobs.c.id.type)
-        found = sa.select(jobs.c.id).where(jobs.c.id == job_id).exists()
+        # Reads of the jobs table go through a short alias: the statement stays well
+        # under psycopg's 4 KiB limit for prepared statements (see below).
+        b = jobs.alias("b")
+        found = sa.select(b.c.id).where(b.c.id == job_id).exists()
         guarded = self.guarded_update(shape)
         fresh: Any = sa.literal(1)
         seen: Any = sa.false()
         if with_delivery:
             delivery_id = sa.bindparam("d_id", type_=deliveries.c.id.type)
             # Whether the delivery id was recorded before this statement (for any job).
-            seen = sa.select(deliveries.c.id).where(deliveries.c.id == delivery_id).exists()
+            dv = deliveries.alias("dv")
+            seen = sa.select(dv.c.id).where(dv.c.id == delivery_id).exists()
             # The delivery id is recorded only for a job that exists: a delivery for an
             # unknown job leaves nothing behind, and its retry applies once the job does.
             delivery = (
@@ -293,22 +297,20 @@ class Statements:
         )
         # The job as this statement's snapshot sees it: what a refused or duplicate
         # delivery is answered with, without a second round trip.
-        before = sa.select(jobs).where(jobs.c.id == job_id).cte("before")
+        # One job per row: the updated one, or else the one the statement's snapshot saw
+        # (what a refused or duplicate delivery is answered with, without a second round
+        # trip). Kept short: psycopg prepares (and caches the parsing of) statements of
+        # up to 4 KiB only, and an unprepared statement is planned anew each time.
+        seen_before = sa.select(b).where(b.c.id == job_id, ~sa.exists().select_from(job))
+        current = sa.union_all(sa.select(job), seen_before).cte("j")
         one = sa.select(sa.literal(1).label("one")).subquery("one")
-        # One job per row: the updated one, or the one the statement's snapshot saw.
-        updated = job.c.id.is_not(None)
         return sa.select(
             found.label("found"),
             seen.label("seen"),
             fresh.label("fresh"),
             event.c.id.label("event_id"),
-            *(
-                sa.case((updated, job.c[c.name]), else_=before.c[c.name]).label(c.name)
-                for c in jobs.c
-            ),
-        ).select_from(
-            one.outerjoin(job, sa.true()).outerjoin(event, sa.true()).outerjoin(before, sa.true())
-        )
+            *current.c,
+        ).select_from(one.outerjoin(current, sa.true()).outerjoin(event, sa.true()))
 
     def _build_update(
         self, status: JobStatus, fields: Collection[str], has_sequence: bool
