@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from jobhook import AsyncInMemoryJobStore, InMemoryJobStore, JobError, JobUpdate
 from jobhook._sse import Follow, LiveEvent, StreamOptions, StreamState, parse_last_event_id
 from jobhook._streams import open_stream
 from jobhook.live import AsyncWatcher, Watcher, _find_tail, shared_watcher
+
+from .conftest import PG_SKIP_REASON, PG_URL
 
 
 class CountingStore:
@@ -298,3 +301,44 @@ def test_a_follow_names_a_job_or_an_owner() -> None:
         Follow()
     with pytest.raises(ValueError, match="job_id or one owner_id"):
         Follow("job", "owner")
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+@pytest.mark.parametrize("kind", ["postgres", "async-postgres"])
+def test_on_postgres_a_commit_wakes_the_watcher_without_waiting_for_the_interval(
+    make_store: Any, kind: str
+) -> None:
+    """The watcher LISTENs for the events table's notifications: with an interval of an
+    hour, only a notification can make it read in time."""
+    store = make_store(kind)
+    job = store.create({})
+    if kind == "postgres":
+        watcher = Watcher(store, interval=3600)
+        subscription = watcher.subscribe(job.id)
+        try:
+            deadline = time.monotonic() + 20
+            store.apply(job.id, JobUpdate("running", progress=5))
+            got: list[Any] = []
+            while not got and time.monotonic() < deadline:
+                got = subscription.wait(0.5)
+            assert [e.event.version for e in got] == [2]
+        finally:
+            watcher.close()
+        return
+
+    inner = store.inner
+
+    async def scenario() -> list[Any]:
+        watcher = AsyncWatcher(inner, interval=3600)
+        subscription = await watcher.subscribe(job.id)
+        try:
+            await inner.apply(job.id, JobUpdate("running", progress=5))
+            got: list[Any] = []
+            for _ in range(40):
+                got = got or await subscription.wait(0.5)
+            return got
+        finally:
+            await watcher.aclose()
+
+    got = store.runner.run(scenario())
+    assert [e.event.version for e in got] == [2]

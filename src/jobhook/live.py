@@ -129,6 +129,52 @@ class _Base:
         self._lock = threading.Lock()
         self._by_key: dict[tuple[str, str], set[_Subscriber]] = {}
         self._count = 0
+        self._listener: threading.Thread | None = None
+        self._listening = threading.Event()  # set while the LISTEN is established
+        self._closed = threading.Event()
+
+    def _listen(self) -> None:
+        """On PostgreSQL, start (once) a daemon thread that LISTENs for the events
+        table's notifications (the trigger `create_schema()` installs) and calls
+        `wake()` on each: a stream then hears of a commit in milliseconds instead of at
+        the next interval, which stays as the fallback. Elsewhere, nothing."""
+        with self._lock:
+            if self._listener is not None and self._listener.is_alive():
+                return
+            from jobhook._consumer_base import _listen_url
+
+            url = _listen_url(self.store)
+            tables = getattr(self.store, "tables", None)
+            if url is None or tables is None:
+                return
+            self._listener = threading.Thread(
+                target=self._listen_loop,
+                args=(url, tables.notify_channel),
+                name="jobhook-live-listener",
+                daemon=True,
+            )
+            self._listener.start()
+
+    def _listen_loop(self, url: str, channel: str) -> None:
+        import psycopg
+
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f'LISTEN "{channel}"')
+                    self._listening.set()
+                    self.wake()  # what committed before the LISTEN took hold
+                    while not self._closed.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake()
+            except Exception as exc:  # the interval still reads; try again later
+                logger.warning("live watcher: LISTEN failed, polling only: %s", exc)
+                self._closed.wait(5.0)
+            finally:
+                self._listening.clear()
+
+    def wake(self) -> None:  # pragma: no cover - each watcher has its own
+        raise NotImplementedError
 
     @property
     def subscribers(self) -> int:
@@ -253,6 +299,7 @@ class Watcher(_Base):
                 target=self._run, name="jobhook-live-watcher", daemon=True
             )
             self._thread.start()
+        self._listen()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -268,6 +315,7 @@ class Watcher(_Base):
     def close(self) -> None:
         """Stop the thread (streams still open get nothing more)."""
         self._stop.set()
+        self._closed.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
@@ -311,6 +359,7 @@ class AsyncWatcher(_Base):
             self._add(subscription)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(wake))
+        self._listen()
         return subscription
 
     async def _tail(self, start: int) -> int:
@@ -363,6 +412,7 @@ class AsyncWatcher(_Base):
 
     async def aclose(self) -> None:
         """Stop the task."""
+        self._closed.set()
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
