@@ -120,7 +120,12 @@ def test_admin_pages_in_a_browser(served: str, tmp_path: Path) -> None:
         session.find_element(By.NAME, "username").send_keys("admin")
         session.find_element(By.NAME, "password").send_keys("pw")
         session.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-        rows = session.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        # The click navigates: wait for the job list rather than read the login page.
+        rows = WebDriverWait(session, 30, poll_frequency=0.2).until(
+            lambda driver: driver.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+        )
         assert len(rows) == 5
         assert "nsfw" in session.page_source
         assert session.save_screenshot(str(out / "django-admin-jobs.png"))
