@@ -119,11 +119,12 @@ def round_ratios(mine: Sequence[float], theirs: Sequence[float]) -> list[float]:
 @dataclass
 class Target:
     """One target: ``value`` (a ratio) against ``limit``, ``strict`` meaning strictly
-    less; ``low``/``high``: the range of the per-round ratios, when there are rounds."""
+    less; ``low``/``high``: the range of the per-round ratios, when there are rounds.
+    A ``limit`` of None is a ratio shown for what it explains, judged by nothing."""
 
     name: str
     value: float
-    limit: float
+    limit: float | None
     strict: bool = False
     low: float | None = None
     high: float | None = None
@@ -135,7 +136,7 @@ class Target:
         name: str,
         mine: Sequence[float],
         theirs: Sequence[float],
-        limit: float,
+        limit: float | None,
         *,
         strict: bool = False,
         higher_is_better: bool = False,
@@ -147,6 +148,8 @@ class Target:
 
     @property
     def met(self) -> bool:
+        if self.limit is None:
+            return True
         if self.higher_is_better:
             return self.value > self.limit if self.strict else self.value >= self.limit
         return self.value < self.limit if self.strict else self.value <= self.limit
@@ -157,6 +160,8 @@ class Target:
         else:
             sign = "<" if self.strict else "<="
         spread = "" if self.low is None else f" ({self.low:.2f}-{self.high:.2f})"
+        if self.limit is None:
+            return [self.name, f"{self.value:.2f}x{spread}", "-", "-"]
         return [
             self.name,
             f"{self.value:.2f}x{spread}",
@@ -197,9 +202,10 @@ def table(header: list[str], rows: list[list[str]]) -> None:
 
 def summary(targets: list[Target]) -> None:
     """The closing line: how many targets were met."""
-    met = sum(t.met for t in targets)
+    judged = [t for t in targets if t.limit is not None]
+    met = sum(t.met for t in judged)
     print()
-    print(f"targets met: {met}/{len(targets)}")
+    print(f"targets met: {met}/{len(judged)}")
 
 
 #: ``run(database name, SQLAlchemy URL, raw driver connect, args) -> targets``

@@ -108,6 +108,30 @@ def asyncpg_query(sql: str) -> tuple[str, list[str]]:
     return re.sub(r"%\((\w+)\)s", number, sql), names
 
 
+#: The same parameters for SQLAlchemy's `text()` (``:name``; ``::type`` would not parse).
+SA_PG_NAMES = {
+    "s": "CAST(:s AS text)",
+    "pr": "CAST(:pr AS float8)",
+    "o": "CAST(:o AS jsonb)",
+    "seq": "CAST(:seq AS bigint)",
+    "t": "CAST(:t AS bool)",
+    "now": "CAST(:now AS timestamptz)",
+    "rank": "CAST(:rank AS int)",
+}
+
+
+#: The event's columns taken from the updated row, in the row's order.
+EVENT_COLUMNS = ("job_id", "owner_id", "kind", "status", "progress", "version")
+
+
+def sa_pg_apply(prefix: str) -> str:
+    """PostgreSQL's one statement with SQLAlchemy `text()` parameters."""
+    sql = PG_APPLY.format(
+        p=prefix, sets=SETS.format(**SA_PG_NAMES), guard=GUARD.format(**SA_PG_NAMES)
+    )
+    return re.sub(r"%\((\w+)\)s", r":\1", sql)
+
+
 class SQLiteStatements:
     """The SQLite floor's statements (named parameters)."""
 
@@ -221,6 +245,55 @@ class SyncFloor:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        return 200
+
+
+class SQLAlchemyFloor:
+    """The floor's statements, unchanged, run through SQLAlchemy's `Connection.execute`
+    on an engine set up as jobhook's (a pooled connection per delivery, autocommit on
+    PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite): what running the floor's work through
+    SQLAlchemy's public API costs before any library code, and so the nearest any
+    library that runs every statement on `Connection.execute` can come to the floor."""
+
+    def __init__(self, engine: Any, prefix: str, secret: str, *, sqlite: bool) -> None:
+        import sqlalchemy as sa
+
+        self.engine = engine
+        self.sqlite = sqlite
+        self.key = base64.b64decode(secret.removeprefix("whsec_"))
+        if sqlite:
+            raw = SQLiteStatements(prefix)
+            self.insert_delivery = sa.text(raw.insert_delivery)
+            self.update = sa.text(raw.update)
+            self.insert_event = sa.text(
+                raw.insert_event.replace(
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (:job_id, :owner_id, :kind, :status, :progress, :version, :d, :now)",
+                )
+            )
+            self.status = sa.text(raw.status.replace("?", ":j"))
+        else:
+            self.pg = sa.text(sa_pg_apply(prefix))
+
+    def handle(self, headers: dict[str, str], body: bytes) -> int:
+        params = parse(self.key, headers, body, sqlite=self.sqlite)
+        if isinstance(params, int):
+            return params
+        with self.engine.connect() as conn:
+            if not self.sqlite:
+                row = conn.execute(self.pg, params).fetchone()
+                conn.commit()  # autocommit: sends nothing
+                return pg_answer(row)
+            with conn.begin():  # the driver begins IMMEDIATE at the first write
+                if conn.execute(self.insert_delivery, params).rowcount == 0:
+                    found = conn.execute(self.status, params).fetchone()
+                    return 200 if found else 404
+                row = conn.execute(self.update, params).fetchone()
+                if row is None:
+                    conn.execute(self.status, params).fetchone()  # says stale or conflict
+                else:
+                    event = dict(zip(EVENT_COLUMNS, row, strict=True))
+                    conn.execute(self.insert_event, {**event, "d": params["d"], "now": params["now"]})
         return 200
 
 

@@ -42,7 +42,7 @@ from _common import (
     ms,
     per_op,
 )
-from _floor import RANK, TERMINAL, SyncFloor
+from _floor import RANK, TERMINAL, SQLAlchemyFloor, SyncFloor
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -201,6 +201,7 @@ def run(db: str, url: str, raw_connect: Callable[[], Any], args: Any) -> list[Ta
     jobs = store.tables.jobs
     raw_conn = raw_connect()
     floor = SyncFloor(raw_conn, prefix, SECRET, sqlite=db == "SQLite")
+    sa_floor = SQLAlchemyFloor(store.engine, prefix, SECRET, sqlite=db == "SQLite")
     orm_engine = sa.create_engine(url)
     orm = OrmHandler(orm_engine, jobs)
     template = plan(n_jobs)
@@ -216,6 +217,7 @@ def run(db: str, url: str, raw_connect: Callable[[], Any], args: Any) -> list[Ta
             {
                 "jobhook": turn("j", lib),
                 "floor": turn("f", lambda d: floor.handle(d[1], d[2])),
+                "sa-floor": turn("s", lambda d: sa_floor.handle(d[1], d[2])),
                 "orm": turn("o", lambda d: orm.handle(d[1], d[2])),
             },
             rounds,
@@ -226,7 +228,9 @@ def run(db: str, url: str, raw_connect: Callable[[], Any], args: Any) -> list[Ta
         if db != "SQLite":
             store.metadata.drop_all(store.engine)
         store.close()
-    lib_t, floor_t, orm_t = (median(results[k]) for k in ("jobhook", "floor", "orm"))
+    lib_t, floor_t, sa_t, orm_t = (
+        median(results[k]) for k in ("jobhook", "floor", "sa-floor", "orm")
+    )
     report = Report(
         f"Webhook path on {db}: {len(template)} deliveries per round, {rounds} rounds",
         ["implementation", "per delivery (median)", "deliveries/s"],
@@ -234,6 +238,7 @@ def run(db: str, url: str, raw_connect: Callable[[], Any], args: Any) -> list[Ta
     for name, value in (
         ("jobhook WebhookHandler + SQLJobStore", lib_t),
         ("the floor: raw driver, same guarantees", floor_t),
+        ("the floor's statements on SQLAlchemy's Connection.execute", sa_t),
         ("the usual ORM handler", orm_t),
     ):
         report.rows.append([name, ms(value), f"{1 / value:,.0f}"])
@@ -243,6 +248,18 @@ def run(db: str, url: str, raw_connect: Callable[[], Any], args: Any) -> list[Ta
             results["jobhook"],
             results["floor"],
             1.5 if db == "SQLite" else 1.2,
+        ),
+        Target.of_rounds(
+            f"{db}: floor on SQLAlchemy / floor (no target: what SQLAlchemy costs)",
+            results["sa-floor"],
+            results["floor"],
+            None,
+        ),
+        Target.of_rounds(
+            f"{db}: jobhook / floor on SQLAlchemy (no target)",
+            results["jobhook"],
+            results["sa-floor"],
+            None,
         ),
         Target.of_rounds(
             f"{db}: jobhook / ORM handler", results["jobhook"], results["orm"], 1.0, strict=True

@@ -50,6 +50,7 @@ from jobhook.stores._schema import (
 from jobhook.stores._sql_consumers import AsyncSQLConsumerMethods, SQLConsumerMethods
 from jobhook.stores._steps import Rollback as _Rollback
 from jobhook.stores._steps import Rows, Steps, drive
+from jobhook.stores._threaded import SQLiteThreads, threads_for
 from jobhook.stores.protocol import StatusFilter
 
 __all__ = ["AsyncSQLJobStore", "SQLJobStore"]
@@ -296,6 +297,7 @@ class AsyncSQLJobStore(AsyncSQLConsumerMethods):
         table_prefix: str = "jobhook_",
         group_commit: bool = False,
     ) -> None:
+        self._threads: SQLiteThreads | None = None
         if isinstance(url_or_engine, AsyncEngine):
             self.engine = url_or_engine
             self._owns_engine = False
@@ -303,6 +305,7 @@ class AsyncSQLJobStore(AsyncSQLConsumerMethods):
             url = async_url(url_or_engine)
             self.engine = create_engine_for(create_async_engine, url, "async")
             self._owns_engine = True
+            self._threads = threads_for(url, self._sync_engine)
         install_sqlite_pragmas(self.engine.sync_engine)
         self.tables = Tables(table_prefix)
         self._ops = Operations(self.tables, self.engine.dialect.name)
@@ -334,11 +337,21 @@ class AsyncSQLJobStore(AsyncSQLConsumerMethods):
         except DATABASE_ERRORS as exc:
             raise store_error(exc, self.engine.url) from exc
 
+    @staticmethod
+    def _sync_engine(url: URL) -> sa.Engine:
+        engine = create_engine_for(sa.create_engine, url, "all")
+        install_sqlite_pragmas(engine)
+        return engine
+
     async def _run(self, steps: Steps[T], *, standalone: bool = False) -> T:
         """Run ``steps`` on a pooled connection: the sync store's `_run_on`, in one
-        ``run_sync`` (one switch into SQLAlchemy's greenlet, not one per statement)."""
+        ``run_sync`` (one switch into SQLAlchemy's greenlet, not one per statement), or,
+        for a SQLite file on the store's own engine, in a worker thread on the stdlib
+        driver (see `jobhook.stores._threaded`)."""
         options = self._standalone if standalone else self._transaction
         try:
+            if self._threads is not None:
+                return await self._threads.run(_run_on, steps, standalone, options)
             async with self.engine.connect() as conn:
                 result: T = await conn.run_sync(_run_on, steps, standalone, options)
                 return result
@@ -437,5 +450,7 @@ class AsyncSQLJobStore(AsyncSQLConsumerMethods):
 
     async def close(self) -> None:
         """Close the engine's connections (only if this store created the engine)."""
+        if self._threads is not None:
+            await self._threads.close()
         if self._owns_engine:
             await self.engine.dispose()
