@@ -293,8 +293,32 @@ class SQLAlchemyFloor:
                     conn.execute(self.status, params).fetchone()  # says stale or conflict
                 else:
                     event = dict(zip(EVENT_COLUMNS, row, strict=True))
-                    conn.execute(self.insert_event, {**event, "d": params["d"], "now": params["now"]})
+                    conn.execute(
+                        self.insert_event, {**event, "d": params["d"], "now": params["now"]}
+                    )
         return 200
+
+
+class AsyncSQLAlchemyFloor:
+    """PostgreSQL's floor statement, unchanged, through SQLAlchemy's
+    `AsyncConnection.execute` on an async engine set up as jobhook's (autocommit): the
+    async twin of `SQLAlchemyFloor`."""
+
+    def __init__(self, engine: Any, prefix: str, secret: str) -> None:
+        import sqlalchemy as sa
+
+        self.engine = engine
+        self.key = base64.b64decode(secret.removeprefix("whsec_"))
+        self.pg = sa.text(sa_pg_apply(prefix))
+
+    async def handle(self, headers: dict[str, str], body: bytes) -> int:
+        params = parse(self.key, headers, body, sqlite=False)
+        if isinstance(params, int):
+            return params
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(self.pg, params)).fetchone()
+            await conn.commit()  # autocommit: sends nothing
+        return pg_answer(row)
 
 
 class AsyncFloor:
