@@ -1,11 +1,14 @@
 """``apply`` and ``list(owner_id=…)`` latency with 10k and with 1M jobs in the table.
 
 Each size gets tables of its own, filled in bulk (``INSERT … SELECT`` from
-``generate_series`` on PostgreSQL, ``executemany`` in large batches on SQLite): jobs
+``generate_series`` on PostgreSQL, ``executemany`` in large batches elsewhere): jobs
 with 100 per owner (so that every listed page is full), and as many recorded delivery
 ids. Then, alternating between the two sizes, single operations are timed one by one:
 ``apply`` of a ``running`` update with a delivery id to a random pending job, and the
 first page (50) of a random owner's jobs, newest first. Run:
+
+On MariaDB/MySQL (``--mysql`` or ``$JOBHOOK_TEST_MYSQL_URL``) the rows go in through
+PyMySQL's multi-row ``executemany``. Run:
 
     python benchmarks/bench_scale.py            # 10k vs 1M (a few minutes, ~1 GB disk)
     python benchmarks/bench_scale.py --quick    # 1k vs 10k
@@ -14,6 +17,7 @@ first page (50) of a random owner's jobs, newest first. Run:
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import sys
@@ -93,6 +97,37 @@ def fill_postgres(engine: sa.Engine, prefix: str, n: int) -> None:
         conn.exec_driver_sql(f"VACUUM ANALYZE {prefix}deliveries")
 
 
+def fill_mysql(engine: sa.Engine, prefix: str, n: int) -> None:
+    """Bulk rows through the raw driver (PyMySQL turns executemany into multi-row
+    INSERTs), in the formats the store reads back: naive UTC ``DATETIME(6)``."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        for start in range(0, n, BATCH):
+            jobs, deliveries = [], []
+            for i in range(start, min(n, start + BATCH)):
+                stamp = (EPOCH + timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f")
+                status = "pending" if i % 10 == 0 else "succeeded"
+                owner = f"owner-{i // PER_OWNER}"
+                jobs.append((job_id(i), owner, f'{{"prompt": "job {i}"}}', status, stamp, stamp))
+                deliveries.append((f"seed-{i}", job_id(i), stamp))
+            cursor.executemany(
+                f"INSERT INTO {prefix}jobs (id, kind, owner_id, input, status, metadata, "
+                "version, created_at, updated_at) "
+                "VALUES (%s, 'image', %s, %s, %s, '{}', 1, %s, %s)",
+                jobs,
+            )
+            cursor.executemany(
+                f"INSERT INTO {prefix}deliveries (id, job_id, received_at) VALUES (%s, %s, %s)",
+                deliveries,
+            )
+            raw.commit()
+        cursor.execute(f"ANALYZE TABLE {prefix}jobs, {prefix}deliveries")
+        cursor.fetchall()
+    finally:
+        raw.close()
+
+
 class Sized:
     """A store with ``n`` jobs, and a random stream of jobs to apply to / owners to list."""
 
@@ -153,6 +188,13 @@ def main() -> None:
     def extra(parser: Any) -> None:
         parser.add_argument("--small", type=int, default=None, help="jobs in the small table")
         parser.add_argument("--large", type=int, default=None, help="jobs in the large table")
+        parser.add_argument(
+            "--mysql",
+            default=os.environ.get("JOBHOOK_BENCH_MYSQL_URL")
+            or os.environ.get("JOBHOOK_TEST_MYSQL_URL"),
+            help="MariaDB/MySQL URL (default: $JOBHOOK_BENCH_MYSQL_URL, then "
+            "$JOBHOOK_TEST_MYSQL_URL); skipped without one",
+        )
 
     args = parse_args(__doc__.splitlines()[0], extra)
     sizes = (
@@ -192,7 +234,30 @@ def main() -> None:
                 store.close()
     else:
         print("\nPostgreSQL skipped: no URL (--postgres or $JOBHOOK_TEST_POSTGRES_URL)")
+    if args.mysql:
+        targets += run_sql("MariaDB/MySQL", args.mysql, fill_mysql, sizes, args)
+    else:
+        print("\nMariaDB/MySQL skipped: no URL (--mysql or $JOBHOOK_TEST_MYSQL_URL)")
     summary(targets)
+
+
+def run_sql(db: str, url: str, fill: Any, sizes: tuple[int, int], args: Any) -> list[Target]:
+    """Fill a table of each size on a database server, run, drop them."""
+    stores: list[SQLJobStore] = []
+    try:
+        for n in sizes:
+            prefix = f"scale_{uuid.uuid4().hex[:6]}_"
+            store = SQLJobStore(url, table_prefix=prefix, create_schema=True)
+            stores.append(store)
+            started = time.perf_counter()
+            fill(store.engine, prefix, n)
+            print(f"{db}: {n:,} jobs filled in {time.perf_counter() - started:.1f} s")
+        return run(db, stores[0], stores[1], sizes, args)
+    finally:
+        for store in stores:
+            with store.engine.begin() as conn:
+                store.tables.drop(conn)
+            store.close()
 
 
 if __name__ == "__main__":
