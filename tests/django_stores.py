@@ -186,7 +186,8 @@ def empty(using: str) -> None:
     """Empty jobhook's tables on ``using`` (the outbox counter row stays)."""
     from jobhook.django import models as m
 
-    for model in (m.Job, m.Delivery, m.Event, m.DeadLetter, m.Consumer, m.ParkedEvent):
+    models = (m.Job, m.Delivery, m.Event, m.DeadLetter, m.Consumer, m.ParkedEvent, m.OutputKeep)
+    for model in models:
         model.objects.using(using).all().delete()
 
 

@@ -65,8 +65,10 @@ def test_migrations_match_the_models_and_unapply(dstore: Any) -> None:
     call_command("makemigrations", "jobhook", check=True, dry_run=True, verbosity=0)
     tables = set(connections[dstore.using].introspection.table_names())
     assert {"jobhook_job", "jobhook_delivery", "jobhook_event", "jobhook_deadletter"} <= tables
+    assert "jobhook_outputkeep" in tables  # the output keeper's holds (0002)
     # And it unapplies and applies again from empty.
     call_command("migrate", "jobhook", "zero", database=dstore.using, verbosity=0)
+    assert "jobhook_outputkeep" not in connections[dstore.using].introspection.table_names()
     assert "jobhook_job" not in connections[dstore.using].introspection.table_names()
     call_command("migrate", "jobhook", database=dstore.using, verbosity=0)
     job = dstore.create({"prompt": "a red fox"})

@@ -1,8 +1,10 @@
 """kill -9 of the output keeper mid-copy: on restart every file is kept exactly once,
-and no one hears of the success before all of them are."""
+and no one hears of the success before all of them are (on a SQLJobStore, and on a
+DjangoJobStore on SQLite, PostgreSQL and MariaDB)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,13 +26,33 @@ from jobhook.testing._png import png_for
 
 KEEPER = textwrap.dedent(
     """
-    import sys
-    from jobhook import SQLJobStore
+    import json, sys
     from jobhook.outputs import FetchPolicy, LocalStorage, OutputKeeper
 
-    store = SQLJobStore(sys.argv[1])
+    kind, where, kept = sys.argv[1:4]
+    if kind == "sql":
+        from jobhook import SQLJobStore
+
+        store = SQLJobStore(where)
+    else:  # a DjangoJobStore on the test's database, configured as the test's is
+        import django
+        from django.conf import settings
+
+        database = json.loads(where)
+        if database["ENGINE"].endswith("mysql"):
+            import pymysql
+
+            pymysql.version_info = (2, 2, 1, "final", 0)
+            pymysql.install_as_MySQLdb()
+        settings.configure(
+            DATABASES={"default": database}, INSTALLED_APPS=["jobhook.django"], USE_TZ=True
+        )
+        django.setup()
+        from jobhook.django import DjangoJobStore
+
+        store = DjangoJobStore()
     keeper = OutputKeeper(
-        store, LocalStorage(sys.argv[2]), policy=FetchPolicy(allow_networks=["127.0.0.0/8"])
+        store, LocalStorage(kept), policy=FetchPolicy(allow_networks=["127.0.0.0/8"])
     )
     print("settled", keeper.run_once(), flush=True)
     """
@@ -83,13 +106,30 @@ def host() -> Iterator[FileHost]:
     server.close()
 
 
-def start_keeper(db: str, kept: Path) -> subprocess.Popen[str]:
+def start_keeper(where: list[str], kept: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", KEEPER, db, str(kept)],
+        [sys.executable, "-c", KEEPER, *where, str(kept)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@pytest.fixture(params=["sqlite", "django-sqlite", "django-postgres", "django-mariadb"])
+def stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
+    """A store, and how the keeper's process reaches the same database."""
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path / 'jobs.db'}"
+        store = SQLJobStore(db, create_schema=True)
+        yield store, ["sql", db]
+        store.close()
+        return
+    from .django_stores import ALIASES, _configured, build_django_store
+
+    store, close = build_django_store(request.param)
+    database = _configured["databases"][ALIASES[request.param]]
+    yield store, ["django", json.dumps(database)]
+    close()
 
 
 def wait_until(condition: threading.Event, process: subprocess.Popen[str]) -> None:
@@ -102,11 +142,10 @@ def wait_until(condition: threading.Event, process: subprocess.Popen[str]) -> No
 
 
 def test_a_keeper_killed_mid_copy_resumes_and_keeps_every_file_once(
-    tmp_path: Path, host: FileHost
+    tmp_path: Path, host: FileHost, stored: tuple[Any, list[str]]
 ) -> None:
-    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store, db = stored
     kept = tmp_path / "kept"
-    store = SQLJobStore(db, create_schema=True)
     keeper = OutputKeeper(store, LocalStorage(kept), create_schema=True)
     guarded = keeper.store
     guarded.create({"prompt": "three foxes"}, job_id="job-1")
@@ -146,4 +185,3 @@ def test_a_keeper_killed_mid_copy_resumes_and_keeps_every_file_once(
         assert (kept / f"job-1/{i}.png").read_bytes() == png_for(f"/f/{n}.png")
     assert host.requests == Counter({"/f/1.png": 1, "/f/2.png": 2, "/f/3.png": 1})
     keeper.close()
-    store.close()

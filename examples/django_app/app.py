@@ -6,7 +6,9 @@ submits it by id with `GeneratorClient`; the backend's signed webhooks land on
 signature authenticates it, while the app's own form keeps its CSRF token); the page
 follows each job's progress and result as Server-Sent Events from
 ``/jobs/<job_id>/events``; notifications are made from the store's event outbox by an
-`OutboxConsumer`, once per finished job.
+`OutboxConsumer`, once per finished job. An `OutputKeeper` copies each job's pictures
+into ``JOBHOOK_FILES_DIR`` before the job may succeed, and the page shows the kept
+copies (served at ``/files/``), which outlive the backend's URLs.
 
 Run it against the stub backend (see README.md)::
 
@@ -31,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 BACKEND_URL = os.environ.get("JOBHOOK_BACKEND_URL", "http://127.0.0.1:8001")
 APP_URL = os.environ.get("APP_URL", "http://127.0.0.1:8000")
 DATABASE_URL = os.environ.get("JOBHOOK_DATABASE_URL", f"sqlite:///{HERE / 'jobs.db'}")
+FILES_DIR = os.environ.get("JOBHOOK_FILES_DIR", str(HERE / "files"))
 # What `jobhook fake-backend` signs with unless told otherwise. In production the
 # secret comes from your secret store, shared with the backend and nobody else.
 WEBHOOK_SECRET = os.environ.get(
@@ -69,6 +72,7 @@ from django.http import (  # noqa: E402  (Django needs its settings first)
 from django.shortcuts import render  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.views.decorators.http import require_GET, require_http_methods  # noqa: E402
+from django.views.static import serve  # noqa: E402
 
 from jobhook import (  # noqa: E402
     GeneratorClient,
@@ -81,6 +85,7 @@ from jobhook import (  # noqa: E402
     WebhookHandler,
 )
 from jobhook.django import events_view, webhook_view  # noqa: E402
+from jobhook.outputs import FetchPolicy, LocalStorage, OutputKeeper  # noqa: E402
 
 NOTIFICATIONS = sa.Table(
     "notifications",
@@ -153,7 +158,17 @@ def generation(job: Job) -> dict[str, Any]:
     }
 
 
-store = SQLJobStore(DATABASE_URL, create_schema=True)
+plain_store = SQLJobStore(DATABASE_URL, create_schema=True)
+# The stub backend serves its pictures on loopback, which only development allows: the
+# keeper may fetch from loopback only when the backend itself is there.
+on_loopback = httpx.URL(BACKEND_URL).host in ("127.0.0.1", "localhost")
+keeper = OutputKeeper(
+    plain_store,
+    LocalStorage(FILES_DIR, base_url=f"{APP_URL}/files/"),
+    policy=FetchPolicy(allow_networks=["127.0.0.0/8"] if on_loopback else ()),
+    create_schema=True,
+)
+store = keeper.store  # a success waits until its pictures are kept
 client = GeneratorClient(
     store,
     BACKEND_URL,
@@ -161,7 +176,16 @@ client = GeneratorClient(
     status_path="/jobs/{job_id}",
 )
 handler = WebhookHandler(store, secret=WEBHOOK_SECRET)
-notifier = Notifier(store)
+notifier = Notifier(plain_store)
+
+
+def start_keeper(interval: float = 0.2) -> threading.Event:
+    """Run the keeper in a thread of this process; set the returned event to stop it."""
+    stop = threading.Event()
+    threading.Thread(
+        target=keeper.run, args=(stop,), kwargs={"interval": interval}, daemon=True
+    ).start()
+    return stop
 
 
 def state() -> dict[str, Any]:
@@ -205,11 +229,18 @@ urlpatterns = [
     path("generate-images", generate_images),
     path("generate-images/status", generation_status),
     path("webhooks/jobhook/<str:job_id>", webhook_view(handler)),
-    path("jobs/<str:job_id>/events", events_view(store, authorize=may_follow)),
+    path("jobs/<str:job_id>/events", events_view(plain_store, authorize=may_follow)),
+    # The kept copies. Fine for an example; in production the web server serves the
+    # directory (or the keeper writes to an S3Storage).
+    path("files/<path:path>", serve, {"document_root": FILES_DIR}),
 ]
 
 if __name__ == "__main__":
     from django.core.management import execute_from_command_line
 
     print(f"open {APP_URL}/generate-images (backend: {BACKEND_URL})")
+    # One keeper, in the process that serves (runserver's autoreloader runs the app in
+    # a child process, which it marks with RUN_MAIN).
+    if os.environ.get("RUN_MAIN") == "true" or "--noreload" in sys.argv:
+        start_keeper()
     execute_from_command_line(sys.argv)

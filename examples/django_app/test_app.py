@@ -1,6 +1,7 @@
 """The Django example end to end: page (with its CSRF-protected form), submit to a
 fake backend over loopback HTTP, signed webhooks through the app's own CSRF-exempt
-route, status polling, the events stream, and one notification per finished job."""
+route, status polling, the events stream, one notification per finished job, and the
+kept picture served after the backend's copy has expired."""
 
 from __future__ import annotations
 
@@ -18,15 +19,27 @@ pytest.importorskip("django")
 import httpx
 
 from jobhook.testing import FakeGenerator, Scripts, Submission, new_webhook_secret
+from jobhook.testing._png import png_for
 
 APP_URL = "http://testserver"
+#: Where this test's pictures are served (a file host per test, see `file_host`).
+PICTURES: dict[str, str] = {}
 
 
 def by_prompt(submission: Submission) -> Any:
-    """Prompts with "fail" in them fail, as with ``jobhook fake-backend``."""
+    """Prompts with "fail" in them fail, as with ``jobhook fake-backend``; the others
+    succeed with a picture on the test's file host."""
     if "fail" in submission.input["prompt"]:
         return Scripts.failure("nsfw", "the prompt was refused")(submission)
-    return Scripts.success()(submission)
+    return Scripts.pictures(PICTURES["url"])(submission)
+
+
+@pytest.fixture(autouse=True)
+def file_host() -> Iterator[FakeGenerator]:
+    """A file host on loopback for this test's pictures (expiring them is the test's)."""
+    with FakeGenerator() as host, host.serve() as url:
+        PICTURES["url"] = url
+        yield host
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +57,7 @@ def wired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType
     with fake, fake.serve() as backend_url, pytest.MonkeyPatch.context() as env:
         env.setenv("JOBHOOK_BACKEND_URL", backend_url)
         env.setenv("JOBHOOK_DATABASE_URL", f"sqlite:///{db}")
+        env.setenv("JOBHOOK_FILES_DIR", str(db.parent / "files"))
         env.setenv("JOBHOOK_WEBHOOK_SECRET", secret)
         env.setenv("APP_URL", APP_URL)
         app = importlib.import_module("examples.django_app.app")
@@ -53,14 +67,15 @@ def wired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType
             to_app["wsgi"] = get_wsgi_application()
             yield app, fake
         app.client.close()
+        app.keeper.close()
         app.store.close()
     callbacks.close()
 
 
-def test_a_prompt_becomes_an_image_and_one_notification(wired: Any) -> None:
+def test_a_prompt_becomes_an_image_and_one_notification(wired: Any, file_host: Any) -> None:
     from django.test import Client
 
-    _, fake = wired
+    app, fake = wired
     browser = Client(enforce_csrf_checks=True)
     page = browser.get("/generate-images")
     assert page.status_code == 200
@@ -70,23 +85,36 @@ def test_a_prompt_becomes_an_image_and_one_notification(wired: Any) -> None:
     answer = browser.post("/generate-images", {"prompt": "a red fox", "csrfmiddlewaretoken": token})
     assert answer.status_code == 303
     submission = fake.submissions[-1]
-    assert submission.callback_url == f"{APP_URL}/webhooks/jobhook/{submission.job_id}"
+    job_id = submission.job_id
+    assert submission.callback_url == f"{APP_URL}/webhooks/jobhook/{job_id}"
 
-    sent = [c for c in fake.deliver_all() if c.job_id == submission.job_id]
+    sent = [c for c in fake.deliver_all() if c.job_id == job_id]
     # Delivered over WSGI into the CSRF-protected app: the webhook route is exempt.
     assert [c.report.status_code for c in sent if c.report] == [200, 200, 200]
+    # The success is held until the picture is kept: nobody hears of it yet.
+    row = next(g for g in browser.get("/generate-images/status").json()["generations"])
+    assert (row["id"], row["status"]) == (job_id, "running")
+    assert "Your image “a red fox” is ready." not in app.notifier.for_user("user-1")
 
+    app.keeper.run_once()  # what the keeper thread does when the app is served
+    assert app.keeper.kept(job_id).state == "kept"
+    original = app.keeper.kept(job_id).original_output["images"][0]
+    file_host.expire_files()
+    assert httpx.get(original).status_code == 404  # the backend's copy is gone
+
+    kept_url = f"{APP_URL}/files/{job_id}/0.png"
     status = browser.get("/generate-images/status").json()
-    row = next(g for g in status["generations"] if g["id"] == submission.job_id)
-    assert row["status"] == "succeeded"
-    assert row["image"] == f"https://fake.invalid/{submission.job_id}/1.png"
+    row = next(g for g in status["generations"] if g["id"] == job_id)
+    assert (row["status"], row["image"]) == ("succeeded", kept_url)
     assert status["notifications"].count("Your image “a red fox” is ready.") == 1
     again = browser.get("/generate-images/status").json()["notifications"]
     assert again.count("Your image “a red fox” is ready.") == 1
-    assert (
-        f'href="https://fake.invalid/{submission.job_id}/1.png"'
-        in browser.get("/generate-images").content.decode()
-    )
+    page_text = browser.get("/generate-images").content.decode()
+    assert f'<img class="picture" src="{kept_url}"' in page_text
+    picture = browser.get(f"/files/{job_id}/0.png")
+    assert picture.status_code == 200
+    assert picture["Content-Type"] == "image/png"
+    assert b"".join(picture.streaming_content) == png_for(f"{job_id}/1.png")
 
 
 def test_the_form_needs_its_csrf_token(wired: Any) -> None:
@@ -137,18 +165,19 @@ def sse_messages(body: bytes) -> list[dict[str, Any]]:
 def test_the_owner_follows_a_job_as_server_sent_events(wired: Any) -> None:
     from django.test import Client
 
-    _, fake = wired
+    app, fake = wired
     browser = Client()
     browser.post("/generate-images", {"prompt": "a red fox"})
     job_id = fake.submissions[-1].job_id
     fake.deliver_all()
+    app.keeper.run_once()
     # The job is finished: the stream sends its state, result included, and ends.
     answer = browser.get(f"/jobs/{job_id}/events")
     assert answer.status_code == 200
     assert answer["Content-Type"] == "text/event-stream"
     (state,) = sse_messages(b"".join(answer.streaming_content))
     assert (state["status"], state["progress"]) == ("succeeded", 100)
-    assert state["output"] == {"images": [f"https://fake.invalid/{job_id}/1.png"]}
+    assert state["output"] == {"images": [f"{APP_URL}/files/{job_id}/0.png"]}
     # From the start of the outbox: every event, each with its id, the last one terminal.
     answer = browser.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": "0"})
     events = sse_messages(b"".join(answer.streaming_content))

@@ -25,7 +25,12 @@ DOCS_IMAGES = HERE.parent.parent / "docs" / "images"
 
 
 def manage(*args: str, db: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EXAMPLE_DATABASE": str(db), "DJANGO_SUPERUSER_PASSWORD": "pw"}
+    env = {
+        **os.environ,
+        "EXAMPLE_DATABASE": str(db),
+        "JOBHOOK_FILES_DIR": str(db.parent / "files"),
+        "DJANGO_SUPERUSER_PASSWORD": "pw",
+    }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=HERE,
@@ -50,6 +55,7 @@ def test_migrations_are_complete_and_apply_from_empty(tmp_path: Path) -> None:
     migrate = manage("migrate", "--noinput", db=db)
     assert migrate.returncode == 0, migrate.stderr
     assert "Applying jobhook.0001_initial... OK" in migrate.stdout
+    assert "Applying jobhook.0002_output_keeps... OK" in migrate.stdout
 
 
 def _free_port() -> int:
@@ -70,7 +76,7 @@ def served(tmp_path: Path) -> Iterator[str]:
         done = manage(*args, db=db)
         assert done.returncode == 0, done.stderr
     port = _free_port()
-    env = {**os.environ, "EXAMPLE_DATABASE": str(db)}
+    env = {**os.environ, "EXAMPLE_DATABASE": str(db), "JOBHOOK_FILES_DIR": str(tmp_path / "files")}
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         cwd=HERE,

@@ -1,17 +1,31 @@
-"""jobhook in the gallery: the store, the client, starting a generation, notifying."""
+"""jobhook in the gallery: the store, the output keeper, the client, starting a
+generation, notifying."""
 
 from __future__ import annotations
 
 import functools
 
+import httpx
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from gallery.models import ImageGeneration, Notification
 from jobhook import GeneratorClient, JobEvent
 from jobhook.django import DjangoJobStore
+from jobhook.outputs import FetchPolicy, LocalStorage, OutputKeeper
 
-store = DjangoJobStore()
+# The stub backend serves its pictures on loopback, which only development allows: the
+# keeper may fetch from loopback only when the backend itself is there.
+_on_loopback = httpx.URL(settings.GENERATOR_URL).host in ("127.0.0.1", "localhost")
+#: Keeps each job's pictures in MEDIA_ROOT before the job may succeed
+#: (``JOBHOOK["KEEPER"]`` names it; ``manage.py jobhook_keep`` runs it).
+keeper = OutputKeeper(
+    DjangoJobStore(),
+    LocalStorage(settings.MEDIA_ROOT, base_url=f"{settings.APP_URL}{settings.MEDIA_URL}"),
+    policy=FetchPolicy(allow_networks=["127.0.0.0/8"] if _on_loopback else ()),
+)
+#: The jobs, as the keeper guards them: a success waits until its pictures are kept.
+store = keeper.store
 
 
 @functools.cache

@@ -4,6 +4,7 @@
 from unittest import mock
 
 import httpx
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.management import call_command
@@ -14,6 +15,7 @@ from gallery import jobs
 from gallery.models import ImageGeneration, Notification
 from jobhook import GeneratorClient, JobNotFoundError, JobStatus
 from jobhook.testing import Chaos, FakeGenerator, Scripts
+from jobhook.testing._png import png_for
 
 SECRET = "whsec_am9iaG9vay1kZXZlbG9wbWVudC1zZWNyZXQtbm90LWZvci1wcm9kdWN0aW9u"
 
@@ -41,7 +43,8 @@ class OneTransaction(TestCase):
 
 class Flow(TransactionTestCase):
     """Prompt, submit, signed webhooks (duplicated and reordered) through the project's
-    own URLconf and middleware, and one notification per finished job."""
+    own URLconf and middleware, the pictures kept by ``jobhook_keep`` before the jobs
+    succeed, and one notification per finished job."""
 
     def test_prompts_become_images_and_one_notification_each(self):
         wsgi = httpx.Client(transport=httpx.WSGITransport(app=WSGIHandler()))
@@ -49,7 +52,7 @@ class Flow(TransactionTestCase):
             SECRET,
             callback_client=wsgi,
             chaos=Chaos(duplicate=0.4, reorder=0.4, seed=3),
-            script=Scripts.success(),
+            script=Scripts.pictures(),  # inline, as Cog sends them
         )
         client = GeneratorClient(
             jobs.store,
@@ -64,10 +67,25 @@ class Flow(TransactionTestCase):
                 self.assertEqual(browser.post("/generate", {"prompt": prompt}).status_code, 302)
         sent = fake.deliver_all()
         self.assertTrue(any(s.report and s.report.delivered for s in sent))
-        for generation in ImageGeneration.objects.all():
+        generations = list(ImageGeneration.objects.all())
+        # Held until their pictures are kept: nobody hears of the successes yet.
+        for generation in generations:
+            self.assertEqual(jobs.store.get(generation.job_id).status, JobStatus.RUNNING)
+        call_command("jobhook_consume", "notify", verbosity=0)
+        self.assertEqual(Notification.objects.count(), 0)
+
+        call_command("jobhook_keep", verbosity=0)
+        for generation in generations:
             self.assertEqual(jobs.store.get(generation.job_id).status, JobStatus.SUCCEEDED)
         page = browser.get("/")
         self.assertContains(page, "succeeded", count=3)
+        job_id = generations[0].job_id
+        kept_url = f"{settings.APP_URL}/files/{job_id}/0.png"
+        self.assertContains(page, f'<img class="picture" src="{kept_url}"')
+        picture = browser.get(f"/files/{job_id}/0.png")
+        self.assertEqual(picture.status_code, 200)
+        self.assertEqual(picture["Content-Type"], "image/png")
+        self.assertEqual(b"".join(picture.streaming_content), png_for(f"{job_id}/1.png"))
         for _ in range(2):
             call_command("jobhook_consume", "notify", verbosity=0)
         self.assertEqual(Notification.objects.count(), 3)

@@ -57,6 +57,9 @@ DATABASES = {
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"
+# Where the output keeper keeps the generated pictures, and where they are served.
+MEDIA_ROOT = os.environ.get("JOBHOOK_FILES_DIR", str(BASE_DIR / "files"))
+MEDIA_URL = "/files/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Where the generator backend is (`jobhook fake-backend` by default), and where it
@@ -72,4 +75,7 @@ JOBHOOK = {
     ),
     "CLIENT": "gallery.jobs.client",
     "CONSUMERS": {"notify": "gallery.jobs.notify"},
+    # The webhook view, the reconciler and the admin's replay go through its guarded
+    # store; `manage.py jobhook_keep --interval 1` keeps the files.
+    "KEEPER": "gallery.jobs.keeper",
 }

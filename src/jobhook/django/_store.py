@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -103,12 +103,16 @@ def _retryable(exc: DatabaseError) -> bool:
     return bool(exc.args) and exc.args[0] in (1213, 1205)  # MySQL deadlock, lock wait
 
 
+class _OnDatabase(Protocol):
+    using: str
+
+
 def _mapped(method: Callable[..., T]) -> Callable[..., T]:
     """Map Django's database errors onto jobhook's, and retry an operation the database
     rolled back for a deadlock (only when it is not inside the caller's transaction)."""
 
     @functools.wraps(method)
-    def wrapper(self: DjangoJobStore, *args: Any, **kwargs: Any) -> T:
+    def wrapper(self: _OnDatabase, *args: Any, **kwargs: Any) -> T:
         attempt = 0
         while True:
             attempt += 1

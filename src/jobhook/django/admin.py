@@ -1,6 +1,6 @@
-"""The admin: jobs (filters, search, resubmit and cancel), dead letters (replay), and
-the outbox consumers' positions. Jobs are read-only here: they change through the
-store, by the lifecycle rules."""
+"""The admin: jobs (filters, search, resubmit and cancel), dead letters (replay), the
+output keeper's holds, and the outbox consumers' positions. Jobs are read-only here:
+they change through the store, by the lifecycle rules."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from django.contrib import admin, messages
 from jobhook.django import conf
 from jobhook.django import models as m
 
-__all__ = ["ConsumerAdmin", "DeadLetterAdmin", "JobAdmin", "ParkedEventAdmin"]
+__all__ = [
+    "ConsumerAdmin",
+    "DeadLetterAdmin",
+    "JobAdmin",
+    "OutputKeepAdmin",
+    "ParkedEventAdmin",
+]
 
 
 class _ReadOnly(admin.ModelAdmin):  # type: ignore[misc]
@@ -90,13 +96,25 @@ class DeadLetterAdmin(_ReadOnly):
     def replay(self, request: Any, queryset: Any) -> None:
         from jobhook.django._store import DjangoJobStore
 
-        store = DjangoJobStore(using=queryset.db)
+        # Through the keeper when there is one: a success with files waits for them.
+        keeper = conf.keeper()
+        store = keeper.store if keeper is not None else DjangoJobStore(using=queryset.db)
 
         def replay_one(pk: int) -> None:
             result = store.replay_dead_letter(pk)
             self.message_user(request, f"dead letter {pk}: {result.outcome.value}")
 
         _each(self, request, queryset, "Replayed", replay_one)
+
+
+@admin.register(m.OutputKeep)
+class OutputKeepAdmin(_ReadOnly):
+    """Successes held until their files are kept: where each is, and why it waits."""
+
+    list_display = ("job_id", "state", "attempts", "last_error", "next_attempt_at", "updated_at")
+    list_filter = ("state",)
+    search_fields = ("=job_id",)
+    ordering = ("-created_at",)
 
 
 @admin.register(m.Consumer)

@@ -7,12 +7,15 @@ JOBHOOK = {
     "DATABASE": "default",                         # the DATABASES alias of the jobs
     "CLIENT": "myapp.jobs.client",                 # a GeneratorClient, or a callable
     "CONSUMERS": {"notify": "myapp.jobs.notify"},  # outbox readers, by name
+    "KEEPER": "myapp.jobs.keeper",                 # an OutputKeeper, or a callable
 }
 ```
 
 Every key is optional. ``CLIENT`` enables the admin's resubmit and cancel actions and
 ``manage.py jobhook_reconcile``; ``CONSUMERS`` names what ``manage.py
-jobhook_consume <name>`` calls for each event.
+jobhook_consume <name>`` calls for each event; ``KEEPER`` is what ``manage.py
+jobhook_keep`` runs, and its guarded store is then the one the webhook view, the
+reconciler and the other commands use (a success waits until its files are kept).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from django.utils.module_loading import import_string
 
 from jobhook._models import JobEvent
 from jobhook._webhook import WebhookHandler
+from jobhook.outputs import OutputKeeper
 
-__all__ = ["client", "consumer", "handler", "options", "store"]
+__all__ = ["client", "consumer", "handler", "keeper", "options", "store"]
 
 
 def options() -> dict[str, Any]:
@@ -39,9 +43,13 @@ def options() -> dict[str, Any]:
 
 
 def store() -> Any:
-    """A `DjangoJobStore` on ``JOBHOOK["DATABASE"]`` (``"default"`` when unset)."""
+    """A `DjangoJobStore` on ``JOBHOOK["DATABASE"]`` (``"default"`` when unset); with
+    ``KEEPER``, that keeper's guarded store instead."""
     from jobhook.django._store import DjangoJobStore
 
+    kept = keeper()
+    if kept is not None:
+        return kept.store
     return DjangoJobStore(using=options().get("DATABASE", "default"))
 
 
@@ -63,6 +71,23 @@ def client() -> Any:
         return None
     value = import_string(path) if isinstance(path, str) else path
     return value() if callable(value) and not hasattr(value, "submit") else value
+
+
+def keeper() -> OutputKeeper | None:
+    """The ``KEEPER`` (a dotted path to a `jobhook.outputs.OutputKeeper`, or to a
+    function returning one, called each time: return the same one), or ``None`` when
+    it is not configured. Raises `ImproperlyConfigured` for anything else."""
+    path = options().get("KEEPER")
+    if path is None:
+        return None
+    value = import_string(path) if isinstance(path, str) else path
+    if callable(value) and not isinstance(value, OutputKeeper):
+        value = value()
+    if not isinstance(value, OutputKeeper):
+        raise ImproperlyConfigured(
+            f'JOBHOOK["KEEPER"] must name an OutputKeeper, not {type(value).__name__}'
+        )
+    return value
 
 
 def consumer(name: str) -> Callable[[JobEvent], Any]:

@@ -16,7 +16,16 @@ from django.db import models
 from jobhook._convert import dumps, loads
 from jobhook._models import JobStatus
 
-__all__ = ["Consumer", "Counter", "DeadLetter", "Delivery", "Event", "Job", "ParkedEvent"]
+__all__ = [
+    "Consumer",
+    "Counter",
+    "DeadLetter",
+    "Delivery",
+    "Event",
+    "Job",
+    "OutputKeep",
+    "ParkedEvent",
+]
 
 # CheckConstraint(check=...) became condition=... in Django 5.1.
 _CONDITION = "condition" if django.VERSION >= (5, 1) else "check"
@@ -172,3 +181,32 @@ class Counter(models.Model):  # type: ignore[misc]
 
     name = models.CharField(max_length=32, primary_key=True)
     value = models.BigIntegerField(default=0)
+
+
+class OutputKeep(models.Model):  # type: ignore[misc]
+    """A success held back until the files its output names are kept (one per job):
+    the same columns as the SQL stores' ``output_keeps`` table. The output keeper
+    writes it; see `jobhook.outputs.OutputKeeper`."""
+
+    job_id = models.CharField(max_length=255, primary_key=True)
+    delivery_id = models.CharField(max_length=255, null=True, blank=True)
+    #: The success as the provider reported it.
+    update = _json()
+    #: One entry per file: null until it is kept, then the kept file.
+    files = _json()
+    state = models.CharField(max_length=16)
+    attempts = models.IntegerField()
+    last_error = models.TextField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    dead_letter_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [  # noqa: RUF012
+            # The keeper's round: holds still keeping whose next attempt is due.
+            models.Index(fields=["state", "next_attempt_at"], name="jobhook_keep_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} ({self.state})"

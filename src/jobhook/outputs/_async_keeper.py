@@ -21,6 +21,7 @@ from jobhook.outputs._keeper import (
     KeeperCore,
     KeptOutput,
     Listener,
+    is_django_store,
 )
 from jobhook.outputs._letters import afind_dead_letter
 from jobhook.outputs._storage import Storage
@@ -46,7 +47,8 @@ def _async_holds_for(store: Any) -> AsyncHolds:
         return AsyncSQLHolds(store.engine, store.tables.prefix)
     if isinstance(store, AsyncInMemoryJobStore):
         return AsyncMemoryHolds()
-    hint = "; use OutputKeeper" if isinstance(store, (SQLJobStore, InMemoryJobStore)) else ""
+    sync = isinstance(store, (SQLJobStore, InMemoryJobStore)) or is_django_store(store)
+    hint = "; use OutputKeeper" if sync else ""
     raise ValidationError(f"{_SUPPORTED}, not {type(store).__name__}{hint}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -86,9 +87,17 @@ class KeptOutput:
 
 
 _SUPPORTED = (
-    "OutputKeeper keeps its holds beside an InMemoryJobStore or a SQLJobStore, and "
-    "AsyncOutputKeeper beside an AsyncInMemoryJobStore or an AsyncSQLJobStore"
+    "OutputKeeper keeps its holds beside an InMemoryJobStore, a SQLJobStore or a "
+    "DjangoJobStore, and AsyncOutputKeeper beside an AsyncInMemoryJobStore or an "
+    "AsyncSQLJobStore"
 )
+
+
+def is_django_store(store: Any) -> bool:
+    """Whether ``store`` is a `jobhook.django.DjangoJobStore` (without importing Django:
+    a store of that class exists only once its module is loaded)."""
+    module = sys.modules.get("jobhook.django._store")
+    return module is not None and isinstance(store, module.DjangoJobStore)
 
 
 def _holds_for(store: Any) -> Holds:
@@ -99,6 +108,10 @@ def _holds_for(store: Any) -> Holds:
         return SQLHolds(store.engine, store.tables.prefix)
     if isinstance(store, InMemoryJobStore):
         return MemoryHolds()
+    if is_django_store(store):
+        from jobhook.django._holds import DjangoHolds
+
+        return DjangoHolds(store.using)
     hint = (
         "; use AsyncOutputKeeper"
         if isinstance(store, (AsyncSQLJobStore, AsyncInMemoryJobStore))
@@ -330,8 +343,9 @@ class OutputKeeper(KeeperCore):
     that no retry changes (a refused URL, a 404, a file over the size limit) fails the
     job with ``code="output_not_kept"``; other failures are retried after
     ``retry_after`` seconds (doubling), the job failed so after ``max_attempts``.
-    ``store`` is an `InMemoryJobStore` or a `SQLJobStore` (`AsyncOutputKeeper` is the
-    async twin); any other raises `ValidationError`. Run one keeper per store.
+    ``store`` is an `InMemoryJobStore`, a `SQLJobStore` or a `DjangoJobStore`
+    (`AsyncOutputKeeper` is the async twin); any other raises `ValidationError`. Run
+    one keeper per store.
     Thread-safe.
     """
 
@@ -375,8 +389,9 @@ class OutputKeeper(KeeperCore):
         return self._guarded
 
     def create_schema(self) -> None:
-        """Create the holds table when missing (SQL stores; idempotent). Until it
-        exists, holding a success raises `StoreUnavailableError` (webhooks answer 503)."""
+        """Create the holds table when missing (SQL stores; idempotent; with a
+        `DjangoJobStore`, ``manage.py migrate jobhook`` makes it). Until it exists,
+        holding a success raises `StoreUnavailableError` (webhooks answer 503)."""
         self._holds.create_schema()
 
     @property
