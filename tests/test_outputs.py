@@ -231,6 +231,37 @@ def test_a_repeated_delivery_of_a_held_success_is_a_duplicate(
     assert len(succeeded_events(store, "j")) == 1
 
 
+def test_a_success_applied_before_a_crash_is_kept_when_the_keeper_comes_back(
+    keeper: OutputKeeper,
+    files: tuple[FakeGenerator, str],
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keeper that dies between applying a success (sent without a delivery id) and
+    recording it finds on its next round that the job already holds that success:
+    the hold is kept, not dropped, and the success was told once."""
+    _, url = files
+    store = keeper.store
+    store.create({}, job_id="j")
+    store.apply("j", JobUpdate(JobStatus.SUCCEEDED, output=[f"{url}/files/j/1.png"]))
+    holds = keeper._holds
+    save = holds.save
+
+    def dies_after_the_apply(job_id: str, **fields: Any) -> None:
+        if "state" in fields:
+            raise RuntimeError("killed")
+        save(job_id, **fields)
+
+    monkeypatch.setattr(holds, "save", dies_after_the_apply)
+    assert keeper.run_once() == 0  # the round failed after the apply
+    assert store.get("j").status is JobStatus.SUCCEEDED
+    monkeypatch.setattr(holds, "save", save)
+    clock.now += 3600  # the retry is due
+    assert keeper.run_once() == 1
+    assert keeper.kept("j").state == "kept"
+    assert len(succeeded_events(store, "j")) == 1
+
+
 def test_a_held_success_for_a_job_canceled_meanwhile_is_dropped(
     keeper: OutputKeeper, files: tuple[FakeGenerator, str]
 ) -> None:

@@ -202,8 +202,10 @@ class AsyncOutputKeeper(KeeperCore):
                 final, reason = self._copy_failure(index, exc)
                 return await (self._give_up(hold, reason) if final else self._retry(hold, reason))
             await self._holds.save(hold.job_id, now=self._now(), files=files)
-        result = await self._apply(hold, self._kept_update(hold, paths, files), hold.delivery_id)
-        await self._holds.save(hold.job_id, now=self._now(), state=self._settled(result, KEPT))
+        update = self._kept_update(hold, paths, files)
+        result = await self._apply(hold, update, hold.delivery_id)
+        state = self._settled(result, KEPT, update)
+        await self._holds.save(hold.job_id, now=self._now(), state=state)
         await self._close_letter(hold)
         return True
 
@@ -234,7 +236,7 @@ class AsyncOutputKeeper(KeeperCore):
         await self._holds.save(
             hold.job_id,
             now=self._now(),
-            state=self._settled(result, FAILED),
+            state=self._settled(result, FAILED, update),
             attempts=hold.attempts + 1,
             last_error=reason,
         )

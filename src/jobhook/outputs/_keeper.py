@@ -292,8 +292,21 @@ class KeeperCore:
         return update, f"{NOT_KEPT}:{hold.job_id}"
 
     @staticmethod
-    def _settled(result: ApplyResult, state: str) -> str:
-        return state if result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE) else DROPPED
+    def _settled(result: ApplyResult, state: str, update: JobUpdate) -> str:
+        """The hold's final state once ``update`` was applied with ``result``."""
+        if result.outcome in (Outcome.APPLIED, Outcome.DUPLICATE):
+            return state
+        job = result.job
+        # Applied again after a crash between the apply and saving the hold, with no
+        # delivery id to make it a duplicate: the job already holds exactly this update.
+        if (
+            job is not None
+            and job.status == update.status
+            and job.output == update.output
+            and job.error == update.error
+        ):
+            return state
+        return DROPPED
 
     def _retry_plan(self, hold: Hold, reason: str) -> dict[str, Any] | None:
         """The hold's changes for another attempt later; None when it is time to give up."""
@@ -461,8 +474,9 @@ class OutputKeeper(KeeperCore):
                 final, reason = self._copy_failure(index, exc)
                 return self._give_up(hold, reason) if final else self._retry(hold, reason)
             self._holds.save(hold.job_id, now=self._now(), files=files)
-        result = self._apply(hold, self._kept_update(hold, paths, files), hold.delivery_id)
-        self._holds.save(hold.job_id, now=self._now(), state=self._settled(result, KEPT))
+        update = self._kept_update(hold, paths, files)
+        result = self._apply(hold, update, hold.delivery_id)
+        self._holds.save(hold.job_id, now=self._now(), state=self._settled(result, KEPT, update))
         self._close_letter(hold)
         return True
 
@@ -489,7 +503,7 @@ class OutputKeeper(KeeperCore):
         self._holds.save(
             hold.job_id,
             now=self._now(),
-            state=self._settled(result, FAILED),
+            state=self._settled(result, FAILED, update),
             attempts=hold.attempts + 1,
             last_error=reason,
         )
