@@ -1,8 +1,10 @@
 """kill -9 of the output keeper mid-copy: on restart every file is kept exactly once,
-and no one hears of the success before all of them are."""
+and no one hears of the success before all of them are. The sync keeper on a sync store
+and the async keeper on an async one, each on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -14,24 +16,44 @@ from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jobhook import JobStatus, JobUpdate, SQLJobStore
-from jobhook.outputs import LocalStorage, OutputKeeper
+from jobhook import JobStatus, JobUpdate
+from jobhook.outputs import AsyncOutputKeeper, LocalStorage, OutputKeeper
 from jobhook.testing._png import png_for
 
+from .conftest import build_store, drop_holds
+
+#: The keeper process: ``python -c KEEPER sql|async <url> <table prefix> <directory>``.
 KEEPER = textwrap.dedent(
     """
+    import asyncio
     import sys
-    from jobhook import SQLJobStore
-    from jobhook.outputs import FetchPolicy, LocalStorage, OutputKeeper
+    from jobhook import AsyncSQLJobStore, SQLJobStore
+    from jobhook.outputs import AsyncOutputKeeper, FetchPolicy, LocalStorage, OutputKeeper
 
-    store = SQLJobStore(sys.argv[1])
-    keeper = OutputKeeper(
-        store, LocalStorage(sys.argv[2]), policy=FetchPolicy(allow_networks=["127.0.0.0/8"])
-    )
-    print("settled", keeper.run_once(), flush=True)
+    kind, url, prefix, directory = sys.argv[1:5]
+    policy = FetchPolicy(allow_networks=["127.0.0.0/8"])
+
+
+    async def keep_async():
+        store = AsyncSQLJobStore(url, table_prefix=prefix)
+        keeper = AsyncOutputKeeper(store, LocalStorage(directory), policy=policy)
+        settled = await keeper.run_once()
+        await store.close()
+        return settled
+
+
+    if kind == "async":
+        settled = asyncio.run(keep_async())
+    else:
+        keeper = OutputKeeper(
+            SQLJobStore(url, table_prefix=prefix), LocalStorage(directory), policy=policy
+        )
+        settled = keeper.run_once()
+    print("settled", settled, flush=True)
     """
 )
 
@@ -83,9 +105,9 @@ def host() -> Iterator[FileHost]:
     server.close()
 
 
-def start_keeper(db: str, kept: Path) -> subprocess.Popen[str]:
+def start_keeper(where: list[str], kept: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", KEEPER, db, str(kept)],
+        [sys.executable, "-c", KEEPER, *where, str(kept)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -101,19 +123,42 @@ def wait_until(condition: threading.Event, process: subprocess.Popen[str]) -> No
             pytest.fail("the keeper never asked for the second file")
 
 
+@pytest.fixture(
+    params=["sqlite", "postgres", "mariadb", "async-sqlite", "async-postgres", "async-mariadb"]
+)
+def stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
+    """A SQL store (an async one behind the tests' sync facade) on a fresh database file
+    or under a table prefix of its own, and how the keeper's process reaches it."""
+    store, close = build_store(request.param, tmp_path)
+    inner = getattr(store, "inner", store)
+    kind = "async" if request.param.startswith("async-") else "sql"
+    url = inner.engine.url.render_as_string(hide_password=False)
+    yield store, [kind, url, inner.tables.prefix]
+    drop_holds(store)
+    close()
+
+
 def test_a_keeper_killed_mid_copy_resumes_and_keeps_every_file_once(
-    tmp_path: Path, host: FileHost
+    tmp_path: Path, host: FileHost, stored: tuple[Any, list[str]]
 ) -> None:
-    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store, db = stored
     kept = tmp_path / "kept"
-    store = SQLJobStore(db, create_schema=True)
-    keeper = OutputKeeper(store, LocalStorage(kept), create_schema=True)
+    keeper: Any
+    if db[0] == "async":
+        keeper = AsyncOutputKeeper(store.inner, LocalStorage(kept))
+    else:
+        keeper = OutputKeeper(store, LocalStorage(kept))
+
+    def run(value: Any) -> Any:
+        """``value``, awaited on the async store's event loop when it is a coroutine."""
+        return store.runner.run(value) if inspect.isawaitable(value) else value
+
+    run(keeper.create_schema())
     guarded = keeper.store
-    guarded.create({"prompt": "three foxes"}, job_id="job-1")
+    run(guarded.create({"prompt": "three foxes"}, job_id="job-1"))
     sources = [f"{host.url}/f/{n}.png" for n in (1, 2, 3)]
-    guarded.apply(
-        "job-1", JobUpdate(JobStatus.SUCCEEDED, output={"images": sources}), delivery_id="d-9"
-    )
+    update = JobUpdate(JobStatus.SUCCEEDED, output={"images": sources})
+    run(guarded.apply("job-1", update, delivery_id="d-9"))
 
     first = start_keeper(db, kept)
     wait_until(host.hanging, first)  # file 1 is kept, file 2 half read
@@ -121,7 +166,7 @@ def test_a_keeper_killed_mid_copy_resumes_and_keeps_every_file_once(
     first.wait()
     assert first.returncode == -signal.SIGKILL
 
-    record = keeper.kept("job-1")
+    record = run(keeper.kept("job-1"))
     assert record is not None
     assert record.state == "keeping"
     assert [f.source for f in record.files] == [sources[0]]
@@ -145,5 +190,5 @@ def test_a_keeper_killed_mid_copy_resumes_and_keeps_every_file_once(
     for i, n in enumerate((1, 2, 3)):
         assert (kept / f"job-1/{i}.png").read_bytes() == png_for(f"/f/{n}.png")
     assert host.requests == Counter({"/f/1.png": 1, "/f/2.png": 2, "/f/3.png": 1})
+    assert run(keeper.kept("job-1")).state == "kept"
     keeper.close()
-    store.close()
