@@ -120,6 +120,22 @@ def _drop_tables(url: str, prefix: str) -> None:
     store.close()
 
 
+def drop_holds(store: Any) -> None:
+    """Drop the output keeper's ``{prefix}output_keeps`` table beside ``store``, on a
+    database server (the store's own close drops only its tables; SQLite files go with
+    ``tmp_path``)."""
+    inner = getattr(store, "inner", store)
+    tables = getattr(inner, "tables", None)
+    backend = inner.engine.url.get_backend_name() if tables is not None else "sqlite"
+    if backend == "sqlite":
+        return
+    driver = "psycopg" if backend == "postgresql" else "pymysql"
+    engine = sa.create_engine(inner.engine.url.set(drivername=f"{backend}+{driver}"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {tables.prefix}output_keeps")
+    engine.dispose()
+
+
 def build_store(kind: str, tmp_path: Any) -> tuple[Any, Callable[[], None]]:
     """A fresh store of ``kind`` and a function that closes and removes it."""
     if kind == "memory":

@@ -35,7 +35,7 @@ from jobhook.outputs import (
 from jobhook.testing import FakeGenerator, Scripts, signed_delivery
 from jobhook.testing._png import png_for
 
-from .conftest import build_store
+from .conftest import build_store, drop_holds
 
 LOOPBACK = FetchPolicy(allow_networks=["127.0.0.0/8"])
 TOKENS = "outputs-token-secret"
@@ -54,17 +54,20 @@ class Clock:
 
 
 @pytest.fixture(
-    params=["memory", "sqlite", "postgres", "django-sqlite", "django-postgres", "django-mariadb"]
+    params=[
+        "memory",
+        "sqlite",
+        "postgres",
+        "mariadb",
+        "django-sqlite",
+        "django-postgres",
+        "django-mariadb",
+    ]
 )
 def plain_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     store, close = build_store(request.param, tmp_path)
     yield store
-    tables = getattr(store, "tables", None)
-    if tables is not None and "postgres" in request.param:
-        import sqlalchemy as sa
-
-        with store.engine.begin() as conn:
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{tables.prefix}output_keeps"'))
+    drop_holds(store)
     close()
 
 

@@ -31,7 +31,7 @@ from jobhook.testing import Chaos, FakeGenerator, Scripts, signed_delivery
 from jobhook.testing._png import png_for
 
 from . import test_outputs
-from .conftest import PG_URL, build_store
+from .conftest import build_store, drop_holds
 from .test_outputs import (
     HOOK,
     LOOPBACK,
@@ -65,19 +65,19 @@ class Async:
         return self._runner.run(coroutine)
 
 
-@pytest.fixture(params=["async-memory", "async-sqlite", "async-postgres", "async-postgres-asyncpg"])
+@pytest.fixture(
+    params=[
+        "async-memory",
+        "async-sqlite",
+        "async-postgres",
+        "async-postgres-asyncpg",
+        "async-mariadb",
+    ]
+)
 def loop_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Async]:
     facade, close = build_store(request.param, tmp_path)
     yield Async(facade)
-    if "postgres" in request.param:
-        import sqlalchemy as sa
-
-        assert PG_URL is not None
-        engine = sa.create_engine(PG_URL)
-        with engine.begin() as conn:
-            prefix = facade.inner.tables.prefix
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS "{prefix}output_keeps"'))
-        engine.dispose()
+    drop_holds(facade)
     close()
 
 

@@ -1,9 +1,11 @@
 """kill -9 of the output keeper mid-copy: on restart every file is kept exactly once,
-and no one hears of the success before all of them are (on a SQLJobStore, and on a
-DjangoJobStore on SQLite, PostgreSQL and MariaDB)."""
+and no one hears of the success before all of them are. The sync keeper on a sync store
+and the async keeper on an async one, each on SQLite, PostgreSQL and MariaDB, and the
+sync keeper on a DjangoJobStore on each of them."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -20,25 +22,41 @@ from typing import Any
 
 import pytest
 
-from jobhook import JobStatus, JobUpdate, SQLJobStore
-from jobhook.outputs import LocalStorage, OutputKeeper
+from jobhook import JobStatus, JobUpdate
+from jobhook.outputs import AsyncOutputKeeper, LocalStorage, OutputKeeper
 from jobhook.testing._png import png_for
 
+from .conftest import build_store, drop_holds
+
+#: The keeper process: ``python -c KEEPER sql|async <url> <table prefix> <directory>``,
+#: or ``django <database settings as JSON> - <directory>``.
 KEEPER = textwrap.dedent(
     """
-    import json, sys
-    from jobhook.outputs import FetchPolicy, LocalStorage, OutputKeeper
+    import asyncio
+    import sys
+    from jobhook import AsyncSQLJobStore, SQLJobStore
+    from jobhook.outputs import AsyncOutputKeeper, FetchPolicy, LocalStorage, OutputKeeper
 
-    kind, where, kept = sys.argv[1:4]
-    if kind == "sql":
-        from jobhook import SQLJobStore
+    kind, url, prefix, directory = sys.argv[1:5]
+    policy = FetchPolicy(allow_networks=["127.0.0.0/8"])
 
-        store = SQLJobStore(where)
-    else:  # a DjangoJobStore on the test's database, configured as the test's is
+
+    async def keep_async():
+        store = AsyncSQLJobStore(url, table_prefix=prefix)
+        keeper = AsyncOutputKeeper(store, LocalStorage(directory), policy=policy)
+        settled = await keeper.run_once()
+        await store.close()
+        return settled
+
+
+    def django_store():
+        # A DjangoJobStore on the test's database, configured as the test's is.
+        import json
+
         import django
         from django.conf import settings
 
-        database = json.loads(where)
+        database = json.loads(url)
         if database["ENGINE"].endswith("mysql"):
             import pymysql
 
@@ -50,11 +68,19 @@ KEEPER = textwrap.dedent(
         django.setup()
         from jobhook.django import DjangoJobStore
 
-        store = DjangoJobStore()
-    keeper = OutputKeeper(
-        store, LocalStorage(kept), policy=FetchPolicy(allow_networks=["127.0.0.0/8"])
-    )
-    print("settled", keeper.run_once(), flush=True)
+        return DjangoJobStore()
+
+
+    if kind == "async":
+        settled = asyncio.run(keep_async())
+    elif kind == "django":
+        settled = OutputKeeper(django_store(), LocalStorage(directory), policy=policy).run_once()
+    else:
+        keeper = OutputKeeper(
+            SQLJobStore(url, table_prefix=prefix), LocalStorage(directory), policy=policy
+        )
+        settled = keeper.run_once()
+    print("settled", settled, flush=True)
     """
 )
 
@@ -115,23 +141,6 @@ def start_keeper(where: list[str], kept: Path) -> subprocess.Popen[str]:
     )
 
 
-@pytest.fixture(params=["sqlite", "django-sqlite", "django-postgres", "django-mariadb"])
-def stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
-    """A store, and how the keeper's process reaches the same database."""
-    if request.param == "sqlite":
-        db = f"sqlite:///{tmp_path / 'jobs.db'}"
-        store = SQLJobStore(db, create_schema=True)
-        yield store, ["sql", db]
-        store.close()
-        return
-    from .django_stores import ALIASES, _configured, build_django_store
-
-    store, close = build_django_store(request.param)
-    database = _configured["databases"][ALIASES[request.param]]
-    yield store, ["django", json.dumps(database)]
-    close()
-
-
 def wait_until(condition: threading.Event, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while not condition.wait(0.05):
@@ -141,18 +150,61 @@ def wait_until(condition: threading.Event, process: subprocess.Popen[str]) -> No
             pytest.fail("the keeper never asked for the second file")
 
 
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "postgres",
+        "mariadb",
+        "async-sqlite",
+        "async-postgres",
+        "async-mariadb",
+        "django-sqlite",
+        "django-postgres",
+        "django-mariadb",
+    ]
+)
+def stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
+    """A SQL store (an async one behind the tests' sync facade) on a fresh database file
+    or under a table prefix of its own, or a DjangoJobStore, and how the keeper's
+    process reaches it."""
+    if request.param.startswith("django-"):
+        from .django_stores import ALIASES, _configured, build_django_store
+
+        django_store, close_django = build_django_store(request.param)
+        database = _configured["databases"][ALIASES[request.param]]
+        yield django_store, ["django", json.dumps(database), "-"]
+        close_django()
+        return
+    store, close = build_store(request.param, tmp_path)
+    inner = getattr(store, "inner", store)
+    kind = "async" if request.param.startswith("async-") else "sql"
+    url = inner.engine.url.render_as_string(hide_password=False)
+    yield store, [kind, url, inner.tables.prefix]
+    drop_holds(store)
+    close()
+
+
 def test_a_keeper_killed_mid_copy_resumes_and_keeps_every_file_once(
     tmp_path: Path, host: FileHost, stored: tuple[Any, list[str]]
 ) -> None:
     store, db = stored
     kept = tmp_path / "kept"
-    keeper = OutputKeeper(store, LocalStorage(kept), create_schema=True)
+    keeper: Any
+    if db[0] == "async":
+        keeper = AsyncOutputKeeper(store.inner, LocalStorage(kept))
+    else:
+        keeper = OutputKeeper(store, LocalStorage(kept))
+
+    def run(value: Any) -> Any:
+        """``value``, awaited on the async store's event loop when it is a coroutine."""
+        return store.runner.run(value) if inspect.isawaitable(value) else value
+
+    run(keeper.create_schema())
     guarded = keeper.store
-    guarded.create({"prompt": "three foxes"}, job_id="job-1")
+    run(guarded.create({"prompt": "three foxes"}, job_id="job-1"))
     sources = [f"{host.url}/f/{n}.png" for n in (1, 2, 3)]
-    guarded.apply(
-        "job-1", JobUpdate(JobStatus.SUCCEEDED, output={"images": sources}), delivery_id="d-9"
-    )
+    update = JobUpdate(JobStatus.SUCCEEDED, output={"images": sources})
+    run(guarded.apply("job-1", update, delivery_id="d-9"))
 
     first = start_keeper(db, kept)
     wait_until(host.hanging, first)  # file 1 is kept, file 2 half read
@@ -160,7 +212,7 @@ def test_a_keeper_killed_mid_copy_resumes_and_keeps_every_file_once(
     first.wait()
     assert first.returncode == -signal.SIGKILL
 
-    record = keeper.kept("job-1")
+    record = run(keeper.kept("job-1"))
     assert record is not None
     assert record.state == "keeping"
     assert [f.source for f in record.files] == [sources[0]]
@@ -184,4 +236,5 @@ def test_a_keeper_killed_mid_copy_resumes_and_keeps_every_file_once(
     for i, n in enumerate((1, 2, 3)):
         assert (kept / f"job-1/{i}.png").read_bytes() == png_for(f"/f/{n}.png")
     assert host.requests == Counter({"/f/1.png": 1, "/f/2.png": 2, "/f/3.png": 1})
+    assert run(keeper.kept("job-1")).state == "kept"
     keeper.close()

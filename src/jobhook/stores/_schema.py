@@ -13,7 +13,16 @@ from sqlalchemy.engine import URL, Engine, make_url
 from jobhook._convert import dumps, loads
 from jobhook._models import JobStatus
 
-__all__ = ["MYSQL_DIALECTS", "Tables", "engine_options", "install_sqlite_pragmas", "sync_url"]
+__all__ = [
+    "JSON_TYPE",
+    "MYSQL_DIALECTS",
+    "MYSQL_TABLE_OPTIONS",
+    "TIMESTAMP_TYPE",
+    "Tables",
+    "engine_options",
+    "install_sqlite_pragmas",
+    "sync_url",
+]
 
 _NON_TERMINAL = tuple(s.value for s in JobStatus if not s.terminal)
 _ID = sa.String(255)
@@ -60,6 +69,10 @@ _MYSQL_TABLE: dict[str, Any] = {
     for dialect in MYSQL_DIALECTS
     for key, value in (("engine", "InnoDB"), ("charset", "utf8mb4"), ("collate", "utf8mb4_bin"))
 }
+
+#: The column types and MySQL table options of every jobhook table, for the tables
+#: kept beside them (the output keeper's holds, `jobhook.stores._sql_holds`).
+JSON_TYPE, TIMESTAMP_TYPE, MYSQL_TABLE_OPTIONS = _JSON, _TIMESTAMP, _MYSQL_TABLE
 
 
 class Tables:
