@@ -133,11 +133,14 @@ def create_app(
     backend_http: httpx.Client | None = None,
     files_dir: str | Path | None = None,
     fetch_policy: FetchPolicy | None = None,
+    keeper_interval: float | None = 0.2,
 ) -> Flask:
     """The app. Tests pass their own store and an ``httpx.Client`` that reaches a fake.
 
     With ``files_dir`` the pictures are kept there (fetched under ``fetch_policy``) by
-    a keeper thread; ``app.extensions["jobhook_keeper_stop"].set()`` stops it.
+    ``app.extensions["jobhook_keeper"]``, which a thread runs every ``keeper_interval``
+    seconds (None: no thread; tests run its rounds themselves);
+    ``app.extensions["jobhook_keeper_stop"].set()`` stops it.
     """
     if store is None:
         store = SQLJobStore(DATABASE_URL, create_schema=True)
@@ -147,10 +150,12 @@ def create_app(
         keeper = OutputKeeper(store, storage, policy=fetch_policy, create_schema=True)
         store = keeper.store  # a success waits until its pictures are kept
         stop = threading.Event()
+        app.extensions["jobhook_keeper"] = keeper
         app.extensions["jobhook_keeper_stop"] = stop
-        threading.Thread(
-            target=keeper.run, args=(stop,), kwargs={"interval": 0.2}, daemon=True
-        ).start()
+        if keeper_interval is not None:
+            threading.Thread(
+                target=keeper.run, args=(stop,), kwargs={"interval": keeper_interval}, daemon=True
+            ).start()
 
         @app.get("/files/<path:key>")
         def kept_file(key: str) -> Response:

@@ -15,7 +15,9 @@ pytest.importorskip("flask")
 import httpx
 
 from jobhook import SQLJobStore
+from jobhook.outputs import FetchPolicy
 from jobhook.testing import FakeGenerator, Scripts, Submission, new_webhook_secret
+from jobhook.testing._png import png_for
 
 from .app import create_app
 
@@ -165,3 +167,61 @@ def test_another_users_job_cannot_be_followed(wired: Any) -> None:
     answer = app.test_client().get(f"/jobs/{job.id}/events")
     assert answer.status_code == 403
     assert b"data:" not in answer.data
+
+
+@pytest.fixture
+def keeping(tmp_path: Path) -> Iterator[tuple[Any, FakeGenerator, FakeGenerator]]:
+    """The app keeping pictures in ``tmp_path / "files"``; a fake backend whose pictures
+    are served over loopback HTTP by a second fake (the file host)."""
+    secret = new_webhook_secret()
+    store = SQLJobStore(f"sqlite:///{tmp_path / 'jobs.db'}", create_schema=True)
+    holder: dict[str, Any] = {}
+    to_app = httpx.Client(transport=httpx.WSGITransport(app=lambda *a: holder["app"](*a)))
+    with FakeGenerator() as file_host, file_host.serve() as files_url:
+        fake = FakeGenerator(secret, script=Scripts.pictures(files_url), callback_client=to_app)
+        backend = httpx.Client(transport=fake.transport)
+        app = create_app(
+            store, backend_url="http://backend.invalid", app_url=APP_URL, secret=secret,
+            backend_http=backend, files_dir=tmp_path / "files",
+            # The file host is on loopback: allowed here, refused by default.
+            fetch_policy=FetchPolicy(allow_networks=["127.0.0.0/8"]),
+            keeper_interval=None,  # the test runs the keeper's rounds itself
+        )  # fmt: skip
+        holder["app"] = app
+        yield app, fake, file_host
+        fake.close()
+        backend.close()
+    to_app.close()
+    store.close()
+
+
+def test_the_kept_picture_still_loads_after_the_backend_s_file_expired(keeping: Any) -> None:
+    app, fake, file_host = keeping
+    browser = app.test_client()
+    browser.post("/generate-images", data={"prompt": "a red fox"})
+    (submission,) = fake.submissions
+    job_id = submission.job_id
+    fake.deliver_all()
+    # The success is held until the picture is kept: nobody hears of it yet.
+    status = browser.get("/generate-images/status").get_json()
+    assert status["generations"][0]["status"] == "running"
+    assert status["notifications"] == []
+
+    keeper = app.extensions["jobhook_keeper"]
+    assert keeper.run_once() == 1
+    original = keeper.kept(job_id).original_output["images"][0]
+    file_host.expire_files()
+    assert httpx.get(original).status_code == 404  # the backend's copy is gone
+
+    kept_url = f"{APP_URL}/files/{job_id}/0.png"
+    status = browser.get("/generate-images/status").get_json()
+    (row,) = status["generations"]
+    assert (row["status"], row["image"]) == ("succeeded", kept_url)
+    assert status["notifications"] == ["Your image “a red fox” is ready."]
+    assert kept_url in browser.get("/generate-images").get_data(as_text=True)
+    picture = browser.get(f"/files/{job_id}/0.png")
+    assert picture.status_code == 200
+    assert picture.mimetype == "image/png"
+    assert picture.data == png_for(f"{job_id}/1.png")
+    (state,) = sse_messages(browser.get(f"/jobs/{job_id}/events").data)
+    assert state["output"] == {"images": [kept_url]}
