@@ -11,15 +11,15 @@ transaction of plain statements (`jobhook.stores._operations.Operations.apply`):
    id stays recorded). Otherwise the guarded ``UPDATE … WHERE id = :id AND <rules>``
    writes it, deciding in the database as on the other databases; the same statement
    advances the one row of the ``{prefix}event_ids`` counter
-   (`MySQLStatements.taking_event_id`), locking it until commit.
-4. `MySQLStatements.select_taken` reads ``ROW_COUNT()`` (that step 3 updated) and
-   ``LAST_INSERT_ID()`` (the outbox id it took). The job is the rules' transition of
-   the row locked in step 1, which is what step 3 wrote.
-5. The event is inserted with that id, and the transaction commits.
+   (`MySQLStatements.taking_event_id`), locking it until commit. The server's answer
+   to it carries the rows it matched and the ``LAST_INSERT_ID(expr)`` it set, the
+   outbox id it took (SQLAlchemy's ``rowcount`` and ``lastrowid``): no statement
+   reads them. The job is the rules' transition of the row locked in step 1, which is
+   what step 3 wrote.
+4. The event is inserted with that id, and the transaction commits.
 
-Five statements and a COMMIT: as many as the best hand-written code with the same
-guarantees (``benchmarks/_floor_mysql.py``). On MariaDB (``mariadb://`` URLs), steps 4
-and 5 are one ``INSERT … SELECT … WHERE ROW_COUNT() > 0 RETURNING id``.
+Four statements and a COMMIT, one fewer than the best hand-written code with the same
+guarantees (``benchmarks/_floor_mysql.py``), on MySQL and MariaDB alike.
 
 Why a counter: readers page the outbox with ``events(after=last_id)`` and never look
 back, so an id must never become visible after a greater one. ``AUTO_INCREMENT`` cannot
@@ -45,7 +45,7 @@ __all__ = ["MySQLStatements"]
 class MySQLStatements:
     """The statements MySQL and MariaDB run in place of RETURNING and ON CONFLICT."""
 
-    def __init__(self, tables: Tables, *, mariadb: bool = False) -> None:
+    def __init__(self, tables: Tables) -> None:
         jobs, events, counter = tables.jobs, tables.events, tables.event_ids
         dl = tables.dead_letters
         # A duplicate delivery id raises IntegrityError (caught by the steps); INSERT
@@ -56,27 +56,7 @@ class MySQLStatements:
         self.select_delivery = sa.select(deliveries.c.id).where(
             deliveries.c.id == sa.bindparam("id")
         )
-        # Right after the guarded UPDATE (`taking_event_id`): whether it updated, and
-        # the outbox id it took.
-        self.select_taken = sa.select(
-            sa.func.row_count().label("updated"), sa.func.last_insert_id().label("event_id")
-        )
         self.insert_event = sa.insert(events).values(bound(events))
-        #: MariaDB (``mariadb://`` URLs) has ``INSERT … RETURNING``: steps 4 and 5 in one
-        #: statement, which inserts the event only if the guarded UPDATE just updated.
-        self.insert_taken_event: sa.Insert | None = None
-        if mariadb:
-            values = bound(events, id=None)
-            self.insert_taken_event = (
-                sa.insert(events)
-                .from_select(
-                    ["id", *values],
-                    sa.select(sa.func.last_insert_id(), *values.values()).where(
-                        sa.func.row_count() > 0
-                    ),
-                )
-                .returning(events.c.id)
-            )
         self.insert_dead_letter = sa.insert(dl).values(bound(dl, id=None))
         # The letter just inserted on this connection (its AUTO_INCREMENT id).
         self.select_inserted_dead_letter = sa.select(dl).where(dl.c.id == sa.func.last_insert_id())

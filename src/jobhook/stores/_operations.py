@@ -27,8 +27,8 @@ from jobhook.exceptions import (
     JobExistsError,
     JobNotFoundError,
 )
+from jobhook.stores._steps import Counted, Steps
 from jobhook.stores._steps import Rollback as _Rollback
-from jobhook.stores._steps import Steps
 from jobhook.stores.protocol import StatusFilter, check_limit, status_values
 
 __all__ = ["Operations"]
@@ -229,39 +229,26 @@ class Operations(Statements):
         outcome = judge(current, update)
         if outcome is not Outcome.APPLIED:
             return ApplyResult(outcome, current)
-        yield self.guarded_update(shape), params
+        updated = yield self.guarded_update(shape), params
+        assert isinstance(updated, Counted)
         # The row is locked and was read in this transaction, and the UPDATE wrote
         # the rules' transition of it: the job is that transition, computed here
         # rather than read back (a wide row costs more to read than the database
         # takes to write it). Values as a JSON column and a DOUBLE give them back.
-        if update.output is not None:
-            update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
-        job = transition(current, update, now)
-        job = attrs.evolve(job, progress=as_float(job.progress))
-        event_id = yield from self._insert_taken_event(event_row(job, delivery_id, now))
-        if event_id is None:
+        if not updated.rowcount:
             raise RuntimeError(
                 f"the guarded UPDATE refused an update the lifecycle rules apply to "
                 f"job {job_id!r} ({current.status} <- {update.status}): a bug in jobhook"
             )
+        if update.output is not None:
+            update = attrs.evolve(update, output=normalize_json(update.output, field="output"))
+        job = transition(current, update, now)
+        job = attrs.evolve(job, progress=as_float(job.progress))
+        # The UPDATE took the event's id from the counter with LAST_INSERT_ID(expr),
+        # which the server sends back with its answer (see `jobhook.stores._mysql`).
+        event_id = int(updated.lastrowid)
+        yield m.insert_event, {**event_row(job, delivery_id, now), "id": event_id}
         return applied(job, delivery_id, now, event_id)
-
-    def _insert_taken_event(self, event: dict[str, Any]) -> Steps[int | None]:
-        """MySQL: insert the outbox event under the id the guarded UPDATE just took;
-        None (nothing inserted) if that UPDATE updated nothing."""
-        m = self.mysql
-        assert m is not None
-        if m.insert_taken_event is not None:
-            # MariaDB: inserted only if the UPDATE updated, in the same statement.
-            taken = first((yield m.insert_taken_event, event))
-            return None if taken is None else int(taken["id"])
-        (taken,) = yield m.select_taken, None
-        # The UPDATE matched the job and the counter row, or nothing at all.
-        if not taken["updated"]:
-            return None
-        event_id = int(taken["event_id"])
-        yield m.insert_event, {**event, "id": event_id}
-        return event_id
 
     def _refused(
         self, job_id: str, update: JobUpdate, *, duplicate: bool = False

@@ -88,7 +88,7 @@ class Statements:
         elif dialect == "sqlite":
             insert = sqlite.insert
         elif dialect in MYSQL_DIALECTS:
-            self.mysql = MySQLStatements(tables, mariadb=dialect == "mariadb")
+            self.mysql = MySQLStatements(tables)
         else:
             raise ValueError(
                 f"SQLJobStore supports SQLite, PostgreSQL and MySQL/MariaDB, not {dialect!r}"

@@ -15,12 +15,35 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["Rollback", "Rows", "Step", "Steps", "drive"]
+__all__ = ["Counted", "Rollback", "Rows", "Step", "Steps", "drive"]
 
 T = TypeVar("T")
 #: What every statement hands back to the step that yielded it: its rows, as mappings.
 Rows = list[Mapping[str, Any]]
 Step = tuple[sa.Executable, Mapping[str, Any] | None]
+
+
+class Counted(list[Mapping[str, Any]]):
+    """What a statement that returns no rows hands back: no rows, and what the driver
+    counted (SQLAlchemy's public `CursorResult.rowcount` and `CursorResult.lastrowid`),
+    read when a step asks, before the next statement runs."""
+
+    def __init__(self, result: sa.CursorResult[Any]) -> None:
+        super().__init__()
+        self._result = result
+
+    @property
+    def rowcount(self) -> int:
+        """Rows the statement matched (MySQL: found, not only changed, rows)."""
+        return self._result.rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        """MySQL: the value of the statement's ``LAST_INSERT_ID(expr)``, or the id it
+        generated."""
+        return self._result.lastrowid
+
+
 Steps = Generator[Step, Rows, T]
 
 

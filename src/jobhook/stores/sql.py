@@ -48,8 +48,8 @@ from jobhook.stores._schema import (
     sync_url,
 )
 from jobhook.stores._sql_consumers import AsyncSQLConsumerMethods, SQLConsumerMethods
+from jobhook.stores._steps import Counted, Rows, Steps, drive
 from jobhook.stores._steps import Rollback as _Rollback
-from jobhook.stores._steps import Rows, Steps, drive
 from jobhook.stores._threaded import SQLiteThreads, threads_for
 from jobhook.stores.protocol import StatusFilter
 
@@ -247,7 +247,7 @@ class SQLJobStore(SQLConsumerMethods):
 
 def _rows(result: CursorResult[Any]) -> Rows:
     if not result.returns_rows:
-        return []
+        return Counted(result)
     keys = result.keys()
     return [dict(zip(keys, row, strict=True)) for row in result]
 
