@@ -3,11 +3,11 @@ with jobhook's guarantees, against jobhook's tables.
 
 One transaction: the job row locked (``SELECT … FOR UPDATE``, which also gives the
 status before the delivery), the delivery id recorded against its unique key (``INSERT
-IGNORE``), one guarded ``UPDATE … WHERE id = %s AND <lifecycle rules>``, and, when it
-updated the row, an outbox event whose id comes from the one-row counter
-(``LAST_INSERT_ID(last_id + 1)``: the counter row stays locked until commit, so ids are
-handed out in commit order, as jobhook does), written by ``INSERT … SELECT`` from the
-updated row. Five statements and a COMMIT.
+IGNORE``), one guarded ``UPDATE … WHERE id = %s AND <lifecycle rules>`` that also
+advances the one-row counter (``LAST_INSERT_ID(last_id + 1)``: the counter row stays
+locked until commit, so ids are handed out in commit order, as jobhook does), and, when
+it updated the row, the outbox event under that id, written by ``INSERT … SELECT`` from
+the updated row. Four statements and a COMMIT.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ def _sql(prefix: str) -> dict[str, str]:
     if sql is None:
         jobs = f"{prefix}jobs"
         guarded = (
-            f"UPDATE {jobs} SET status = %s, progress = COALESCE(%s, progress), "
+            f"UPDATE {jobs}, {prefix}event_ids SET status = %s, "
+            "progress = COALESCE(%s, progress), "
             "output = COALESCE(%s, output), "
             "sequence = CASE WHEN %s IS NOT NULL AND (sequence IS NULL OR sequence < %s) "
             "THEN %s ELSE sequence END, "
             "version = version + 1, updated_at = %s, "
-            "completed_at = CASE WHEN %s THEN %s ELSE completed_at END "
-            "WHERE id = %s AND status NOT IN ('succeeded', 'failed', 'canceled') "
+            "completed_at = CASE WHEN %s THEN %s ELSE completed_at END, "
+            f"{prefix}event_ids.last_id = LAST_INSERT_ID({prefix}event_ids.last_id + 1) "
+            f"WHERE {jobs}.id = %s AND {prefix}event_ids.id = 1 "
+            "AND status NOT IN ('succeeded', 'failed', 'canceled') "
             "AND CASE status WHEN 'pending' THEN 0 WHEN 'submitted' THEN 1 ELSE 2 END <= %s "
             # Running after running: progress and sequence never go back.
             "AND (%s <> 'running' OR status <> 'running' OR "
@@ -50,9 +53,6 @@ def _sql(prefix: str) -> dict[str, str]:
                 "VALUES (%s, %s, %s)"
             ),
             "update": guarded,
-            "next_id": (
-                f"UPDATE {prefix}event_ids SET last_id = LAST_INSERT_ID(last_id + 1) WHERE id = 1"
-            ),
             "event": (
                 f"INSERT INTO {prefix}events (id, job_id, owner_id, kind, status, progress, "
                 "version, delivery_id, created_at) SELECT LAST_INSERT_ID(), id, owner_id, "
@@ -120,8 +120,7 @@ def floor_apply(
                     sequence,
                 ),
             )
-            if cur.rowcount:
-                cur.execute(sql["next_id"])
+            if cur.rowcount:  # matched: the job and the counter row
                 cur.execute(sql["event"], (delivery_id, now, job_id))
             conn.commit()
         except BaseException:
