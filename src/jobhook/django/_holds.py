@@ -15,7 +15,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 
 from jobhook._models import JSON, JobUpdate
-from jobhook.django._store import _mapped
+from jobhook.django._errors import _mapped
 from jobhook.stores._outputs import Hold, update_from_json, update_to_json
 from jobhook.stores._rows import utc
 

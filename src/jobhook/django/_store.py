@@ -15,24 +15,14 @@ transaction too, with an id no reader can skip:
 from __future__ import annotations
 
 import builtins
-import functools
-import random
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import (
-    DatabaseError,
-    DataError,
-    IntegrityError,
-    OperationalError,
-    connections,
-    transaction,
-)
+from django.db import IntegrityError, connections, transaction
 from django.db.models import BigIntegerField, Case, F, Q, Value, When
 
 from jobhook._convert import update_to_dict
@@ -49,14 +39,12 @@ from jobhook._models import (
     Outcome,
 )
 from jobhook._outbox import PruneReport, check_prune, prune_plan, prune_report
+from jobhook.django._errors import _mapped, _Rollback
 from jobhook.django._outbox import insert_event, visible
 from jobhook.exceptions import (
     DeadLetterNotFoundError,
     JobExistsError,
-    JobhookError,
     JobNotFoundError,
-    StoreUnavailableError,
-    ValidationError,
 )
 from jobhook.stores._rows import (
     applied,
@@ -70,10 +58,6 @@ from jobhook.stores.protocol import StatusFilter, check_limit, status_values
 
 __all__ = ["DjangoJobStore"]
 
-T = TypeVar("T")
-
-_ATTEMPTS = 5
-
 
 def _models() -> Any:
     """jobhook's models, imported when first used: they need Django's app registry,
@@ -85,59 +69,6 @@ def _models() -> Any:
 
 def _job_fields() -> list[str]:
     return [f.name for f in _models().Job._meta.fields]
-
-
-class _Rollback(Exception):
-    """Ends the transaction with a rollback and still returns ``value``."""
-
-    def __init__(self, value: ApplyResult) -> None:
-        super().__init__()
-        self.value = value
-
-
-def _retryable(exc: DatabaseError) -> bool:
-    """A deadlock or serialization failure: the transaction was rolled back whole."""
-    cause = exc.__cause__
-    if getattr(cause, "sqlstate", None) in ("40P01", "40001"):
-        return True
-    return bool(exc.args) and exc.args[0] in (1213, 1205)  # MySQL deadlock, lock wait
-
-
-class _OnDatabase(Protocol):
-    using: str
-
-
-def _mapped(method: Callable[..., T]) -> Callable[..., T]:
-    """Map Django's database errors onto jobhook's, and retry an operation the database
-    rolled back for a deadlock (only when it is not inside the caller's transaction)."""
-
-    @functools.wraps(method)
-    def wrapper(self: _OnDatabase, *args: Any, **kwargs: Any) -> T:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return method(self, *args, **kwargs)
-            except JobhookError:
-                raise
-            except (DataError, IntegrityError) as exc:
-                raise ValidationError(f"the database refused a value: {exc}") from exc
-            except DatabaseError as exc:
-                if (
-                    isinstance(exc, OperationalError)
-                    and _retryable(exc)
-                    and attempt < _ATTEMPTS
-                    and not connections[self.using].in_atomic_block
-                ):
-                    # The database rolled the whole transaction back: run it again.
-                    time.sleep(random.uniform(0, 0.01 * attempt))
-                    continue
-                raise StoreUnavailableError(
-                    f"the database {self.using!r} is unavailable, or its jobhook tables are "
-                    f"missing (run `manage.py migrate jobhook`): {exc}"
-                ) from exc
-
-    return wrapper
 
 
 class DjangoJobStore:

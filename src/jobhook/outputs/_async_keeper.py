@@ -16,9 +16,9 @@ from jobhook._models import ApplyResult, Job, JobUpdate
 from jobhook.exceptions import JobNotFoundError, OutputError, ValidationError
 from jobhook.outputs._fetch import FetchPolicy
 from jobhook.outputs._files import FileFinder, value_at
-from jobhook.outputs._keeper import (
+from jobhook.outputs._keeper import KeeperCore
+from jobhook.outputs._kept import (
     _SUPPORTED,
-    KeeperCore,
     KeptOutput,
     Listener,
     is_django_store,
