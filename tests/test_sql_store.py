@@ -608,3 +608,40 @@ def test_postgres_apply_statements_stay_short_enough_to_be_prepared() -> None:
         for with_delivery in (True, False):
             statement = ops.one_trip(ops.shape(update, changes(update)), with_delivery)
             assert len(str(statement.compile(dialect=psycopg.dialect()))) < 3500
+
+
+@pytest.mark.skipif(not PG_URL, reason=PG_SKIP_REASON)
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "America/St_Johns"])
+def test_postgres_jobs_read_back_the_same_whatever_the_session_time_zone(zone: str) -> None:
+    """Applies answer with the job read back as JSON from the one statement: its
+    timestamps are the instants written, in UTC, whatever zone the session is in (one
+    with a half-hour offset included), and every field is as a plain read gives it."""
+    import uuid
+    from datetime import timezone
+
+    prefix = f"tz_{uuid.uuid4().hex[:6]}_"
+    url = sa.make_url(PG_URL).set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(url, connect_args={"options": f"-c timezone={zone}"})
+    store = SQLJobStore(engine, table_prefix=prefix, create_schema=True)
+    try:
+        job = store.create({"prompt": "fox", "n": 2**60}, owner_id="u", metadata={"k": [1]})
+        running = store.apply(
+            job.id, JobUpdate("running", progress=33.5, sequence=7), delivery_id="d1"
+        )
+        output = {"images": ["a.png"], "seed": 12345678901234567}
+        done = store.apply(job.id, JobUpdate("succeeded", output=output), delivery_id="d2")
+        stale = store.apply(job.id, JobUpdate("running", progress=40), delivery_id="d3")
+        assert running.applied
+        assert done.applied
+        assert stale.outcome is Outcome.STALE
+        read = store.get(job.id)
+        assert done.job == read
+        assert stale.job == read
+        assert read.created_at == job.created_at
+        assert read.completed_at is not None
+        assert read.completed_at.tzinfo is timezone.utc
+        assert (read.progress, read.sequence, read.output) == (100.0, 7, output)
+        assert read.input == {"prompt": "fox", "n": 2**60}
+    finally:
+        store.metadata.drop_all(engine)
+        engine.dispose()

@@ -41,6 +41,7 @@ from jobhook.stores._rows import (
     dead_letter_from_row,
     event_row,
     first,
+    job_from_json,
     job_from_row,
     utc,
 )
@@ -179,14 +180,14 @@ class Operations(Statements):
             trip["d_id"] = delivery_id
         (done,) = yield self.one_trip(shape, with_delivery), trip
         if done["event_id"] is not None:
-            return applied(job_from_row(done), delivery_id, now, done["event_id"])
+            return applied(job_from_json(done["job"]), delivery_id, now, done["event_id"])
         if not done["found"]:
             if done["seen"]:
                 return ApplyResult(Outcome.DUPLICATE, None)
             # Nothing was written (a delivery id is only recorded for a known job).
             raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
         # Refused or a duplicate: answered from the job as the statement saw it.
-        before = job_from_row(done)
+        before = job_from_json(done["job"])
         if not done["fresh"]:
             return ApplyResult(Outcome.DUPLICATE, before)
         outcome = judge(before, update)

@@ -34,6 +34,7 @@ __all__ = [
     "event_from_row",
     "event_row",
     "first",
+    "job_from_json",
     "job_from_row",
     "utc",
 ]
@@ -90,6 +91,21 @@ def job_from_row(m: Mapping[str, Any]) -> Job:
         updated_at=updated_at,
         completed_at=aware(m["completed_at"]),
     )
+
+
+#: The timestamp columns of a job row, which JSON carries as ISO 8601 text.
+_TIMESTAMPS = ("created_at", "updated_at", "completed_at")
+
+
+def job_from_json(m: Mapping[str, Any]) -> Job:
+    """A job from its row as PostgreSQL's ``row_to_json`` gives it (timestamps as ISO
+    8601 text with their offset, JSON columns as JSON)."""
+    row = dict(m)
+    for name in _TIMESTAMPS:
+        value = row[name]
+        if value is not None:
+            row[name] = datetime.fromisoformat(value)
+    return job_from_row(row)
 
 
 def event_from_row(m: Mapping[str, Any]) -> JobEvent:

@@ -228,9 +228,9 @@ class Statements:
 
         Its one row has ``found`` (whether the job exists), ``seen`` (whether the
         delivery id was recorded before), ``fresh`` (whether this statement recorded
-        it: never for a missing job, so nothing is written then), ``event_id``, and the
-        job's columns: as updated when it was (``event_id`` is set), else as the
-        statement's snapshot saw it (all NULL for a missing job).
+        it: never for a missing job, so nothing is written then), ``event_id``, and
+        ``job``, the job's row as a JSON object: as updated when it was (``event_id``
+        is set), else as the statement's snapshot saw it (NULL for a missing job).
         """
         assert self._one_trip is not None
         key = (shape, with_delivery)
@@ -304,12 +304,17 @@ class Statements:
         seen_before = sa.select(b).where(b.c.id == job_id, ~sa.exists().select_from(job))
         current = sa.union_all(sa.select(job), seen_before).cte("j")
         one = sa.select(sa.literal(1).label("one")).subquery("one")
+        # The job as one JSON column (NULL when there is none), not sixteen: a driver
+        # describes every column of every result (psycopg builds an object per column
+        # and looks up its type), which cost more than the whole row's JSON; see
+        # `jobhook.stores._rows.job_from_json`.
+        as_json = sa.func.row_to_json(current.table_valued(), type_=postgresql.JSON)
         return sa.select(
             found.label("found"),
             seen.label("seen"),
             fresh.label("fresh"),
             event.c.id.label("event_id"),
-            *current.c,
+            as_json.label("job"),
         ).select_from(one.outerjoin(current, sa.true()).outerjoin(event, sa.true()))
 
     def _build_update(
