@@ -10,7 +10,7 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from jobhook._convert import normalize_json, update_to_dict
+from jobhook._convert import loads, normalize_json, update_to_dict
 from jobhook._ids import check_delivery_id, utcnow
 from jobhook._lifecycle import changes, check_id, check_reason, judge, new_job, transition
 from jobhook._models import (
@@ -218,7 +218,7 @@ class Operations(Statements):
             if delivery_id is not None and (yield m.select_delivery, {"id": delivery_id}):
                 return ApplyResult(Outcome.DUPLICATE, None)
             raise _Rollback(ApplyResult(Outcome.NOT_FOUND, None))
-        current = job_from_row(row)
+        current = job_from_json(loads(row["job"]))
         if delivery_id is not None:
             try:
                 yield (

@@ -98,8 +98,9 @@ _TIMESTAMPS = ("created_at", "updated_at", "completed_at")
 
 
 def job_from_json(m: Mapping[str, Any]) -> Job:
-    """A job from its row as PostgreSQL's ``row_to_json`` gives it (timestamps as ISO
-    8601 text with their offset, JSON columns as JSON)."""
+    """A job from its row as a JSON object (PostgreSQL's ``row_to_json``, MySQL's
+    ``JSON_OBJECT``): JSON columns nested as JSON, timestamps as ISO 8601 text, with
+    their offset or, from MySQL's ``DATETIME``, in UTC without one."""
     row = dict(m)
     for name in _TIMESTAMPS:
         value = row[name]
