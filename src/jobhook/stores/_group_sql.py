@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql
 from jobhook._convert import dumps
 from jobhook._lifecycle import allowed_from, changes, judge
 from jobhook._models import ApplyResult, JobStatus, Outcome
-from jobhook.stores._rows import applied, job_from_row
+from jobhook.stores._rows import applied, job_from_json
 from jobhook.stores._schema import Tables
 from jobhook.stores._statements import BEFORE, event_id
 from jobhook.stores._steps import Steps
@@ -167,12 +167,16 @@ class GroupStatements:
             i.c.delivery_id.in_(sa.select(recorded.c.id)).label("fresh"),
             i.c.delivery_id.in_(sa.select(seen.c.id)).label("seen"),
             written.c.id.label("event_id"),
-            *(u[col.name] for col in jobs.c),
-            # The job before: only where nothing was written (not read twice otherwise).
-            *(
-                sa.case((u.id.is_(None), locked.c[col.name])).label(f"{BEFORE}{col.name}")
-                for col in jobs.c
-            ),
+            # Jobs as JSON objects, one column each rather than one per field (see
+            # `Statements.one_trip`): the job as written, and the job before, only where
+            # nothing was written (not read twice otherwise).
+            sa.func.row_to_json(updated.table_valued(), type_=postgresql.JSON).label("job"),
+            sa.case(
+                (
+                    sa.and_(u.id.is_(None), locked.c.id.is_not(None)),
+                    sa.func.row_to_json(locked.table_valued(), type_=postgresql.JSON),
+                )
+            ).label(BEFORE),
         ).select_from(
             i.outerjoin(locked, locked.c.id == i.c.job_id)
             .outerjoin(updated, u.u_slot == i.c.slot)
@@ -210,12 +214,12 @@ class GroupStatements:
 def _answer_of(entry: Pending[Any], row: Mapping[str, Any]) -> ApplyResult:
     """One delivery's answer from its row of the batch's statement."""
     if row["event_id"] is not None:
-        return applied(job_from_row(row), entry.delivery_id, entry.now, row["event_id"])
-    if row[f"{BEFORE}id"] is None:
+        return applied(job_from_json(row["job"]), entry.delivery_id, entry.now, row["event_id"])
+    if row[BEFORE] is None:
         # No job: nothing was recorded, and a retry applies once the job exists.
         seen = entry.delivery_id is not None and row["seen"]
         return ApplyResult(Outcome.DUPLICATE if seen else Outcome.NOT_FOUND, None)
-    job = job_from_row({k[len(BEFORE) :]: v for k, v in row.items() if k.startswith(BEFORE)})
+    job = job_from_json(row[BEFORE])
     if entry.delivery_id is not None and not row["fresh"]:
         return ApplyResult(Outcome.DUPLICATE, job)
     outcome = judge(job, entry.update)

@@ -25,8 +25,8 @@ from jobhook.stores._schema import MYSQL_DIALECTS, Tables
 
 __all__ = ["BEFORE", "EVENT_SLOTS", "Shape", "Statements", "event_id"]
 
-#: The prefix of a group commit batch's columns that hold a job before its update.
-BEFORE = "before_"
+#: The column of a group commit batch's rows that holds a job before its update (JSON).
+BEFORE = "before"
 
 #: PostgreSQL outbox event ids are ``xid * EVENT_SLOTS + slot``: room for one event per
 #: job of a group commit's batch in one transaction (see `event_id`).
