@@ -163,3 +163,37 @@ def test_close_waits_for_the_operations_handed_to_the_threads(tmp_path: Path) ->
         return n
 
     assert asyncio.run(count()) == 20
+
+
+def test_a_forked_process_gets_threads_and_connections_of_its_own(tmp_path: Path) -> None:
+    """A store made before ``fork()`` works in the child: the parent's worker threads
+    do not exist there, and its SQLite connections stay the parent's."""
+    import multiprocessing
+
+    async def make() -> AsyncSQLJobStore:
+        store = AsyncSQLJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+        await store.create_schema()
+        await store.create({"prompt": "parent"}, job_id="parent")
+        return store
+
+    store = asyncio.run(make())
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_child_creates, args=(store,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+
+    async def read() -> list[str]:
+        ids = sorted(job.id for job in await store.list())
+        await store.close()
+        return ids
+
+    assert asyncio.run(read()) == ["child", "parent"]
+
+
+def _child_creates(store: AsyncSQLJobStore) -> None:
+    async def main() -> None:
+        await store.create({"prompt": "child"}, job_id="child")
+        assert (await store.get("parent")).input == {"prompt": "parent"}
+
+    asyncio.run(asyncio.wait_for(main(), 30))

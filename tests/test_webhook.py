@@ -402,6 +402,8 @@ def test_sqlite_store_unreachable_answers_503_then_applies_once_back(
 
         def disconnect() -> None:
             runner.run(store.engine.dispose())
+            if store._threads is not None:  # a SQLite file's operations run in threads
+                store._threads.engine.dispose()
 
         def call(headers: Any, raw: bytes) -> WebhookResponse:
             return runner.run(handler.ahandle(headers, raw))

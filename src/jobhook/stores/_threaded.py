@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -40,12 +41,22 @@ class SQLiteThreads:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self._pid = os.getpid()
         self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="jobhook-sqlite")
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """``work(connection, *args)`` on a pooled connection, in a worker thread."""
+        if os.getpid() != self._pid:
+            self._after_fork()
         call = functools.partial(contextvars.copy_context().run, self._on_connection, work, *args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _after_fork(self) -> None:
+        # A forked process has none of its parent's threads, and must not use the
+        # parent's SQLite connections: new threads, and the pool left to the parent.
+        self._pid = os.getpid()
+        self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="jobhook-sqlite")
+        self.engine.dispose(close=False)
 
     def _on_connection(self, work: Callable[..., T], *args: Any) -> T:
         with self.engine.connect() as conn:
