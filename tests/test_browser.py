@@ -118,7 +118,7 @@ def flask_app_url(tmp_path: Path, fake: tuple[FakeGenerator, str]) -> Iterator[s
             # The fake serves its pictures on loopback: allowed here, refused by default.
             fetch_policy=FetchPolicy(allow_networks=["127.0.0.0/8"]),
         )
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         try:
             yield app_url

@@ -45,7 +45,7 @@ def app_url(sql_store: object, secrets: tuple[str, str]) -> Iterator[str]:
         "/webhooks/jobhook/<job_id>", view_func=webhook_view(handler), methods=["POST"]
     )
     server = serving.make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()

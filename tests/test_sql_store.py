@@ -273,6 +273,11 @@ def test_sqlite_reads_open_no_transaction_and_writes_take_the_lock_up_front(
         assert dbapi.isolation_level == "IMMEDIATE"  # type: ignore[union-attr]
         assert dbapi.in_transaction is False  # type: ignore[union-attr]
     # A write lock taken at the first write: another writer waits, it does not deadlock.
+    sa.event.listen(  # after the store's own checkout listener: a short busy timeout
+        store.engine,
+        "checkout",
+        lambda dbapi, record, proxy: dbapi.execute("PRAGMA busy_timeout = 50"),
+    )
     other = sqlite3.connect(store.engine.url.database, isolation_level=None, timeout=0.05)
     other.execute("BEGIN IMMEDIATE")
     try:

@@ -105,7 +105,7 @@ def _serve_wsgi(app: Any, django_server: bool) -> Iterator[str]:
 
         server = make_server("127.0.0.1", 0, app, threaded=True)
         port = server.server_port
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{port}"

@@ -63,7 +63,11 @@ def serve(fake: FakeGenerator, host: str, port: int) -> Iterator[str]:
     """Serve ``fake`` on ``host:port`` in a thread while the block runs; yield its URL."""
     server = ThreadingHTTPServer((host, port), _handler_class(fake))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="fake-generator-http")
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},  # so that leaving the block returns at once
+        name="fake-generator-http",
+    )
     thread.daemon = True
     thread.start()
     bound_host, bound_port = server.server_address[:2]
